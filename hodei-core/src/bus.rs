@@ -1,0 +1,436 @@
+//! [`Bus`]: a bounded broadcast channel of `Arc<E>`.
+
+use std::fmt;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Why [`Subscriber::try_recv`] returned no event.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum TryRecvError {
+    /// No event is waiting.
+    #[error("no event waiting")]
+    Empty,
+    /// The subscriber fell behind and this many events were overwritten
+    /// before it read them. The next receive returns the oldest event kept.
+    #[error("subscriber lagged and missed {0} events")]
+    Lagged(u64),
+    /// Every [`Bus`] handle was dropped and all events were read.
+    #[error("bus closed")]
+    Closed,
+}
+
+/// Why [`Subscriber::recv`] returned no event.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The subscriber missed this many events; see [`TryRecvError::Lagged`].
+    #[error("subscriber lagged and missed {0} events")]
+    Lagged(u64),
+    /// Every [`Bus`] handle was dropped and all events were read.
+    #[error("bus closed")]
+    Closed,
+}
+
+struct Slot<E> {
+    /// `seq + 1` of the event held, 0 when the slot was never written.
+    stamp: u64,
+    value: Option<Arc<E>>,
+}
+
+struct Shared<E> {
+    slots: Box<[Mutex<Slot<E>>]>,
+    mask: u64,
+    /// The sequence number the next published event gets.
+    tail: AtomicU64,
+    subscribers: AtomicUsize,
+    /// Subscribers parked in `recv`; publishers skip the wake-up when zero.
+    waiting: AtomicUsize,
+    publishers: AtomicUsize,
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+/// A bounded broadcast channel: every subscriber sees every event published
+/// after it subscribed, as a shared `Arc<E>`, unless it falls behind.
+///
+/// - **Bounded, never blocking**: the bus keeps the last `capacity` events
+///   in a ring. Publishing never waits for subscribers. A subscriber more
+///   than `capacity` events behind gets [`RecvError::Lagged`] with the number
+///   it missed, then continues from the oldest event still kept.
+/// - **Independent subscribers**: each one keeps its own position; a slow one
+///   affects nobody else. Dropping a subscriber releases its place at once
+///   (see [`subscriber_count`](Bus::subscriber_count)); with no subscribers,
+///   publishing stores nothing.
+/// - **Concurrency**: any number of publishers (clone the `Bus`) and
+///   subscribers on any threads. Publishing is one atomic increment and one
+///   uncontended per-slot lock; subscribers that are waiting are woken
+///   through a [`Notify`] only when any are parked. Events from one publisher
+///   are seen in the order published; events from racing publishers are seen
+///   in sequence order, which every subscriber shares.
+///
+/// # Example
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use hodei_core::Bus;
+/// let bus = Bus::new(16);
+/// let mut sub = bus.subscribe();
+/// bus.publish("job queued");
+/// assert_eq!(*sub.recv().await.unwrap(), "job queued");
+/// # });
+/// ```
+pub struct Bus<E> {
+    shared: Arc<Shared<E>>,
+}
+
+impl<E> fmt::Debug for Bus<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("capacity", &self.capacity())
+            .field("published", &self.shared.tail.load(Ordering::Relaxed))
+            .field("subscribers", &self.subscriber_count())
+            .finish()
+    }
+}
+
+impl<E> Bus<E> {
+    /// A bus keeping the last `capacity` events (rounded up to a power of
+    /// two, at least 2).
+    pub fn new(capacity: usize) -> Self {
+        let cap = capacity.max(2).next_power_of_two();
+        let slots = (0..cap)
+            .map(|_| {
+                Mutex::new(Slot {
+                    stamp: 0,
+                    value: None,
+                })
+            })
+            .collect();
+        Bus {
+            shared: Arc::new(Shared {
+                slots,
+                mask: cap as u64 - 1,
+                tail: AtomicU64::new(0),
+                subscribers: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                publishers: AtomicUsize::new(1),
+                closed: AtomicBool::new(false),
+                notify: Notify::new(),
+            }),
+        }
+    }
+
+    /// How many events the ring keeps.
+    pub fn capacity(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    /// Subscribers alive now.
+    pub fn subscriber_count(&self) -> usize {
+        self.shared.subscribers.load(Ordering::Acquire)
+    }
+
+    /// A subscriber that sees events published from now on.
+    pub fn subscribe(&self) -> Subscriber<E> {
+        self.shared.subscribers.fetch_add(1, Ordering::AcqRel);
+        Subscriber {
+            next: self.shared.tail.load(Ordering::Acquire),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Publishes `event` and returns how many subscribers were alive.
+    /// Never blocks on subscribers.
+    pub fn publish(&self, event: E) -> usize {
+        self.publish_arc(Arc::new(event))
+    }
+
+    /// Publishes an event already in an `Arc`.
+    pub fn publish_arc(&self, event: Arc<E>) -> usize {
+        let shared = &*self.shared;
+        let subscribers = shared.subscribers.load(Ordering::Acquire);
+        if subscribers == 0 {
+            return 0;
+        }
+        let seq = shared.tail.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut slot = shared.slots[(seq & shared.mask) as usize].lock();
+            // A publisher that stalled for a whole lap must not overwrite a
+            // newer event; its own event then counts as missed.
+            if slot.stamp < seq + 1 {
+                slot.stamp = seq + 1;
+                slot.value = Some(event);
+            }
+        }
+        // Pairs with the fence in `recv`: either we see the waiter, or the
+        // waiter sees the slot we just wrote.
+        fence(Ordering::SeqCst);
+        if shared.waiting.load(Ordering::Relaxed) > 0 {
+            shared.notify.notify_waiters();
+        }
+        subscribers
+    }
+}
+
+impl<E> Clone for Bus<E> {
+    fn clone(&self) -> Self {
+        self.shared.publishers.fetch_add(1, Ordering::AcqRel);
+        Bus {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<E> Drop for Bus<E> {
+    fn drop(&mut self) {
+        if self.shared.publishers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.closed.store(true, Ordering::Release);
+            self.shared.notify.notify_waiters();
+        }
+    }
+}
+
+/// One subscriber of a [`Bus`]. Receives every event published after it
+/// subscribed, unless it lags more than the bus's capacity behind.
+pub struct Subscriber<E> {
+    shared: Arc<Shared<E>>,
+    next: u64,
+}
+
+impl<E> fmt::Debug for Subscriber<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+struct WaitingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<E> Subscriber<E> {
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Arc<E>, TryRecvError> {
+        let shared = &*self.shared;
+        let slot = shared.slots[(self.next & shared.mask) as usize].lock();
+        if slot.stamp == self.next + 1
+            && let Some(v) = &slot.value
+        {
+            self.next += 1;
+            return Ok(Arc::clone(v));
+        }
+        if slot.stamp > self.next + 1 {
+            drop(slot);
+            let oldest = shared
+                .tail
+                .load(Ordering::Acquire)
+                .saturating_sub(shared.slots.len() as u64);
+            let resume = oldest.max(self.next + 1);
+            let missed = resume - self.next;
+            self.next = resume;
+            return Err(TryRecvError::Lagged(missed));
+        }
+        drop(slot);
+        if shared.closed.load(Ordering::Acquire) && self.next >= shared.tail.load(Ordering::Acquire)
+        {
+            return Err(TryRecvError::Closed);
+        }
+        Err(TryRecvError::Empty)
+    }
+
+    /// Waits for the next event. Cancel-safe: dropping the future loses
+    /// nothing.
+    pub async fn recv(&mut self) -> Result<Arc<E>, RecvError> {
+        loop {
+            match self.try_recv() {
+                Ok(v) => return Ok(v),
+                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => {}
+            }
+            let shared = Arc::clone(&self.shared);
+            let mut notified = pin!(shared.notify.notified());
+            notified.as_mut().enable();
+            shared.waiting.fetch_add(1, Ordering::SeqCst);
+            let _guard = WaitingGuard(&shared.waiting);
+            fence(Ordering::SeqCst);
+            match self.try_recv() {
+                Ok(v) => return Ok(v),
+                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => notified.await,
+            }
+        }
+    }
+
+    /// Events published but not yet read by this subscriber (may exceed the
+    /// capacity, in which case the next receive reports a lag).
+    pub fn pending(&self) -> u64 {
+        self.shared
+            .tail
+            .load(Ordering::Acquire)
+            .saturating_sub(self.next)
+    }
+}
+
+impl<E> Drop for Subscriber<E> {
+    fn drop(&mut self) {
+        self.shared.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_subscriber_sees_every_event_in_order() {
+        let bus = Bus::new(64);
+        let mut a = bus.subscribe();
+        let mut b = bus.subscribe();
+        for i in 0..50u32 {
+            assert_eq!(bus.publish(i), 2);
+        }
+        for sub in [&mut a, &mut b] {
+            for i in 0..50u32 {
+                assert_eq!(*sub.try_recv().unwrap(), i);
+            }
+            assert_eq!(sub.try_recv(), Err(TryRecvError::Empty));
+        }
+    }
+
+    #[test]
+    fn a_lagging_subscriber_learns_how_many_it_missed() {
+        let bus = Bus::new(8);
+        let mut fast = bus.subscribe();
+        let mut slow = bus.subscribe();
+        for i in 0..20u64 {
+            bus.publish(i);
+            assert_eq!(*fast.try_recv().unwrap(), i);
+        }
+        assert_eq!(slow.try_recv(), Err(TryRecvError::Lagged(12)));
+        for i in 12..20u64 {
+            assert_eq!(*slow.try_recv().unwrap(), i);
+        }
+        assert_eq!(slow.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn late_subscribers_see_only_later_events() {
+        let bus = Bus::new(8);
+        let _keep = bus.subscribe();
+        bus.publish(1);
+        let mut late = bus.subscribe();
+        bus.publish(2);
+        assert_eq!(*late.try_recv().unwrap(), 2);
+    }
+
+    #[test]
+    fn dropping_a_subscriber_frees_its_place() {
+        let bus = Bus::<u8>::new(4);
+        let a = bus.subscribe();
+        let b = bus.subscribe();
+        assert_eq!(bus.subscriber_count(), 2);
+        drop(a);
+        assert_eq!(bus.subscriber_count(), 1);
+        drop(b);
+        assert_eq!(bus.subscriber_count(), 0);
+        assert_eq!(bus.publish(1), 0);
+    }
+
+    #[test]
+    fn closing_the_bus_ends_subscribers_after_the_backlog() {
+        let bus = Bus::new(4);
+        let mut s = bus.subscribe();
+        bus.publish(1);
+        drop(bus);
+        assert_eq!(*s.try_recv().unwrap(), 1);
+        assert_eq!(s.try_recv(), Err(TryRecvError::Closed));
+        assert_eq!(rt().block_on(s.recv()), Err(RecvError::Closed));
+    }
+
+    #[test]
+    fn recv_wakes_when_an_event_arrives() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bus = Bus::new(1024);
+            let mut subs: Vec<_> = (0..4).map(|_| bus.subscribe()).collect();
+            let tasks: Vec<_> = subs
+                .drain(..)
+                .map(|mut s| {
+                    tokio::spawn(async move {
+                        let mut seen = 0u64;
+                        loop {
+                            match s.recv().await {
+                                Ok(_) => seen += 1,
+                                Err(RecvError::Lagged(n)) => seen += n,
+                                Err(RecvError::Closed) => return seen,
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let publisher = tokio::task::spawn_blocking(move || {
+                for i in 0..100_000u64 {
+                    bus.publish(i);
+                }
+            });
+            publisher.await.unwrap();
+            for t in tasks {
+                let seen = tokio::time::timeout(Duration::from_secs(30), t)
+                    .await
+                    .expect("subscriber hung")
+                    .unwrap();
+                assert_eq!(
+                    seen, 100_000,
+                    "every event is either received or counted as missed"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn racing_publishers_lose_nothing_a_fast_reader_keeps_up_with() {
+        let bus = Bus::new(1 << 16);
+        let mut s = bus.subscribe();
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let bus = bus.clone();
+                scope.spawn(move || {
+                    for i in 0..10_000u64 {
+                        bus.publish(t * 1_000_000 + i);
+                    }
+                });
+            }
+        });
+        let mut got = Vec::new();
+        while let Ok(v) = s.try_recv() {
+            got.push(*v);
+        }
+        assert_eq!(got.len(), 40_000);
+        for t in 0..4u64 {
+            let mine: Vec<u64> = got.iter().copied().filter(|v| v / 1_000_000 == t).collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "publisher order kept");
+        }
+    }
+}
