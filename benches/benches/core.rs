@@ -56,9 +56,12 @@ fn fanout_hodei(rt: &tokio::runtime::Runtime) -> Duration {
     start.elapsed()
 }
 
+/// The same load on `tokio::sync::broadcast`, carrying `Arc<u64>` so both
+/// sides deliver a shared pointer to one allocation per event, as `Bus`
+/// does.
 fn fanout_tokio(rt: &tokio::runtime::Runtime) -> Duration {
     use tokio::sync::broadcast::{self, error::RecvError as TokioRecvError};
-    let (tx, _) = broadcast::channel::<u64>(CAPACITY);
+    let (tx, _) = broadcast::channel::<std::sync::Arc<u64>>(CAPACITY);
     let subs: Vec<_> = (0..SUBSCRIBERS).map(|_| tx.subscribe()).collect();
     let start = Instant::now();
     let tasks: Vec<_> = subs
@@ -80,7 +83,7 @@ fn fanout_tokio(rt: &tokio::runtime::Runtime) -> Duration {
         })
         .collect();
     for i in 0..EVENTS {
-        let _ = tx.send(i);
+        let _ = tx.send(std::sync::Arc::new(i));
     }
     drop(tx);
     rt.block_on(async {

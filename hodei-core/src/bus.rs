@@ -1,12 +1,13 @@
 //! [`Bus`]: a bounded broadcast channel of `Arc<E>`.
 
 use std::fmt;
-use std::pin::pin;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::task::{Poll, Waker};
 
-use parking_lot::Mutex;
-use tokio::sync::Notify;
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, RwLock};
 
 /// Why [`Subscriber::try_recv`] returned no event.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
@@ -40,17 +41,34 @@ struct Slot<E> {
     value: Option<Arc<E>>,
 }
 
+// The publisher writes `tail` and a slot per event while subscribers write
+// `has_waiters` and read neighbouring slots: each gets its own cache line so
+// they do not invalidate one another.
 struct Shared<E> {
-    slots: Box<[Mutex<Slot<E>>]>,
+    slots: Box<[CachePadded<RwLock<Slot<E>>>]>,
     mask: u64,
     /// The sequence number the next published event gets.
-    tail: AtomicU64,
+    tail: CachePadded<AtomicU64>,
     subscribers: AtomicUsize,
-    /// Subscribers parked in `recv`; publishers skip the wake-up when zero.
-    waiting: AtomicUsize,
+    /// True while `wakers` may hold a parked subscriber; publishers skip
+    /// the lock when it is false.
+    has_waiters: CachePadded<AtomicBool>,
+    wakers: Mutex<Vec<Waker>>,
     publishers: AtomicUsize,
     closed: AtomicBool,
-    notify: Notify,
+}
+
+impl<E> Shared<E> {
+    fn wake_all(&self) {
+        let wakers = {
+            let mut w = self.wakers.lock();
+            self.has_waiters.store(false, Ordering::Relaxed);
+            std::mem::take(&mut *w)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
 }
 
 /// A bounded broadcast channel: every subscriber sees every event published
@@ -66,8 +84,8 @@ struct Shared<E> {
 ///   publishing stores nothing.
 /// - **Concurrency**: any number of publishers (clone the `Bus`) and
 ///   subscribers on any threads. Publishing is one atomic increment and one
-///   uncontended per-slot lock; subscribers that are waiting are woken
-///   through a [`Notify`] only when any are parked. Events from one publisher
+///   per-slot write lock; it takes the wake-up lock only when a subscriber
+///   is parked in [`Subscriber::recv`]. Events from one publisher
 ///   are seen in the order published; events from racing publishers are seen
 ///   in sequence order, which every subscriber shares.
 ///
@@ -103,22 +121,22 @@ impl<E> Bus<E> {
         let cap = capacity.max(2).next_power_of_two();
         let slots = (0..cap)
             .map(|_| {
-                Mutex::new(Slot {
+                CachePadded::new(RwLock::new(Slot {
                     stamp: 0,
                     value: None,
-                })
+                }))
             })
             .collect();
         Bus {
             shared: Arc::new(Shared {
                 slots,
                 mask: cap as u64 - 1,
-                tail: AtomicU64::new(0),
+                tail: CachePadded::new(AtomicU64::new(0)),
                 subscribers: AtomicUsize::new(0),
-                waiting: AtomicUsize::new(0),
+                has_waiters: CachePadded::new(AtomicBool::new(false)),
+                wakers: Mutex::new(Vec::new()),
                 publishers: AtomicUsize::new(1),
                 closed: AtomicBool::new(false),
-                notify: Notify::new(),
             }),
         }
     }
@@ -157,7 +175,7 @@ impl<E> Bus<E> {
         }
         let seq = shared.tail.fetch_add(1, Ordering::AcqRel);
         {
-            let mut slot = shared.slots[(seq & shared.mask) as usize].lock();
+            let mut slot = shared.slots[(seq & shared.mask) as usize].write();
             // A publisher that stalled for a whole lap must not overwrite a
             // newer event; its own event then counts as missed.
             if slot.stamp < seq + 1 {
@@ -165,11 +183,11 @@ impl<E> Bus<E> {
                 slot.value = Some(event);
             }
         }
-        // Pairs with the fence in `recv`: either we see the waiter, or the
-        // waiter sees the slot we just wrote.
+        // Pairs with the fence in `recv`: either we see the parked
+        // subscriber, or it sees the slot we just wrote.
         fence(Ordering::SeqCst);
-        if shared.waiting.load(Ordering::Relaxed) > 0 {
-            shared.notify.notify_waiters();
+        if shared.has_waiters.load(Ordering::Relaxed) {
+            shared.wake_all();
         }
         subscribers
     }
@@ -188,7 +206,8 @@ impl<E> Drop for Bus<E> {
     fn drop(&mut self) {
         if self.shared.publishers.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.closed.store(true, Ordering::Release);
-            self.shared.notify.notify_waiters();
+            fence(Ordering::SeqCst);
+            self.shared.wake_all();
         }
     }
 }
@@ -208,67 +227,44 @@ impl<E> fmt::Debug for Subscriber<E> {
     }
 }
 
-struct WaitingGuard<'a>(&'a AtomicUsize);
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl<E> Subscriber<E> {
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Result<Arc<E>, TryRecvError> {
-        let shared = &*self.shared;
-        let slot = shared.slots[(self.next & shared.mask) as usize].lock();
-        if slot.stamp == self.next + 1
-            && let Some(v) = &slot.value
-        {
-            self.next += 1;
-            return Ok(Arc::clone(v));
-        }
-        if slot.stamp > self.next + 1 {
-            drop(slot);
-            let oldest = shared
-                .tail
-                .load(Ordering::Acquire)
-                .saturating_sub(shared.slots.len() as u64);
-            let resume = oldest.max(self.next + 1);
-            let missed = resume - self.next;
-            self.next = resume;
-            return Err(TryRecvError::Lagged(missed));
-        }
-        drop(slot);
-        if shared.closed.load(Ordering::Acquire) && self.next >= shared.tail.load(Ordering::Acquire)
-        {
-            return Err(TryRecvError::Closed);
-        }
-        Err(TryRecvError::Empty)
+        try_recv(&self.shared, &mut self.next)
     }
 
     /// Waits for the next event. Cancel-safe: dropping the future loses
     /// nothing.
     pub async fn recv(&mut self) -> Result<Arc<E>, RecvError> {
-        loop {
-            match self.try_recv() {
-                Ok(v) => return Ok(v),
-                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
-                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
-                Err(TryRecvError::Empty) => {}
+        let shared = &*self.shared;
+        let next = &mut self.next;
+        let ready = |r: Result<Arc<E>, TryRecvError>| match r {
+            Ok(v) => Some(Ok(v)),
+            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => None,
+        };
+        poll_fn(|cx| {
+            if let Some(r) = ready(try_recv(shared, next)) {
+                return Poll::Ready(r);
             }
-            let shared = Arc::clone(&self.shared);
-            let mut notified = pin!(shared.notify.notified());
-            notified.as_mut().enable();
-            shared.waiting.fetch_add(1, Ordering::SeqCst);
-            let _guard = WaitingGuard(&shared.waiting);
+            {
+                let mut wakers = shared.wakers.lock();
+                // One entry per parked task, however often it is polled.
+                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    wakers.push(cx.waker().clone());
+                }
+                shared.has_waiters.store(true, Ordering::Relaxed);
+            }
+            // Pairs with the fence in `publish`: either the publisher sees
+            // `has_waiters`, or we see its event now.
             fence(Ordering::SeqCst);
-            match self.try_recv() {
-                Ok(v) => return Ok(v),
-                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
-                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
-                Err(TryRecvError::Empty) => notified.await,
+            match ready(try_recv(shared, next)) {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
             }
-        }
+        })
+        .await
     }
 
     /// Events published but not yet read by this subscriber (may exceed the
@@ -279,6 +275,32 @@ impl<E> Subscriber<E> {
             .load(Ordering::Acquire)
             .saturating_sub(self.next)
     }
+}
+
+fn try_recv<E>(shared: &Shared<E>, next: &mut u64) -> Result<Arc<E>, TryRecvError> {
+    let slot = shared.slots[(*next & shared.mask) as usize].read();
+    if slot.stamp == *next + 1
+        && let Some(v) = &slot.value
+    {
+        *next += 1;
+        return Ok(Arc::clone(v));
+    }
+    if slot.stamp > *next + 1 {
+        drop(slot);
+        let oldest = shared
+            .tail
+            .load(Ordering::Acquire)
+            .saturating_sub(shared.slots.len() as u64);
+        let resume = oldest.max(*next + 1);
+        let missed = resume - *next;
+        *next = resume;
+        return Err(TryRecvError::Lagged(missed));
+    }
+    drop(slot);
+    if shared.closed.load(Ordering::Acquire) && *next >= shared.tail.load(Ordering::Acquire) {
+        return Err(TryRecvError::Closed);
+    }
+    Err(TryRecvError::Empty)
 }
 
 impl<E> Drop for Subscriber<E> {
