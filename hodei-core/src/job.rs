@@ -273,19 +273,25 @@ impl Job {
         }
     }
 
+    /// The state-machine view of this job.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            id: self.id,
+            state: self.state,
+            attempt: self.attempt,
+            max_attempts: self.spec.retry.max_attempts,
+        }
+    }
+
     /// True when nothing more can happen to the job: it succeeded, was
     /// cancelled, or failed / timed out / was lost with no attempts left.
     pub fn is_terminal(&self) -> bool {
-        match self.state {
-            JobState::Succeeded | JobState::Cancelled => true,
-            s if s.is_retryable() => !self.spec.retry.allows_another(self.attempt),
-            _ => false,
-        }
+        self.lifecycle().is_terminal()
     }
 
     /// True if the job failed, timed out or was lost and may run again.
     pub fn awaits_retry(&self) -> bool {
-        self.state.is_retryable() && !self.is_terminal()
+        self.lifecycle().awaits_retry()
     }
 
     /// Applies `t` at time `now`, returning the new state, or an error that
@@ -295,12 +301,76 @@ impl Job {
         t: Transition,
         now: Timestamp,
     ) -> Result<JobState, TransitionError> {
+        let mut l = self.lifecycle();
+        let next = l.transition(t)?;
+        self.state = l.state;
+        self.attempt = l.attempt;
+        self.updated_at = now;
+        Ok(next)
+    }
+
+    /// The state `t` would lead to, without applying it.
+    pub fn next_state(&self, t: Transition) -> Result<JobState, TransitionError> {
+        self.lifecycle().next_state(t)
+    }
+}
+
+/// The job state machine on its own: state, attempt and the retry budget.
+///
+/// [`Job`] uses it; so does the scheduler, which keeps only this much of
+/// each job it tracks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// The job, for error messages.
+    pub id: JobId,
+    /// The current state.
+    pub state: JobState,
+    /// The current attempt, 1-based.
+    pub attempt: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+}
+
+impl Lifecycle {
+    /// A new job's lifecycle, Pending when it has dependencies.
+    pub fn new(id: JobId, has_dependencies: bool, max_attempts: u32) -> Self {
+        Lifecycle {
+            id,
+            state: if has_dependencies {
+                JobState::Pending
+            } else {
+                JobState::Queued
+            },
+            attempt: 1,
+            max_attempts,
+        }
+    }
+
+    fn allows_another(&self) -> bool {
+        self.attempt < self.max_attempts
+    }
+
+    /// See [`Job::is_terminal`].
+    pub fn is_terminal(&self) -> bool {
+        match self.state {
+            JobState::Succeeded | JobState::Cancelled => true,
+            s if s.is_retryable() => !self.allows_another(),
+            _ => false,
+        }
+    }
+
+    /// See [`Job::awaits_retry`].
+    pub fn awaits_retry(&self) -> bool {
+        self.state.is_retryable() && !self.is_terminal()
+    }
+
+    /// Applies `t`, or returns an error and changes nothing.
+    pub fn transition(&mut self, t: Transition) -> Result<JobState, TransitionError> {
         let next = self.next_state(t)?;
         if t == Transition::Retry {
             self.attempt += 1;
         }
         self.state = next;
-        self.updated_at = now;
         Ok(next)
     }
 
@@ -346,11 +416,11 @@ impl Job {
             (s, T::Retry) if s.is_retryable() => {
                 // is_terminal() above already refused an exhausted policy;
                 // keep the explicit error for callers of next_state.
-                if !self.spec.retry.allows_another(self.attempt) {
+                if !self.allows_another() {
                     return Err(TransitionError::NoAttemptsLeft {
                         job: self.id,
                         attempt: self.attempt,
-                        max: self.spec.retry.max_attempts,
+                        max: self.max_attempts,
                     });
                 }
                 S::Queued

@@ -44,7 +44,7 @@ pub use bus::{Bus, RecvError, Subscriber, TryRecvError};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use event::Event;
 pub use id::{IdError, JobId, TenantId, WorkerId};
-pub use job::{ExitStatus, Job, JobState, Transition, TransitionError};
+pub use job::{ExitStatus, Job, JobState, Lifecycle, Transition, TransitionError};
 pub use masker::{MASK, MaskStream, Masker, MaskerError};
 pub use resources::Resources;
 pub use spec::{
