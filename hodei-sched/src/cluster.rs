@@ -139,6 +139,7 @@ impl Live {
 /// The capacity index key: free memory, free CPU, free GPUs, id. Ordered
 /// so that a range scan from a request's memory finds the tightest fits
 /// first (bin-packing) and a reverse scan the emptiest workers (spread).
+/// Placement's preference among fitting workers is exactly this order.
 pub(crate) type FreeKey = (u64, u32, u32, WorkerId);
 
 pub(crate) struct Alloc {
@@ -162,16 +163,98 @@ impl Alloc {
     }
 }
 
+/// Buckets of [`CapacitySet`]: one for no free CPU, then one per power of
+/// two of free millicores.
+const BUCKETS: usize = 34;
+
+fn bucket(cpu: u32) -> usize {
+    if cpu == 0 {
+        0
+    } else {
+        1 + cpu.ilog2() as usize
+    }
+}
+
+/// Workers by free capacity: bucketed by free CPU (powers of two), each
+/// bucket ordered by free memory. A query for `c` millicores searches only
+/// the buckets that can hold `c`; in every bucket above `c`'s own, each
+/// worker has enough CPU, so the first with enough memory fits, and workers
+/// whose CPU is used up are never walked past.
+#[derive(Default)]
+pub(crate) struct CapacitySet {
+    buckets: Vec<BTreeSet<FreeKey>>,
+    len: usize,
+}
+
+impl CapacitySet {
+    fn insert(&mut self, key: FreeKey) {
+        if self.buckets.is_empty() {
+            self.buckets.resize_with(BUCKETS, BTreeSet::new);
+        }
+        if self.buckets[bucket(key.1)].insert(key) {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &FreeKey) {
+        if let Some(b) = self.buckets.get_mut(bucket(key.1))
+            && b.remove(key)
+        {
+            self.len -= 1;
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The smallest (`spread == false`) or largest key with at least
+    /// `mem` free memory and `cpu` free CPU that `ok` accepts.
+    pub(crate) fn best(
+        &self,
+        cpu: u32,
+        mem: u64,
+        spread: bool,
+        mut ok: impl FnMut(&FreeKey) -> bool,
+    ) -> Option<FreeKey> {
+        let from: FreeKey = (mem, 0, 0, WorkerId::from_u128(0));
+        let mut best: Option<FreeKey> = None;
+        for set in self.buckets.iter().skip(bucket(cpu)) {
+            if set.is_empty() {
+                continue;
+            }
+            let mut pred = |k: &&FreeKey| k.1 >= cpu && ok(k);
+            let found = if spread {
+                set.range(from..).rev().find(&mut pred)
+            } else {
+                set.range(from..).find(&mut pred)
+            };
+            if let Some(&k) = found {
+                best = Some(match best {
+                    None => k,
+                    Some(b) if spread => b.max(k),
+                    Some(b) => b.min(k),
+                });
+            }
+        }
+        best
+    }
+}
+
 /// Workers, their allocations, and the indexes placement searches.
 #[derive(Default)]
 pub(crate) struct Index {
     pub(crate) allocs: HashMap<WorkerId, Alloc>,
     /// Every Ready worker by free capacity.
-    pub(crate) all: BTreeSet<FreeKey>,
+    pub(crate) all: CapacitySet,
     /// Ready workers by (label key, label value), then free capacity.
-    pub(crate) by_label: HashMap<(String, String), BTreeSet<FreeKey>>,
+    pub(crate) by_label: HashMap<(String, String), CapacitySet>,
     /// Ready workers by label key, then free capacity.
-    pub(crate) by_key: HashMap<String, BTreeSet<FreeKey>>,
+    pub(crate) by_key: HashMap<String, CapacitySet>,
 }
 
 impl Index {
@@ -264,9 +347,10 @@ impl Default for ClusterConfig {
 ///   over-committed, whatever the number of threads.
 /// - **Placement** ([`place`](ClusterState::place)) searches an index of
 ///   Ready workers ordered by free capacity, per label and per label key, so
-///   a decision costs O(log n + k), k being the workers it passes over that
-///   have the memory but not the CPU or GPUs or fail another constraint,
-///   rather than a scan of all n workers.
+///   a decision costs O(b log n + k): b CPU buckets searched (at most 34),
+///   k workers passed over in the bucket of the request's own CPU size or
+///   for failing a GPU, health or further label check; not a scan of all n
+///   workers.
 pub struct ClusterState {
     pub(crate) live: DashMap<WorkerId, Arc<Live>>,
     pub(crate) index: Mutex<Index>,

@@ -1,13 +1,12 @@
 //! Placement: filter workers (constraints, fit, healthy, not draining),
 //! then score them (bin-pack or spread); and say why when nothing fits.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
 use hodei_core::{Constraint, ConstraintOp, Resources, Timestamp, WorkerId};
 
-use crate::cluster::{ClusterState, FreeKey, Index, WorkerStatus};
+use crate::cluster::{CapacitySet, ClusterState, FreeKey, Index, WorkerStatus};
 
 /// How to choose among the workers a job fits on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -90,10 +89,10 @@ impl fmt::Display for Rejection {
 impl Index {
     /// The index sets to search: the most selective `in` / `exists`
     /// constraint's, else all Ready workers.
-    fn candidate_sets<'a>(&'a self, constraints: &[Constraint]) -> Vec<&'a BTreeSet<FreeKey>> {
-        let mut best: Option<(usize, Vec<&BTreeSet<FreeKey>>)> = None;
+    fn candidate_sets<'a>(&'a self, constraints: &[Constraint]) -> Vec<&'a CapacitySet> {
+        let mut best: Option<(usize, Vec<&CapacitySet>)> = None;
         for c in constraints {
-            let sets: Vec<&BTreeSet<FreeKey>> = match c.op {
+            let sets: Vec<&CapacitySet> = match c.op {
                 ConstraintOp::In => c
                     .values
                     .iter()
@@ -111,8 +110,8 @@ impl Index {
     }
 
     fn acceptable(&self, key: &FreeKey, req: &PlacementRequest<'_>, timeout: Duration) -> bool {
-        let (_, cpu, gpus, id) = *key;
-        if cpu < req.resources.cpu_millis || gpus < req.resources.gpus || Some(id) == req.exclude {
+        let (_, _, gpus, id) = *key;
+        if gpus < req.resources.gpus || Some(id) == req.exclude {
             return false;
         }
         let Some(a) = self.allocs.get(&id) else {
@@ -122,25 +121,20 @@ impl Index {
     }
 
     pub(crate) fn find(&self, req: &PlacementRequest<'_>, timeout: Duration) -> Option<WorkerId> {
-        let from: FreeKey = (req.resources.memory_mb, 0, 0, WorkerId::from_u128(0));
+        let spread = req.policy == Policy::Spread;
         let mut best: Option<FreeKey> = None;
         for set in self.candidate_sets(req.constraints) {
-            let found = match req.policy {
-                Policy::BinPack => set
-                    .range(from..)
-                    .find(|k| self.acceptable(k, req, timeout))
-                    .copied(),
-                Policy::Spread => set
-                    .range(from..)
-                    .rev()
-                    .find(|k| self.acceptable(k, req, timeout))
-                    .copied(),
-            };
-            best = match (best, found, req.policy) {
-                (None, f, _) => f,
-                (b, None, _) => b,
-                (Some(b), Some(f), Policy::BinPack) => Some(b.min(f)),
-                (Some(b), Some(f), Policy::Spread) => Some(b.max(f)),
+            let found = set.best(
+                req.resources.cpu_millis,
+                req.resources.memory_mb,
+                spread,
+                |k| self.acceptable(k, req, timeout),
+            );
+            best = match (best, found) {
+                (None, f) => f,
+                (b, None) => b,
+                (Some(b), Some(f)) if spread => Some(b.max(f)),
+                (Some(b), Some(f)) => Some(b.min(f)),
             };
         }
         best.map(|k| k.3)

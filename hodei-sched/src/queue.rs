@@ -1,7 +1,7 @@
 //! [`PriorityQueue`]: a lock-free MPMC queue with fixed priority levels.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_queue::SegQueue;
 
@@ -27,9 +27,10 @@ pub const MAX_LEVELS: usize = 64;
 ///   return a lower-priority item than one pushed concurrently (the queue is
 ///   not linearizable across levels); it never returns a lower level when a
 ///   higher one was non-empty for the whole duration of the pop.
-/// - **`len`** is exact when no operation is in flight; during concurrent
-///   operations it may overstate (never understate by more than the pushes
-///   in flight) and it never underflows.
+/// - **`len`** sums the levels' lengths one after another, so it is exact
+///   when no operation is in flight and an approximation while they race.
+///   No counter is shared by all operations: pushes and pops on different
+///   levels touch different cache lines.
 ///
 /// Higher numbers are higher priorities: with 8 levels, 7 pops first.
 ///
@@ -49,7 +50,6 @@ pub struct PriorityQueue<T> {
     /// Bit `p` set: level `p` may be non-empty. Never clear while it holds
     /// an item that no pop has claimed.
     nonempty: AtomicU64,
-    len: AtomicUsize,
 }
 
 impl<T> fmt::Debug for PriorityQueue<T> {
@@ -69,7 +69,6 @@ impl<T> PriorityQueue<T> {
         PriorityQueue {
             levels: (0..levels).map(|_| SegQueue::new()).collect(),
             nonempty: AtomicU64::new(0),
-            len: AtomicUsize::new(0),
         }
     }
 
@@ -82,9 +81,6 @@ impl<T> PriorityQueue<T> {
     /// clamped to it.
     pub fn push(&self, priority: usize, item: T) {
         let p = priority.min(self.levels.len() - 1);
-        // Counted before it is visible, so `len` never underflows when a
-        // pop takes the item before we return.
-        self.len.fetch_add(1, Ordering::Relaxed);
         self.levels[p].push(item);
         let bit = 1u64 << p;
         // Most pushes land on a level already marked: skip the RMW.
@@ -102,7 +98,6 @@ impl<T> PriorityQueue<T> {
             }
             let p = 63 - bits.leading_zeros() as usize;
             if let Some(item) = self.levels[p].pop() {
-                self.len.fetch_sub(1, Ordering::Relaxed);
                 return Some(item);
             }
             // The level looked empty: clear its bit, then look again, since
@@ -118,12 +113,12 @@ impl<T> PriorityQueue<T> {
     /// Items in the queue (see the type's docs for accuracy under
     /// concurrency).
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.levels.iter().map(SegQueue::len).sum()
     }
 
-    /// True when [`len`](Self::len) is zero.
+    /// True when no level holds an item (see [`len`](Self::len)).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.levels.iter().all(SegQueue::is_empty)
     }
 
     /// Items at one level.
@@ -139,6 +134,7 @@ mod tests {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
 
     #[derive(Debug, Clone)]
     enum Op {

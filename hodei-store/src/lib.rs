@@ -1,6 +1,46 @@
 //! Durable state for the Hodei job scheduler.
 //!
-//! The `Store` trait, an embedded redb store that batches writes from many
-//! tasks into one transaction (group commit), and an in-memory store for
-//! tests and hosts that want no persistence.
+//! - [`Store`]: the trait a server writes through: idempotent job insert,
+//!   compare-and-set state transitions, attempts, log chunks (idempotent by
+//!   sequence number, capped per job), an audit hash chain, and the recovery
+//!   scan of unfinished jobs.
+//! - [`RedbStore`]: one redb file, the embedded default. Writes from many
+//!   tasks are batched into one transaction (group commit), so one fsync
+//!   covers many; a write's future resolves only once it is durable.
+//! - [`MemStore`]: the same semantics in memory.
+//!
+//! Both run the same operations over raw tables, and one conformance test
+//! suite checks both.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use hodei_core::{Job, JobId, JobSpec, Timestamp};
+//! use hodei_store::{MemStore, Store, StoreConfig};
+//!
+//! let store = MemStore::new(StoreConfig::default());
+//! let job = Job::new(JobId::new(), JobSpec::argv(["make"]), Timestamp(0));
+//! store.insert_job(job.clone()).await.unwrap();
+//! assert_eq!(store.recover().await.unwrap(), vec![job]);
+//! # });
+//! ```
 #![deny(missing_docs)]
+
+mod audit;
+mod codec;
+mod error;
+mod mem;
+mod model;
+mod ops;
+mod redb_store;
+mod store;
+
+pub use audit::{AuditEntry, AuditRecord, ChainCheck, verify_chain};
+pub use codec::{FORMAT_VERSION, decode, encode};
+pub use error::StoreError;
+pub use mem::MemStore;
+pub use model::{
+    AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogEntry, LogPage,
+    LogStream, Page, StateKind,
+};
+pub use redb_store::{RedbStore, WriteStats};
+pub use store::{Store, StoreConfig};

@@ -1,0 +1,492 @@
+//! Store semantics, written once against raw tables so the in-memory and
+//! redb stores cannot disagree: idempotent insert, compare-and-set
+//! transitions, capped and idempotent logs, the audit chain, recovery.
+//!
+//! Every write operation validates before it writes, so a logical refusal
+//! (conflict, duplicate) never leaves a partial write behind in a shared
+//! group-commit transaction.
+
+use hodei_core::{Job, JobId, JobState, TenantId, Timestamp, Transition};
+
+use crate::audit::{AuditEntry, AuditRecord, ChainCheck, verify_chain};
+use crate::codec::{decode, encode};
+use crate::error::StoreError;
+use crate::model::{
+    AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogEntry, LogMeta, LogPage,
+    Page, StateKind,
+};
+
+/// The tables of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Table {
+    Jobs,
+    Idempotency,
+    Active,
+    ByTenant,
+    ByState,
+    Logs,
+    LogMeta,
+    Attempts,
+    Audit,
+    Meta,
+}
+
+impl Table {
+    pub(crate) const ALL: [Table; 10] = [
+        Table::Jobs,
+        Table::Idempotency,
+        Table::Active,
+        Table::ByTenant,
+        Table::ByState,
+        Table::Logs,
+        Table::LogMeta,
+        Table::Attempts,
+        Table::Audit,
+        Table::Meta,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Jobs => "jobs",
+            Table::Idempotency => "idempotency",
+            Table::Active => "active",
+            Table::ByTenant => "by_tenant",
+            Table::ByState => "by_state",
+            Table::Logs => "logs",
+            Table::LogMeta => "log_meta",
+            Table::Attempts => "attempts",
+            Table::Audit => "audit",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// A scan's visitor: returns whether to go on.
+pub(crate) type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>;
+
+/// Read access to raw tables: byte keys in byte order.
+pub(crate) trait Tables {
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Calls `f` on each entry with `from <= key < to` in order, until it
+    /// returns false.
+    fn scan(
+        &self,
+        t: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: Visit<'_>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Write access to raw tables.
+pub(crate) trait TablesMut: Tables {
+    fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&mut self, t: Table, key: &[u8]) -> Result<(), StoreError>;
+}
+
+/// A write, as queued for a writer.
+#[derive(Debug)]
+pub(crate) enum WriteOp {
+    Insert(Box<Job>),
+    Transition {
+        id: JobId,
+        expected: JobState,
+        attempt: u32,
+        t: Transition,
+        now: Timestamp,
+    },
+    Attempt(AttemptRecord),
+    Log {
+        job: JobId,
+        attempt: u32,
+        seq: u64,
+        chunk: LogChunk,
+    },
+    Audit(AuditEntry),
+}
+
+/// What a write returns.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Inserted(Box<Inserted>),
+    Job(Box<Job>),
+    Unit,
+    Log(LogAppend),
+    Audit(AuditRecord),
+}
+
+const FORMAT_KEY: &[u8] = b"format";
+const AUDIT_HEAD_KEY: &[u8] = b"audit_head";
+
+/// The store format this build writes.
+pub(crate) const STORE_FORMAT: u32 = 1;
+
+pub(crate) fn read_format(t: &dyn Tables) -> Result<Option<u32>, StoreError> {
+    Ok(t.get(Table::Meta, FORMAT_KEY)?.and_then(|v| {
+        let b: [u8; 4] = v.as_slice().try_into().ok()?;
+        Some(u32::from_be_bytes(b))
+    }))
+}
+
+pub(crate) fn write_format(t: &mut dyn TablesMut) -> Result<(), StoreError> {
+    t.put(Table::Meta, FORMAT_KEY, &STORE_FORMAT.to_be_bytes())
+}
+
+fn idem_key(tenant: &TenantId, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.as_str().len() + 1 + key.len());
+    k.extend_from_slice(tenant.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn tenant_key(tenant: &TenantId, id: Option<JobId>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.as_str().len() + 17);
+    k.extend_from_slice(tenant.as_str().as_bytes());
+    k.push(0);
+    if let Some(id) = id {
+        k.extend_from_slice(&id.to_be_bytes());
+    }
+    k
+}
+
+fn state_key(kind: StateKind, id: JobId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = kind.code();
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn log_key(job: JobId, attempt: u32, seq: u64) -> [u8; 28] {
+    let mut k = [0u8; 28];
+    k[..16].copy_from_slice(&job.to_be_bytes());
+    k[16..20].copy_from_slice(&attempt.to_be_bytes());
+    k[20..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn attempt_key(job: JobId, attempt: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&job.to_be_bytes());
+    k[16..].copy_from_slice(&attempt.to_be_bytes());
+    k
+}
+
+fn id_from(bytes: &[u8]) -> Option<JobId> {
+    let b: [u8; 16] = bytes.get(bytes.len().checked_sub(16)?..)?.try_into().ok()?;
+    Some(JobId::from_u128(u128::from_be_bytes(b)))
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+pub(crate) fn apply(
+    t: &mut dyn TablesMut,
+    op: WriteOp,
+    max_log_bytes: u64,
+) -> Result<Reply, StoreError> {
+    match op {
+        WriteOp::Insert(job) => insert_job(t, *job).map(|i| Reply::Inserted(Box::new(i))),
+        WriteOp::Transition {
+            id,
+            expected,
+            attempt,
+            t: tr,
+            now,
+        } => transition(t, id, expected, attempt, tr, now).map(|j| Reply::Job(Box::new(j))),
+        WriteOp::Attempt(r) => {
+            let v = encode("attempt", &r)?;
+            t.put(Table::Attempts, &attempt_key(r.job, r.attempt), &v)?;
+            Ok(Reply::Unit)
+        }
+        WriteOp::Log {
+            job,
+            attempt,
+            seq,
+            chunk,
+        } => append_log(t, job, attempt, seq, chunk, max_log_bytes).map(Reply::Log),
+        WriteOp::Audit(e) => append_audit(t, e).map(Reply::Audit),
+    }
+}
+
+fn insert_job(t: &mut dyn TablesMut, job: Job) -> Result<Inserted, StoreError> {
+    let idem = job
+        .spec
+        .idempotency_key
+        .as_deref()
+        .map(|k| idem_key(&job.spec.tenant, k));
+    if let Some(k) = &idem
+        && let Some(existing) = t.get(Table::Idempotency, k)?
+        && let Some(id) = id_from(&existing)
+        && let Some(j) = get_job(t, id)?
+    {
+        return Ok(Inserted::Existing(j));
+    }
+    let id = job.id.to_be_bytes();
+    if t.get(Table::Jobs, &id)?.is_some() {
+        return Err(StoreError::Duplicate(job.id));
+    }
+    let bytes = encode("job", &job)?;
+    t.put(Table::Jobs, &id, &bytes)?;
+    if let Some(k) = &idem {
+        t.put(Table::Idempotency, k, &id)?;
+    }
+    t.put(
+        Table::ByTenant,
+        &tenant_key(&job.spec.tenant, Some(job.id)),
+        &[],
+    )?;
+    t.put(
+        Table::ByState,
+        &state_key(StateKind::of(&job.state), job.id),
+        &[],
+    )?;
+    if !job.is_terminal() {
+        t.put(Table::Active, &id, &[])?;
+    }
+    Ok(Inserted::Created(job))
+}
+
+fn transition(
+    t: &mut dyn TablesMut,
+    id: JobId,
+    expected: JobState,
+    attempt: u32,
+    tr: Transition,
+    now: Timestamp,
+) -> Result<Job, StoreError> {
+    let mut job = get_job(t, id)?.ok_or(StoreError::UnknownJob(id))?;
+    if job.state != expected || job.attempt != attempt {
+        return Err(StoreError::Conflict {
+            job: id,
+            expected,
+            expected_attempt: attempt,
+            found: job.state,
+            found_attempt: job.attempt,
+        });
+    }
+    let before = StateKind::of(&job.state);
+    job.transition(tr, now)?;
+    let key = id.to_be_bytes();
+    t.put(Table::Jobs, &key, &encode("job", &job)?)?;
+    let after = StateKind::of(&job.state);
+    if before != after {
+        t.delete(Table::ByState, &state_key(before, id))?;
+        t.put(Table::ByState, &state_key(after, id), &[])?;
+    }
+    if job.is_terminal() {
+        t.delete(Table::Active, &key)?;
+    }
+    Ok(job)
+}
+
+fn append_log(
+    t: &mut dyn TablesMut,
+    job: JobId,
+    attempt: u32,
+    seq: u64,
+    chunk: LogChunk,
+    max: u64,
+) -> Result<LogAppend, StoreError> {
+    let key = log_key(job, attempt, seq);
+    if t.get(Table::Logs, &key)?.is_some() {
+        return Ok(LogAppend::Duplicate);
+    }
+    let jk = job.to_be_bytes();
+    let mut meta: LogMeta = match t.get(Table::LogMeta, &jk)? {
+        Some(v) => decode("log meta", &v)?,
+        None => LogMeta::default(),
+    };
+    let len = chunk.data.len() as u64;
+    let result = if meta.stored_bytes.saturating_add(len) > max {
+        meta.dropped_bytes = meta.dropped_bytes.saturating_add(len);
+        LogAppend::Truncated
+    } else {
+        meta.stored_bytes += len;
+        t.put(Table::Logs, &key, &encode("log chunk", &chunk)?)?;
+        LogAppend::Stored
+    };
+    t.put(Table::LogMeta, &jk, &encode("log meta", &meta)?)?;
+    Ok(result)
+}
+
+fn append_audit(t: &mut dyn TablesMut, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+    let (next, prev) = audit_head(t)?;
+    let record = AuditRecord::new(next, entry, prev);
+    t.put(
+        Table::Audit,
+        &next.to_be_bytes(),
+        &encode("audit record", &record)?,
+    )?;
+    t.put(
+        Table::Meta,
+        AUDIT_HEAD_KEY,
+        &encode("audit head", &(next + 1, record.hash))?,
+    )?;
+    Ok(record)
+}
+
+fn audit_head(t: &dyn Tables) -> Result<(u64, [u8; 32]), StoreError> {
+    match t.get(Table::Meta, AUDIT_HEAD_KEY)? {
+        Some(v) => decode("audit head", &v),
+        None => Ok((0, [0; 32])),
+    }
+}
+
+pub(crate) fn get_job(t: &dyn Tables, id: JobId) -> Result<Option<Job>, StoreError> {
+    t.get(Table::Jobs, &id.to_be_bytes())?
+        .map(|v| decode("job", &v))
+        .transpose()
+}
+
+pub(crate) fn list_jobs(t: &dyn Tables, filter: &JobFilter) -> Result<Page, StoreError> {
+    let limit = filter.effective_limit();
+    let mut jobs = Vec::new();
+    let start_after = |prefix: Vec<u8>| {
+        let mut from = prefix;
+        if let Some(a) = filter.after {
+            from.extend_from_slice(&a.to_be_bytes());
+            from.push(0);
+        }
+        from
+    };
+    let mut visit = |key: &[u8], value: Option<&[u8]>| -> Result<bool, StoreError> {
+        let job: Job = match value {
+            Some(v) => decode("job", v)?,
+            None => match id_from(key).map(|id| get_job(t, id)).transpose()?.flatten() {
+                Some(j) => j,
+                None => return Ok(true),
+            },
+        };
+        if filter.matches(&job) {
+            jobs.push(job);
+        }
+        Ok(jobs.len() < limit)
+    };
+    if let Some(tenant) = &filter.tenant {
+        let prefix = tenant_key(tenant, None);
+        let end = prefix_end(&prefix);
+        t.scan(
+            Table::ByTenant,
+            &start_after(prefix),
+            end.as_deref(),
+            &mut |k, _| visit(k, None),
+        )?;
+    } else if let Some(state) = filter.state {
+        let prefix = vec![state.code()];
+        let end = prefix_end(&prefix);
+        t.scan(
+            Table::ByState,
+            &start_after(prefix),
+            end.as_deref(),
+            &mut |k, _| visit(k, None),
+        )?;
+    } else {
+        t.scan(Table::Jobs, &start_after(Vec::new()), None, &mut |k, v| {
+            visit(k, Some(v))
+        })?;
+    }
+    let next = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
+    Ok(Page { jobs, next })
+}
+
+pub(crate) fn attempts(t: &dyn Tables, job: JobId) -> Result<Vec<AttemptRecord>, StoreError> {
+    let prefix = job.to_be_bytes();
+    let end = prefix_end(&prefix);
+    let mut out = Vec::new();
+    t.scan(Table::Attempts, &prefix, end.as_deref(), &mut |_, v| {
+        out.push(decode("attempt", v)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn read_logs(
+    t: &dyn Tables,
+    job: JobId,
+    from: LogCursor,
+    limit: usize,
+) -> Result<LogPage, StoreError> {
+    let limit = limit.clamp(1, 10_000);
+    let start = log_key(job, from.attempt, from.seq);
+    let end = prefix_end(&job.to_be_bytes());
+    let mut entries = Vec::new();
+    t.scan(Table::Logs, &start, end.as_deref(), &mut |k, v| {
+        let attempt = u32::from_be_bytes([k[16], k[17], k[18], k[19]]);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&k[20..28]);
+        entries.push(LogEntry {
+            cursor: LogCursor {
+                attempt,
+                seq: u64::from_be_bytes(seq),
+            },
+            chunk: decode("log chunk", v)?,
+        });
+        Ok(entries.len() < limit)
+    })?;
+    let meta: LogMeta = match t.get(Table::LogMeta, &job.to_be_bytes())? {
+        Some(v) => decode("log meta", &v)?,
+        None => LogMeta::default(),
+    };
+    Ok(LogPage {
+        entries,
+        truncated_bytes: meta.dropped_bytes,
+    })
+}
+
+pub(crate) fn audit_records(
+    t: &dyn Tables,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut out = Vec::new();
+    t.scan(Table::Audit, &from.to_be_bytes(), None, &mut |_, v| {
+        out.push(decode("audit record", v)?);
+        Ok(out.len() < limit)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn verify_audit(t: &dyn Tables) -> Result<ChainCheck, StoreError> {
+    let records = audit_records(t, 0, usize::MAX)?;
+    let check = verify_chain(&records);
+    let (count, head) = audit_head(t)?;
+    if let ChainCheck::Intact { records: n } = check {
+        let last = records.last().map_or([0; 32], |r| r.hash);
+        if n != count || last != head {
+            return Ok(ChainCheck::Broken {
+                index: n.min(count),
+                reason: format!("the chain holds {n} records but {count} were written"),
+            });
+        }
+    }
+    Ok(check)
+}
+
+pub(crate) fn recover(t: &dyn Tables) -> Result<Vec<Job>, StoreError> {
+    let mut ids = Vec::new();
+    t.scan(Table::Active, &[], None, &mut |k, _| {
+        if let Some(id) = id_from(k) {
+            ids.push(id);
+        }
+        Ok(true)
+    })?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(j) = get_job(t, id)? {
+            jobs.push(j);
+        }
+    }
+    Ok(jobs)
+}

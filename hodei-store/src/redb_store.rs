@@ -1,0 +1,533 @@
+//! [`RedbStore`]: one redb file, with group commit.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hodei_core::{Job, JobId, JobState, Timestamp, Transition};
+use parking_lot::Mutex;
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::{AuditEntry, AuditRecord, ChainCheck};
+use crate::error::StoreError;
+use crate::mem::expect_reply;
+use crate::model::{
+    AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogPage, Page,
+};
+use crate::ops::{self, Reply, STORE_FORMAT, Table, Tables, TablesMut, Visit, WriteOp};
+use crate::store::{Store, StoreConfig};
+
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+fn def(t: Table) -> Def {
+    TableDefinition::new(t.name())
+}
+
+/// Read access through any redb transaction.
+struct Reader<'a, T>(&'a T);
+
+macro_rules! impl_tables {
+    ($txn:ty) => {
+        impl Tables for Reader<'_, $txn> {
+            fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+                let table = self.0.open_table(def(t)).map_err(StoreError::storage)?;
+                let v = table.get(key).map_err(StoreError::storage)?;
+                Ok(v.map(|g| g.value().to_vec()))
+            }
+
+            fn scan(
+                &self,
+                t: Table,
+                from: &[u8],
+                to: Option<&[u8]>,
+                f: Visit<'_>,
+            ) -> Result<(), StoreError> {
+                let table = self.0.open_table(def(t)).map_err(StoreError::storage)?;
+                let iter = match to {
+                    Some(to) => table.range::<&[u8]>(from..to),
+                    None => table.range::<&[u8]>(from..),
+                }
+                .map_err(StoreError::storage)?;
+                for item in iter {
+                    let (k, v) = item.map_err(StoreError::storage)?;
+                    if !f(k.value(), v.value())? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_tables!(redb::ReadTransaction);
+
+/// Every table of a write transaction, opened once for a whole batch:
+/// opening a table per access costs more than the access.
+struct Writer<'txn> {
+    tables: Vec<redb::Table<'txn, &'static [u8], &'static [u8]>>,
+}
+
+impl<'txn> Writer<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
+        let tables = Table::ALL
+            .iter()
+            .map(|t| txn.open_table(def(*t)).map_err(StoreError::storage))
+            .collect::<Result<_, _>>()?;
+        Ok(Writer { tables })
+    }
+
+    fn table(&self, t: Table) -> &redb::Table<'txn, &'static [u8], &'static [u8]> {
+        &self.tables[t as usize]
+    }
+}
+
+impl Tables for Writer<'_> {
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let v = self.table(t).get(key).map_err(StoreError::storage)?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        t: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: Visit<'_>,
+    ) -> Result<(), StoreError> {
+        let table = self.table(t);
+        let iter = match to {
+            Some(to) => table.range::<&[u8]>(from..to),
+            None => table.range::<&[u8]>(from..),
+        }
+        .map_err(StoreError::storage)?;
+        for item in iter {
+            let (k, v) = item.map_err(StoreError::storage)?;
+            if !f(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TablesMut for Writer<'_> {
+    fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tables[t as usize]
+            .insert(key, value)
+            .map_err(StoreError::storage)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, t: Table, key: &[u8]) -> Result<(), StoreError> {
+        self.tables[t as usize]
+            .remove(key)
+            .map_err(StoreError::storage)?;
+        Ok(())
+    }
+}
+
+struct Request {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// Counters of the group-commit writer.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    commits: AtomicU64,
+    writes: AtomicU64,
+    commit_micros: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+impl WriteStats {
+    /// Transactions committed.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Writes committed in them.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Total time spent in commits (fsync included), microseconds.
+    pub fn commit_micros(&self) -> u64 {
+        self.commit_micros.load(Ordering::Relaxed)
+    }
+
+    /// The largest batch committed at once.
+    pub fn largest_batch(&self) -> u64 {
+        self.largest_batch.load(Ordering::Relaxed)
+    }
+}
+
+struct Inner {
+    db: Arc<Database>,
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<WriteStats>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what it holds and stop.
+        self.tx.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The embedded store: one redb file.
+///
+/// **Group commit**: writes from any number of tasks go into one bounded
+/// queue (of `queue_depth`; a full queue makes submitters wait). A single
+/// writer thread takes everything waiting, up to `max_batch`, applies it in
+/// one transaction and commits it with one fsync; only then does each
+/// caller's future resolve. When fewer writes wait than the previous batch
+/// held, it first waits up to `linger` for the rest. A logical refusal (a conflict, say) fails only
+/// its own write; a storage failure fails the whole batch, and nothing of it
+/// is acknowledged.
+///
+/// **Reads** run on the caller's thread against a consistent snapshot.
+///
+/// The file is locked while open: a second open, from this or another
+/// process, fails with [`StoreError::Locked`].
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn panic_text(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the database failed on damaged data".into())
+}
+
+/// Runs `f`, turning a panic inside the database (which it may raise on
+/// damaged pages) into an error naming the file.
+fn contain<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: panic_text(&*p),
+        })
+    })
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path`.
+    ///
+    /// A file that is not a Hodei store, is damaged, is held by another
+    /// process or comes from a newer version gives an error naming it.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        contain(&path, || Self::open_inner(path.clone(), config))
+    }
+
+    fn open_inner(path: PathBuf, config: StoreConfig) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        let db = match Database::builder().create(&path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked { path }),
+            Err(e) => return Err(open_err(e.to_string())),
+        };
+        // Create every table and check (or stamp) the format version.
+        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        {
+            let mut w = Writer::open(&txn).map_err(|e| open_err(e.to_string()))?;
+            match ops::read_format(&w).map_err(|e| open_err(e.to_string()))? {
+                None => ops::write_format(&mut w).map_err(|e| open_err(e.to_string()))?,
+                Some(v) if v > STORE_FORMAT => {
+                    return Err(StoreError::UnsupportedVersion {
+                        path,
+                        found: v,
+                        supported: STORE_FORMAT,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        txn.commit().map_err(|e| open_err(e.to_string()))?;
+
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let stats = Arc::new(WriteStats::default());
+        let writer = {
+            let db = Arc::clone(&db);
+            let stats = Arc::clone(&stats);
+            std::thread::Builder::new()
+                .name("hodei-store-writer".into())
+                .spawn({
+                    let path = path.clone();
+                    move || writer_loop(&db, &path, rx, config, &stats)
+                })
+                .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?
+        };
+        Ok(RedbStore {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                stats,
+            }),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Counters of the group-commit writer.
+    pub fn write_stats(&self) -> &WriteStats {
+        &self.inner.stats
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<Reply, StoreError> {
+        let tx = self.inner.tx.lock().clone().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn Tables) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        contain(&self.inner.path, || {
+            let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+            f(&Reader(&txn))
+        })
+    }
+}
+
+fn logical(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::UnknownJob(_)
+            | StoreError::Conflict { .. }
+            | StoreError::Duplicate(_)
+            | StoreError::Transition(_)
+    )
+}
+
+fn writer_loop(
+    db: &Database,
+    path: &Path,
+    mut rx: mpsc::Receiver<Request>,
+    config: StoreConfig,
+    stats: &WriteStats,
+) {
+    let max_batch = config.max_batch.max(1);
+    let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
+    let mut previous = 1;
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        // Under load, the writers acknowledged by the last commit are about
+        // to send again: wait briefly for them so one fsync covers them too.
+        let want = previous.min(max_batch);
+        if batch.len() < want && !config.linger.is_zero() {
+            let deadline = Instant::now() + config.linger;
+            while batch.len() < want && Instant::now() < deadline {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(Duration::from_micros(20))
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            }
+        }
+        previous = batch.len();
+        let started = Instant::now();
+        let outcome = contain(path, || {
+            commit_batch(db, &mut batch, config.max_log_bytes_per_job)
+        });
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats
+            .largest_batch
+            .fetch_max(batch.len() as u64, Ordering::Relaxed);
+        match outcome {
+            Ok(results) => {
+                for (req, result) in batch.drain(..).zip(results) {
+                    // A caller that stopped waiting is no reason to fail.
+                    let _ = req.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "store commit failed");
+                for req in batch.drain(..) {
+                    let err = match &e {
+                        StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+                            path: path.clone(),
+                            reason: reason.clone(),
+                        },
+                        other => StoreError::Storage(other.to_string()),
+                    };
+                    let _ = req.reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+/// Applies every request in one transaction and commits it durably.
+fn commit_batch(
+    db: &Database,
+    batch: &mut [Request],
+    max_log: u64,
+) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+    let mut txn = db.begin_write().map_err(StoreError::storage)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(StoreError::storage)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut w = Writer::open(&txn)?;
+        for req in batch.iter_mut() {
+            // Take the op out; the request keeps its reply channel.
+            let op = std::mem::replace(&mut req.op, WriteOp::Attempt(placeholder()));
+            let r = ops::apply(&mut w, op, max_log);
+            if let Err(e) = &r
+                && !logical(e)
+            {
+                // Dropping the transaction aborts it: nothing of the batch
+                // is written or acknowledged.
+                return Err(StoreError::Storage(e.to_string()));
+            }
+            results.push(r);
+        }
+    }
+    txn.commit().map_err(StoreError::storage)?;
+    Ok(results)
+}
+
+fn placeholder() -> AttemptRecord {
+    AttemptRecord {
+        job: JobId::from_u128(0),
+        attempt: 0,
+        worker: hodei_core::WorkerId::from_u128(0),
+        assigned_at: Timestamp(0),
+        started_at: None,
+        finished_at: None,
+        exit: None,
+        peak_memory_mb: None,
+    }
+}
+
+impl Store for RedbStore {
+    async fn insert_job(&self, job: Job) -> Result<Inserted, StoreError> {
+        expect_reply!(self.write(WriteOp::Insert(Box::new(job))).await, Inserted).map(|i| *i)
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(|t| ops::get_job(t, id))
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Page, StoreError> {
+        self.read(|t| ops::list_jobs(t, &filter))
+    }
+
+    async fn transition(
+        &self,
+        id: JobId,
+        expected: JobState,
+        attempt: u32,
+        t: Transition,
+        now: Timestamp,
+    ) -> Result<Job, StoreError> {
+        let op = WriteOp::Transition {
+            id,
+            expected,
+            attempt,
+            t,
+            now,
+        };
+        expect_reply!(self.write(op).await, Job).map(|j| *j)
+    }
+
+    async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        self.write(WriteOp::Attempt(record)).await.map(|_| ())
+    }
+
+    async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read(|t| ops::attempts(t, job))
+    }
+
+    async fn append_log(
+        &self,
+        job: JobId,
+        attempt: u32,
+        seq: u64,
+        chunk: LogChunk,
+    ) -> Result<LogAppend, StoreError> {
+        let op = WriteOp::Log {
+            job,
+            attempt,
+            seq,
+            chunk,
+        };
+        expect_reply!(self.write(op).await, Log)
+    }
+
+    async fn read_logs(
+        &self,
+        job: JobId,
+        from: LogCursor,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        self.read(|t| ops::read_logs(t, job, from, limit))
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+        expect_reply!(self.write(WriteOp::Audit(entry)).await, Audit)
+    }
+
+    async fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.read(|t| ops::audit_records(t, from, limit))
+    }
+
+    async fn verify_audit(&self) -> Result<ChainCheck, StoreError> {
+        self.read(ops::verify_audit)
+    }
+
+    async fn recover(&self) -> Result<Vec<Job>, StoreError> {
+        self.read(ops::recover)
+    }
+}

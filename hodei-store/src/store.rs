@@ -1,0 +1,119 @@
+//! The [`Store`] trait.
+
+use std::future::Future;
+
+use hodei_core::{Job, JobId, JobState, Timestamp, Transition};
+
+use crate::audit::{AuditEntry, AuditRecord, ChainCheck};
+use crate::error::StoreError;
+use crate::model::{
+    AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogPage, Page,
+};
+
+/// Settings shared by the stores.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreConfig {
+    /// The most log bytes kept per job; later chunks are dropped and
+    /// counted.
+    pub max_log_bytes_per_job: u64,
+    /// The most writes committed in one transaction (1 = a commit per
+    /// write, the baseline group commit is measured against).
+    pub max_batch: usize,
+    /// Writes waiting for the writer before submitters are made to wait.
+    pub queue_depth: usize,
+    /// How long the writer may wait for more writes when fewer are waiting
+    /// than its previous batch held (writers whose last write just
+    /// committed are about to send the next). Zero disables the wait; a
+    /// lone writer never waits, since its previous batch was one.
+    pub linger: std::time::Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_log_bytes_per_job: 64 * 1024 * 1024,
+            max_batch: 1024,
+            queue_depth: 8192,
+            linger: std::time::Duration::from_micros(200),
+        }
+    }
+}
+
+/// Durable state of a Hodei deployment.
+///
+/// Every write resolves only once it is durable (for stores that persist).
+/// Implementations are shared between tasks (`&self`, `Send + Sync`).
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new job. If the job's spec has an idempotency key and the
+    /// same tenant already stored a job with that key, returns that job
+    /// instead and writes nothing.
+    fn insert_job(&self, job: Job) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
+
+    /// A job by id.
+    fn get_job(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
+
+    /// Jobs matching `filter`, in id order, a page at a time.
+    fn list_jobs(&self, filter: JobFilter)
+    -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Applies `t` to job `id` if it is still in `expected` at attempt
+    /// `attempt` (compare-and-set); returns the job as stored.
+    fn transition(
+        &self,
+        id: JobId,
+        expected: JobState,
+        attempt: u32,
+        t: Transition,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// Stores (or replaces) the record of one attempt.
+    fn record_attempt(
+        &self,
+        record: AttemptRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A job's attempts, in order.
+    fn attempts(
+        &self,
+        job: JobId,
+    ) -> impl Future<Output = Result<Vec<AttemptRecord>, StoreError>> + Send;
+
+    /// Appends a log chunk at (`job`, `attempt`, `seq`), idempotently.
+    fn append_log(
+        &self,
+        job: JobId,
+        attempt: u32,
+        seq: u64,
+        chunk: LogChunk,
+    ) -> impl Future<Output = Result<LogAppend, StoreError>> + Send;
+
+    /// Up to `limit` chunks of `job` from `from` on (inclusive).
+    fn read_logs(
+        &self,
+        job: JobId,
+        from: LogCursor,
+        limit: usize,
+    ) -> impl Future<Output = Result<LogPage, StoreError>> + Send;
+
+    /// Appends to the audit chain.
+    fn append_audit(
+        &self,
+        entry: AuditEntry,
+    ) -> impl Future<Output = Result<AuditRecord, StoreError>> + Send;
+
+    /// The audit records from `from` on, up to `limit`.
+    fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+
+    /// Checks the whole audit chain, including that none was cut off the
+    /// end.
+    fn verify_audit(&self) -> impl Future<Output = Result<ChainCheck, StoreError>> + Send;
+
+    /// Every job not in a final state, in id order: what a restarting server
+    /// must take over.
+    fn recover(&self) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
+}

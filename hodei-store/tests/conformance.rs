@@ -1,0 +1,416 @@
+//! One suite, run against every Store implementation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hodei_core::{ExitStatus, Job, JobId, JobSpec, JobState, Timestamp, Transition, WorkerId};
+use hodei_store::{
+    AttemptRecord, AuditEntry, ChainCheck, JobFilter, LogAppend, LogChunk, LogCursor, LogStream,
+    MemStore, RedbStore, StateKind, Store, StoreConfig, StoreError,
+};
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        max_log_bytes_per_job: 1000,
+        ..StoreConfig::default()
+    }
+}
+
+fn job(tenant: &str, key: Option<&str>) -> Job {
+    let mut spec = JobSpec::argv(["true"]);
+    spec.tenant = tenant.parse().unwrap();
+    spec.idempotency_key = key.map(String::from);
+    spec.retry.max_attempts = 2;
+    Job::new(JobId::new(), spec, Timestamp(1))
+}
+
+fn chunk(data: &[u8]) -> LogChunk {
+    LogChunk {
+        stream: LogStream::Stdout,
+        at: Timestamp(5),
+        data: data.to_vec(),
+    }
+}
+
+async fn insert_get_and_idempotency<S: Store>(s: S) {
+    let a = job("acme", Some("deploy-42"));
+    assert!(s.insert_job(a.clone()).await.unwrap().is_new());
+    assert_eq!(s.get_job(a.id).await.unwrap(), Some(a.clone()));
+    // Same key, same tenant: the first job comes back.
+    let again = s.insert_job(job("acme", Some("deploy-42"))).await.unwrap();
+    assert!(!again.is_new());
+    assert_eq!(again.job().id, a.id);
+    // Same key, another tenant: a new job.
+    assert!(
+        s.insert_job(job("globex", Some("deploy-42")))
+            .await
+            .unwrap()
+            .is_new()
+    );
+    // Same id without the key: refused, not overwritten.
+    let mut same_id = job("acme", None);
+    same_id.id = a.id;
+    assert!(matches!(
+        s.insert_job(same_id).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(s.get_job(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.get_job(JobId::new()).await.unwrap(), None);
+}
+
+async fn compare_and_set_transitions<S: Store>(s: S) {
+    let j = job("acme", None);
+    let id = j.id;
+    s.insert_job(j).await.unwrap();
+    let w = WorkerId::new();
+    let assigned = s
+        .transition(
+            id,
+            JobState::Queued,
+            1,
+            Transition::Assign { worker: w },
+            Timestamp(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        assigned.state,
+        JobState::Assigned {
+            worker: w,
+            attempt: 1
+        }
+    );
+    assert_eq!(assigned.updated_at, Timestamp(2));
+    // Expected state no longer true: a clean conflict, nothing changed.
+    let err = s
+        .transition(
+            id,
+            JobState::Queued,
+            1,
+            Transition::Assign { worker: w },
+            Timestamp(3),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    // Wrong attempt: conflict too.
+    let err = s
+        .transition(
+            id,
+            assigned.state,
+            2,
+            Transition::Start { attempt: 2 },
+            Timestamp(3),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }));
+    // Illegal for the state machine: refused.
+    let err = s
+        .transition(
+            id,
+            assigned.state,
+            1,
+            Transition::Succeed { attempt: 1 },
+            Timestamp(3),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Transition(_)));
+    assert_eq!(s.get_job(id).await.unwrap().unwrap().state, assigned.state);
+    let missing = s
+        .transition(
+            JobId::new(),
+            JobState::Queued,
+            1,
+            Transition::Cancel,
+            Timestamp(3),
+        )
+        .await;
+    assert!(matches!(missing, Err(StoreError::UnknownJob(_))));
+}
+
+async fn lists_page_and_filter<S: Store>(s: S) {
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let j = job(if i % 2 == 0 { "acme" } else { "globex" }, None);
+        ids.push(j.id);
+        s.insert_job(j).await.unwrap();
+    }
+    s.transition(
+        ids[0],
+        JobState::Queued,
+        1,
+        Transition::Cancel,
+        Timestamp(2),
+    )
+    .await
+    .unwrap();
+    // All, in pages of 10, in id order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .list_jobs(JobFilter {
+                after,
+                limit: 10,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let acme = s
+        .list_jobs(JobFilter {
+            tenant: Some("acme".parse().unwrap()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(acme.jobs.len(), 13);
+    assert!(acme.jobs.iter().all(|j| j.spec.tenant.as_str() == "acme"));
+    let cancelled = s
+        .list_jobs(JobFilter {
+            state: Some(StateKind::Cancelled),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    let acme_queued = s
+        .list_jobs(JobFilter {
+            tenant: Some("acme".parse().unwrap()),
+            state: Some(StateKind::Queued),
+            limit: 5,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(acme_queued.jobs.len(), 5);
+    assert!(acme_queued.next.is_some());
+}
+
+async fn logs_are_idempotent_ordered_and_capped<S: Store>(s: S) {
+    let id = JobId::new();
+    for seq in [2u64, 0, 1] {
+        let r = s
+            .append_log(id, 1, seq, chunk(format!("line {seq}\n").as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(r, LogAppend::Stored);
+    }
+    assert_eq!(
+        s.append_log(id, 1, 1, chunk(b"again")).await.unwrap(),
+        LogAppend::Duplicate
+    );
+    s.append_log(id, 2, 0, chunk(b"retry\n")).await.unwrap();
+    let page = s.read_logs(id, LogCursor::default(), 100).await.unwrap();
+    let text: Vec<u8> = page
+        .entries
+        .iter()
+        .flat_map(|e| e.chunk.data.clone())
+        .collect();
+    assert_eq!(text, b"line 0\nline 1\nline 2\nretry\n");
+    assert_eq!(page.truncated_bytes, 0);
+    let from = s
+        .read_logs(id, LogCursor { attempt: 1, seq: 2 }, 1)
+        .await
+        .unwrap();
+    assert_eq!(from.entries.len(), 1);
+    assert_eq!(from.entries[0].cursor, LogCursor { attempt: 1, seq: 2 });
+    // The cap (1000 bytes in this suite) drops and counts the rest.
+    let big = vec![b'x'; 600];
+    assert_eq!(
+        s.append_log(id, 2, 1, chunk(&big)).await.unwrap(),
+        LogAppend::Stored
+    );
+    assert_eq!(
+        s.append_log(id, 2, 2, chunk(&big)).await.unwrap(),
+        LogAppend::Truncated
+    );
+    let page = s.read_logs(id, LogCursor::default(), 100).await.unwrap();
+    assert_eq!(page.truncated_bytes, 600);
+    assert_eq!(page.entries.len(), 5);
+    // Other jobs' logs are separate.
+    assert!(
+        s.read_logs(JobId::new(), LogCursor::default(), 10)
+            .await
+            .unwrap()
+            .entries
+            .is_empty()
+    );
+}
+
+async fn attempts_are_recorded<S: Store>(s: S) {
+    let id = JobId::new();
+    let w = WorkerId::new();
+    for a in [1u32, 2] {
+        s.record_attempt(AttemptRecord {
+            job: id,
+            attempt: a,
+            worker: w,
+            assigned_at: Timestamp(a as u64),
+            started_at: Some(Timestamp(10)),
+            finished_at: Some(Timestamp(20)),
+            exit: Some(ExitStatus::Code(a as i32)),
+            peak_memory_mb: Some(64),
+        })
+        .await
+        .unwrap();
+    }
+    let got = s.attempts(id).await.unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(got[1].exit, Some(ExitStatus::Code(2)));
+}
+
+async fn audit_chain_holds<S: Store>(s: S) {
+    for i in 0..5 {
+        let r = s
+            .append_audit(AuditEntry {
+                at: Timestamp(i),
+                actor: "acme".into(),
+                action: "submit".into(),
+                detail: format!("job {i}"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.index, i);
+    }
+    assert_eq!(
+        s.verify_audit().await.unwrap(),
+        ChainCheck::Intact { records: 5 }
+    );
+    let recs = s.audit_records(3, 10).await.unwrap();
+    assert_eq!(recs.iter().map(|r| r.index).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(recs[0].prev, s.audit_records(2, 1).await.unwrap()[0].hash);
+}
+
+async fn recovery_returns_unfinished_jobs<S: Store>(s: S) {
+    let w = WorkerId::new();
+    let queued = job("acme", None);
+    let running = job("acme", None);
+    let done = job("acme", None);
+    let failed_once = job("acme", None);
+    for j in [&queued, &running, &done, &failed_once] {
+        s.insert_job(j.clone()).await.unwrap();
+    }
+    let assign = |j: &Job| (j.id, Transition::Assign { worker: w });
+    for (id, t) in [assign(&running), assign(&done), assign(&failed_once)] {
+        s.transition(id, JobState::Queued, 1, t, Timestamp(2))
+            .await
+            .unwrap();
+    }
+    let a = JobState::Assigned {
+        worker: w,
+        attempt: 1,
+    };
+    for id in [running.id, done.id, failed_once.id] {
+        s.transition(id, a, 1, Transition::Start { attempt: 1 }, Timestamp(3))
+            .await
+            .unwrap();
+    }
+    let r = JobState::Running {
+        worker: w,
+        attempt: 1,
+    };
+    s.transition(
+        done.id,
+        r,
+        1,
+        Transition::Succeed { attempt: 1 },
+        Timestamp(4),
+    )
+    .await
+    .unwrap();
+    // Failed with an attempt left is not final.
+    s.transition(
+        failed_once.id,
+        r,
+        1,
+        Transition::Fail {
+            attempt: 1,
+            exit: ExitStatus::Code(1),
+        },
+        Timestamp(4),
+    )
+    .await
+    .unwrap();
+    let recovered: Vec<JobId> = s.recover().await.unwrap().iter().map(|j| j.id).collect();
+    let mut want = vec![queued.id, running.id, failed_once.id];
+    want.sort();
+    assert_eq!(recovered, want);
+}
+
+async fn concurrent_writers_all_land<S: Store + Clone>(s: S) {
+    let s = Arc::new(s);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..20 {
+                let j = job("acme", None);
+                ids.push(j.id);
+                s.insert_job(j).await.unwrap();
+            }
+            ids
+        }));
+    }
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(s.get_job(id).await.unwrap().is_some());
+        }
+    }
+}
+
+fn run<S, F, Fut>(make: impl Fn() -> S, test: F)
+where
+    F: FnOnce(S) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(test(make()));
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod mem {
+            use super::*;
+            $(#[test] fn $name() { run(|| MemStore::new(config()), super::$name); })*
+        }
+        mod redb {
+            use super::*;
+            $(#[test] fn $name() {
+                let dir = tempfile::tempdir().unwrap();
+                run(|| RedbStore::open(dir.path().join("hodei.redb"), config()).unwrap(), super::$name);
+            })*
+        }
+    };
+}
+
+conformance!(
+    insert_get_and_idempotency,
+    compare_and_set_transitions,
+    lists_page_and_filter,
+    logs_are_idempotent_ordered_and_capped,
+    attempts_are_recorded,
+    audit_chain_holds,
+    recovery_returns_unfinished_jobs,
+    concurrent_writers_all_land,
+);
