@@ -48,8 +48,9 @@ struct WorkerHandle {
     tx: mpsc::Sender<(JobId, u32, Duration, bool)>,
 }
 
-/// A worker: runs one assignment at a time from its channel, reporting
-/// start and end, and heartbeats into the shared cluster state.
+/// A worker: runs each assignment from its channel on its own task (the
+/// scheduler never sends more than the worker's capacity), reports start
+/// and end, and heartbeats into the shared cluster state.
 async fn worker(
     id: WorkerId,
     cluster: Arc<ClusterState>,
@@ -57,24 +58,26 @@ async fn worker(
     reports: mpsc::Sender<Report>,
 ) {
     let mut beat = tokio::time::interval(Duration::from_millis(500));
+    let mut running = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             job = jobs.recv() => {
-                let Some((job, attempt, work, fail)) = job else { return };
-                // A full report channel slows the worker down (backpressure);
-                // a closed one means the host is shutting down.
-                if reports.send(Report::Started(id, job, attempt)).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(work).await;
-                let outcome = if fail {
-                    AttemptOutcome::Failed(ExitStatus::Code(1))
-                } else {
-                    AttemptOutcome::Succeeded
-                };
-                if reports.send(Report::Finished(id, job, attempt, outcome)).await.is_err() {
-                    return;
-                }
+                let Some((job, attempt, work, fail)) = job else { break };
+                let reports = reports.clone();
+                running.spawn(async move {
+                    // A full report channel slows the job down (backpressure);
+                    // a closed one means the host is shutting down.
+                    if reports.send(Report::Started(id, job, attempt)).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(work).await;
+                    let outcome = if fail {
+                        AttemptOutcome::Failed(ExitStatus::Code(1))
+                    } else {
+                        AttemptOutcome::Succeeded
+                    };
+                    let _ = reports.send(Report::Finished(id, job, attempt, outcome)).await;
+                });
             }
             _ = beat.tick() => {
                 let t = Telemetry { cpu_percent: 20.0, memory_used_mb: 512, load_1m: 0.3 };
@@ -83,6 +86,7 @@ async fn worker(
             }
         }
     }
+    while running.join_next().await.is_some() {}
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! [`ClusterState`]: the workers, their capacity, allocations and liveness.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use hodei_core::{JobId, Resources, Timestamp, WorkerId};
 use parking_lot::Mutex;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::error::ClusterError;
 
@@ -146,7 +147,7 @@ pub(crate) struct Alloc {
     pub(crate) labels: Arc<Labels>,
     pub(crate) capacity: Resources,
     pub(crate) allocated: Resources,
-    pub(crate) jobs: HashMap<JobId, Resources>,
+    pub(crate) jobs: FxHashMap<JobId, Resources>,
     pub(crate) live: Arc<Live>,
     /// In the free-capacity indexes (Ready).
     pub(crate) indexed: bool,
@@ -248,13 +249,13 @@ impl CapacitySet {
 /// Workers, their allocations, and the indexes placement searches.
 #[derive(Default)]
 pub(crate) struct Index {
-    pub(crate) allocs: HashMap<WorkerId, Alloc>,
+    pub(crate) allocs: FxHashMap<WorkerId, Alloc>,
     /// Every Ready worker by free capacity.
     pub(crate) all: CapacitySet,
     /// Ready workers by (label key, label value), then free capacity.
-    pub(crate) by_label: HashMap<(String, String), CapacitySet>,
+    pub(crate) by_label: FxHashMap<(String, String), CapacitySet>,
     /// Ready workers by label key, then free capacity.
-    pub(crate) by_key: HashMap<String, CapacitySet>,
+    pub(crate) by_key: FxHashMap<String, CapacitySet>,
 }
 
 impl Index {
@@ -301,6 +302,38 @@ impl Index {
                 .insert(key);
             self.by_key.entry(k.clone()).or_default().insert(key);
         }
+    }
+
+    pub(crate) fn reserve(
+        &mut self,
+        worker: WorkerId,
+        job: JobId,
+        resources: Resources,
+    ) -> Result<(), ClusterError> {
+        let a = self
+            .allocs
+            .get(&worker)
+            .ok_or(ClusterError::UnknownWorker(worker))?;
+        if a.live.status() != WorkerStatus::Ready {
+            return Err(ClusterError::NotReady(worker));
+        }
+        if a.jobs.contains_key(&job) {
+            return Err(ClusterError::AlreadyReserved { worker, job });
+        }
+        let total = a
+            .allocated
+            .checked_add(&resources)
+            .filter(|t| t.fits(&a.capacity))
+            .ok_or(ClusterError::Insufficient {
+                worker,
+                requested: resources,
+                free: a.free(),
+            })?;
+        self.reindex(worker, |a| {
+            a.allocated = total;
+            a.jobs.insert(job, resources);
+        });
+        Ok(())
     }
 
     /// Applies `change` to a worker's allocation, keeping the indexes in
@@ -351,8 +384,10 @@ impl Default for ClusterConfig {
 ///   k workers passed over in the bucket of the request's own CPU size or
 ///   for failing a GPU, health or further label check; not a scan of all n
 ///   workers.
+// Ids are made by the server (random or time-ordered), so a fast
+// non-keyed hash is safe for every map here.
 pub struct ClusterState {
-    pub(crate) live: DashMap<WorkerId, Arc<Live>>,
+    pub(crate) live: DashMap<WorkerId, Arc<Live>, FxBuildHasher>,
     pub(crate) index: Mutex<Index>,
     pub(crate) config: ClusterConfig,
     topology: AtomicU64,
@@ -376,7 +411,7 @@ impl ClusterState {
     /// An empty cluster.
     pub fn new(config: ClusterConfig) -> Self {
         ClusterState {
-            live: DashMap::new(),
+            live: DashMap::with_hasher(FxBuildHasher),
             index: Mutex::new(Index::default()),
             config,
             topology: AtomicU64::new(0),
@@ -447,7 +482,7 @@ impl ClusterState {
                         labels,
                         capacity: spec.capacity,
                         allocated: Resources::ZERO,
-                        jobs: HashMap::new(),
+                        jobs: FxHashMap::default(),
                         live,
                         indexed: false,
                     },
@@ -524,31 +559,7 @@ impl ClusterState {
         job: JobId,
         resources: Resources,
     ) -> Result<(), ClusterError> {
-        let mut idx = self.index.lock();
-        let a = idx
-            .allocs
-            .get(&worker)
-            .ok_or(ClusterError::UnknownWorker(worker))?;
-        if a.live.status() != WorkerStatus::Ready {
-            return Err(ClusterError::NotReady(worker));
-        }
-        if a.jobs.contains_key(&job) {
-            return Err(ClusterError::AlreadyReserved { worker, job });
-        }
-        let total = a
-            .allocated
-            .checked_add(&resources)
-            .filter(|t| t.fits(&a.capacity))
-            .ok_or(ClusterError::Insufficient {
-                worker,
-                requested: resources,
-                free: a.free(),
-            })?;
-        idx.reindex(worker, |a| {
-            a.allocated = total;
-            a.jobs.insert(job, resources);
-        });
-        Ok(())
+        self.index.lock().reserve(worker, job, resources)
     }
 
     /// Releases `job`'s reservation on `worker`, returning what it held, or

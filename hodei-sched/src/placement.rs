@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use hodei_core::{Constraint, ConstraintOp, Resources, Timestamp, WorkerId};
+use hodei_core::{Constraint, ConstraintOp, JobId, Resources, Timestamp, WorkerId};
 
 use crate::cluster::{CapacitySet, ClusterState, FreeKey, Index, WorkerStatus};
 
@@ -147,6 +147,15 @@ impl ClusterState {
     /// re-checks atomically.
     pub fn place(&self, req: &PlacementRequest<'_>) -> Option<WorkerId> {
         self.index.lock().find(req, self.config.heartbeat_timeout)
+    }
+
+    /// Chooses a worker as [`place`](ClusterState::place) does and reserves
+    /// the request on it for `job`, under one lock.
+    pub fn place_and_reserve(&self, req: &PlacementRequest<'_>, job: JobId) -> Option<WorkerId> {
+        let mut idx = self.index.lock();
+        let worker = idx.find(req, self.config.heartbeat_timeout)?;
+        idx.reserve(worker, job, req.resources).ok()?;
+        Some(worker)
     }
 
     /// Why [`place`](ClusterState::place) finds nothing for `req`. A scan of

@@ -1,7 +1,7 @@
 //! [`Scheduler`]: Wfq + ClusterState + placement, driven by events.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,8 @@ use hodei_core::{
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rustc_hash::FxHashMap as HashMap;
+use slab::Slab;
 
 use crate::cluster::{ClusterState, WorkerSpec};
 use crate::error::SchedError;
@@ -215,8 +217,12 @@ pub struct Scheduler<C: Clock> {
     clock: C,
     cluster: Arc<ClusterState>,
     bus: Option<Bus<Event>>,
-    jobs: HashMap<JobId, Tracked>,
-    wfq: Wfq<TenantId, JobId>,
+    /// Tracked jobs, in slots laid out in admission order so that dispatch,
+    /// which mostly follows that order, walks memory forward.
+    jobs: Slab<Tracked>,
+    index: HashMap<JobId, usize>,
+    /// Queued jobs as (slot, id); the id guards against a reused slot.
+    wfq: Wfq<TenantId, (usize, JobId)>,
     /// The backfill window; its first job waiting for capacity is the head.
     blocked: VecDeque<JobId>,
     head: Option<(JobId, Option<WorkerId>)>,
@@ -258,23 +264,38 @@ impl<C: Clock> Scheduler<C> {
             seen_topology: cluster.topology_version(),
             cluster,
             bus: None,
-            jobs: HashMap::new(),
+            jobs: Slab::new(),
+            index: HashMap::default(),
             wfq: Wfq::new(),
             blocked: VecDeque::new(),
             head: None,
             unplaceable: Vec::new(),
             ready_again: VecDeque::new(),
-            quotas: HashMap::new(),
-            usage: HashMap::new(),
-            over_quota: HashMap::new(),
-            stopping: HashMap::new(),
+            quotas: HashMap::default(),
+            usage: HashMap::default(),
+            over_quota: HashMap::default(),
+            stopping: HashMap::default(),
             timers: BinaryHeap::new(),
             liveness_at: None,
-            finished: HashMap::new(),
+            finished: HashMap::default(),
             finished_order: VecDeque::new(),
             capacity_freed: false,
             rng,
         }
+    }
+
+    fn get(&self, job: JobId) -> Option<&Tracked> {
+        self.index.get(&job).and_then(|&k| self.jobs.get(k))
+    }
+
+    fn get_mut(&mut self, job: JobId) -> Option<&mut Tracked> {
+        let k = *self.index.get(&job)?;
+        self.jobs.get_mut(k)
+    }
+
+    fn forget(&mut self, job: JobId) -> Option<Tracked> {
+        let k = self.index.remove(&job)?;
+        self.jobs.try_remove(k)
     }
 
     /// Publishes a [`Event::JobChanged`] for every state change on `bus`.
@@ -315,18 +336,18 @@ impl<C: Clock> Scheduler<C> {
     /// Counts of what the scheduler holds.
     pub fn stats(&self) -> SchedulerStats {
         SchedulerStats {
-            tracked: self.jobs.len(),
+            tracked: self.index.len(),
             queued: self.wfq.len(),
             blocked: self.blocked.len(),
             unplaceable: self.unplaceable.len(),
             over_quota: self.over_quota.values().map(VecDeque::len).sum(),
-            retrying: self.jobs.values().filter(|t| t.retrying).count(),
+            retrying: self.jobs.iter().filter(|(_, t)| t.retrying).count(),
         }
     }
 
     /// A tracked job's lifecycle.
     pub fn lifecycle(&self, job: JobId) -> Option<Lifecycle> {
-        self.jobs.get(&job).map(|t| t.life)
+        self.get(job).map(|t| t.life)
     }
 
     /// Queue depth by (tenant, priority) in the fair queue.
@@ -348,7 +369,7 @@ impl<C: Clock> Scheduler<C> {
 
     /// Why a queued job is not running, if the scheduler can say.
     pub fn explain(&self, job: JobId) -> Option<Rejection> {
-        let t = self.jobs.get(&job)?;
+        let t = self.get(job)?;
         if t.life.state != JobState::Queued {
             return None;
         }
@@ -397,7 +418,10 @@ impl<C: Clock> Scheduler<C> {
         &mut self,
         reqs: impl IntoIterator<Item = JobRequest>,
     ) -> (Vec<Action>, Vec<(JobId, SchedError)>) {
-        let mut out = Vec::new();
+        let reqs = reqs.into_iter();
+        self.index.reserve(reqs.size_hint().0);
+        self.jobs.reserve(reqs.size_hint().0);
+        let mut out = Vec::with_capacity(reqs.size_hint().0.saturating_mul(2));
         let mut refused = Vec::new();
         for req in reqs {
             let id = req.id;
@@ -427,7 +451,7 @@ impl<C: Clock> Scheduler<C> {
         out: &mut Vec<Action>,
     ) -> Result<(), SchedError> {
         let id = req.id;
-        if self.jobs.contains_key(&id) {
+        if self.index.contains_key(&id) {
             return Err(SchedError::Duplicate(id));
         }
         let life = life.unwrap_or_else(|| {
@@ -442,7 +466,7 @@ impl<C: Clock> Scheduler<C> {
         let mut failed_dependency = false;
         if life.state == JobState::Pending {
             for dep in &req.dependencies {
-                if self.jobs.contains_key(dep) {
+                if self.index.contains_key(dep) {
                     waiting_on += 1;
                 } else {
                     match self.finished.get(dep) {
@@ -458,25 +482,23 @@ impl<C: Clock> Scheduler<C> {
                 }
             }
             for dep in &req.dependencies {
-                if let Some(d) = self.jobs.get_mut(dep) {
+                if let Some(d) = self.get_mut(*dep) {
                     d.dependents.push(id);
                 }
             }
         }
         let now = self.clock.now();
         let state = life.state;
-        self.jobs.insert(
-            id,
-            Tracked {
-                req,
-                life,
-                waiting_on,
-                dependents: Vec::new(),
-                reserved: false,
-                classified_at: None,
-                retrying: false,
-            },
-        );
+        let slot = self.jobs.insert(Tracked {
+            req,
+            life,
+            waiting_on,
+            dependents: Vec::new(),
+            reserved: false,
+            classified_at: None,
+            retrying: false,
+        });
+        self.index.insert(id, slot);
         match state {
             JobState::Pending if failed_dependency => self.cancel_tracked(id, out),
             JobState::Pending if waiting_on == 0 => {
@@ -508,7 +530,8 @@ impl<C: Clock> Scheduler<C> {
         job: JobId,
         attempt: u32,
     ) -> Result<(), SchedError> {
-        let t = self.jobs.get_mut(&job).ok_or(SchedError::UnknownJob(job))?;
+        let k = *self.index.get(&job).ok_or(SchedError::UnknownJob(job))?;
+        let t = self.jobs.get_mut(k).ok_or(SchedError::UnknownJob(job))?;
         if t.life.state.worker() != Some(worker) {
             return Err(SchedError::WrongWorker { job, worker });
         }
@@ -532,7 +555,7 @@ impl<C: Clock> Scheduler<C> {
     /// Cancels a job. A queued or pending job ends at once; a running one
     /// ends too, and its worker is told to stop it.
     pub fn cancel(&mut self, job: JobId) -> Result<Vec<Action>, SchedError> {
-        if !self.jobs.contains_key(&job) {
+        if !self.index.contains_key(&job) {
             return Err(SchedError::UnknownJob(job));
         }
         self.run(|s, out| {
@@ -578,7 +601,7 @@ impl<C: Clock> Scheduler<C> {
         self.run(|s, out| {
             s.check_holder(worker, job)?;
             s.apply(job, Transition::Start { attempt }, out)?;
-            if let Some(t) = s.jobs.get(&job).and_then(|t| t.req.timeout) {
+            if let Some(t) = s.get(job).and_then(|t| t.req.timeout) {
                 let at = s.clock.now() + t + s.config.timeout_grace;
                 s.timers.push(Reverse((at, Timer::Timeout(job, attempt))));
             }
@@ -599,8 +622,7 @@ impl<C: Clock> Scheduler<C> {
         self.run(|s, out| {
             if let Some((w, tenant, res)) = s.stopping.get(&job).cloned()
                 && w == worker
-                && s.jobs
-                    .get(&job)
+                && s.get(job)
                     .is_none_or(|t| t.life.state.worker() != Some(worker))
             {
                 s.stopping.remove(&job);
@@ -618,7 +640,7 @@ impl<C: Clock> Scheduler<C> {
     }
 
     fn check_holder(&self, worker: WorkerId, job: JobId) -> Result<(), SchedError> {
-        let t = self.jobs.get(&job).ok_or(SchedError::UnknownJob(job))?;
+        let t = self.get(job).ok_or(SchedError::UnknownJob(job))?;
         match t.life.state.worker() {
             Some(w) if w == worker => Ok(()),
             _ => Err(SchedError::WrongWorker { job, worker }),
@@ -658,7 +680,7 @@ impl<C: Clock> Scheduler<C> {
             for lost in self.cluster.expire(now) {
                 for job in lost.jobs {
                     // The cluster already released the reservations.
-                    if let Some(t) = self.jobs.get_mut(&job) {
+                    if let Some(t) = self.get_mut(job) {
                         t.reserved = false;
                     }
                     self.lose(lost.id, job, &mut out);
@@ -674,7 +696,7 @@ impl<C: Clock> Scheduler<C> {
     fn fire(&mut self, timer: Timer, out: &mut Vec<Action>) {
         match timer {
             Timer::Retry(job) => {
-                let ready = self.jobs.get_mut(&job).is_some_and(|t| {
+                let ready = self.get_mut(job).is_some_and(|t| {
                     let due = t.retrying;
                     t.retrying = false;
                     due
@@ -684,7 +706,7 @@ impl<C: Clock> Scheduler<C> {
                 }
             }
             Timer::Timeout(job, attempt) => {
-                let Some(t) = self.jobs.get(&job) else { return };
+                let Some(t) = self.get(job) else { return };
                 if !matches!(t.life.state, JobState::Running { attempt: a, .. } if a == attempt) {
                     return;
                 }
@@ -699,7 +721,7 @@ impl<C: Clock> Scheduler<C> {
                 let _ = self.end_attempt(job, Transition::TimeOut { attempt }, out);
             }
             Timer::Reattach(job, attempt) => {
-                let Some(t) = self.jobs.get(&job) else { return };
+                let Some(t) = self.get(job) else { return };
                 if t.reserved || t.life.attempt != attempt || !t.life.state.is_active() {
                     return;
                 }
@@ -710,7 +732,8 @@ impl<C: Clock> Scheduler<C> {
 
     /// Moves a reservation from a job's live attempt to the stopping set.
     fn hand_to_stopping(&mut self, job: JobId, worker: WorkerId) {
-        if let Some(t) = self.jobs.get_mut(&job)
+        if let Some(k) = self.index.get(&job).copied()
+            && let Some(t) = self.jobs.get_mut(k)
             && t.reserved
         {
             t.reserved = false;
@@ -726,7 +749,7 @@ impl<C: Clock> Scheduler<C> {
             self.stopping.remove(&job);
             self.sub_usage(&tenant, res);
         }
-        let Some(t) = self.jobs.get(&job) else { return };
+        let Some(t) = self.get(job) else { return };
         if t.life.state.worker() != Some(worker) {
             return;
         }
@@ -742,9 +765,9 @@ impl<C: Clock> Scheduler<C> {
         t: Transition,
         out: &mut Vec<Action>,
     ) -> Result<(), SchedError> {
-        let worker = self.jobs.get(&job).and_then(|x| x.life.state.worker());
+        let worker = self.get(job).and_then(|x| x.life.state.worker());
         self.apply(job, t, out)?;
-        let Some(tr) = self.jobs.get_mut(&job) else {
+        let Some(tr) = self.get_mut(job) else {
             return Ok(());
         };
         if let Some(w) = worker
@@ -754,7 +777,10 @@ impl<C: Clock> Scheduler<C> {
             let (tenant, res) = (tr.req.tenant.clone(), tr.req.resources);
             self.release(w, job, &tenant, res);
         }
-        let Some(tr) = self.jobs.get_mut(&job) else {
+        let Some(k) = self.index.get(&job).copied() else {
+            return Ok(());
+        };
+        let Some(tr) = self.jobs.get_mut(k) else {
             return Ok(());
         };
         if tr.life.awaits_retry() {
@@ -789,7 +815,7 @@ impl<C: Clock> Scheduler<C> {
     }
 
     fn cancel_tracked(&mut self, job: JobId, out: &mut Vec<Action>) {
-        let Some(t) = self.jobs.get(&job) else { return };
+        let Some(t) = self.get(job) else { return };
         let state = t.life.state;
         if let Some(worker) = state.worker() {
             out.push(Action::Stop {
@@ -806,14 +832,14 @@ impl<C: Clock> Scheduler<C> {
 
     /// Forgets a job that reached a final state and settles its dependents.
     fn retire(&mut self, job: JobId, out: &mut Vec<Action>) {
-        let Some(t) = self.jobs.remove(&job) else {
+        let Some(t) = self.forget(job) else {
             return;
         };
         let succeeded = t.life.state == JobState::Succeeded;
         self.record_finished(job, succeeded);
         for dep in t.dependents {
             if succeeded {
-                let ready = self.jobs.get_mut(&dep).is_some_and(|d| {
+                let ready = self.get_mut(dep).is_some_and(|d| {
                     d.waiting_on = d.waiting_on.saturating_sub(1);
                     d.waiting_on == 0 && d.life.state == JobState::Pending
                 });
@@ -827,9 +853,13 @@ impl<C: Clock> Scheduler<C> {
     }
 
     fn enqueue(&mut self, job: JobId) {
-        if let Some(t) = self.jobs.get_mut(&job) {
+        let Some(&k) = self.index.get(&job) else {
+            return;
+        };
+        if let Some(t) = self.jobs.get_mut(k) {
             t.classified_at = None;
-            self.wfq.push(t.req.tenant.clone(), t.req.priority, 1, job);
+            self.wfq
+                .push(t.req.tenant.clone(), t.req.priority, 1, (k, job));
         }
     }
 
@@ -839,7 +869,8 @@ impl<C: Clock> Scheduler<C> {
         t: Transition,
         out: &mut Vec<Action>,
     ) -> Result<JobState, SchedError> {
-        let tr = self.jobs.get_mut(&job).ok_or(SchedError::UnknownJob(job))?;
+        let k = *self.index.get(&job).ok_or(SchedError::UnknownJob(job))?;
+        let tr = self.jobs.get_mut(k).ok_or(SchedError::UnknownJob(job))?;
         let from = tr.life.state;
         let to = tr.life.transition(t)?;
         let attempt = tr.life.attempt;
@@ -888,7 +919,17 @@ impl<C: Clock> Scheduler<C> {
             let job = match self.ready_again.pop_front() {
                 Some(j) => j,
                 None => match self.wfq.pop() {
-                    Some(d) => d.item,
+                    // A cancelled job leaves its entry behind; its slot may
+                    // hold another job by now.
+                    Some(d)
+                        if self
+                            .jobs
+                            .get(d.item.0)
+                            .is_some_and(|t| t.req.id == d.item.1) =>
+                    {
+                        d.item.1
+                    }
+                    Some(_) => continue,
                     None => break,
                 },
             };
@@ -906,7 +947,7 @@ impl<C: Clock> Scheduler<C> {
             Try::Wait => {
                 self.blocked.push_back(job);
                 if self.head.is_none() {
-                    let target = self.jobs.get(&job).and_then(|t| {
+                    let target = self.get(job).and_then(|t| {
                         self.cluster.reservation_target(&PlacementRequest {
                             resources: t.req.resources,
                             constraints: &t.req.constraints,
@@ -928,7 +969,7 @@ impl<C: Clock> Scheduler<C> {
                 if self.head.is_some_and(|(h, _)| h == job) {
                     self.head = None;
                 }
-                if let Some(t) = self.jobs.get(&job) {
+                if let Some(t) = self.get(job) {
                     self.over_quota
                         .entry(t.req.tenant.clone())
                         .or_default()
@@ -939,7 +980,10 @@ impl<C: Clock> Scheduler<C> {
     }
 
     fn try_place(&mut self, job: JobId, now: Timestamp, out: &mut Vec<Action>) -> Try {
-        let Some(t) = self.jobs.get(&job) else {
+        let Some(&k) = self.index.get(&job) else {
+            return Try::Gone;
+        };
+        let Some(t) = self.jobs.get(k) else {
             return Try::Gone;
         };
         if t.life.state != JobState::Queued {
@@ -964,14 +1008,14 @@ impl<C: Clock> Scheduler<C> {
             exclude,
             now,
         };
-        let Some(worker) = self.cluster.place(&req) else {
+        let Some(worker) = self.cluster.place_and_reserve(&req, job) else {
             // Classify once per topology: explaining scans every worker.
             let topology = self.seen_topology;
             if t.classified_at == Some(topology) {
                 return Try::Wait;
             }
             let why = self.cluster.explain(&req);
-            if let Some(tr) = self.jobs.get_mut(&job) {
+            if let Some(tr) = self.jobs.get_mut(k) {
                 tr.classified_at = Some(topology);
             }
             return match why {
@@ -979,13 +1023,10 @@ impl<C: Clock> Scheduler<C> {
                 _ => Try::Wait,
             };
         };
-        if self.cluster.reserve(worker, job, res).is_err() {
-            return Try::Wait;
-        }
         let tenant = tenant.clone();
         let u = self.usage.entry(tenant).or_default();
         *u = u.checked_add(&res).unwrap_or(*u);
-        if let Some(tr) = self.jobs.get_mut(&job) {
+        if let Some(tr) = self.jobs.get_mut(k) {
             tr.reserved = true;
         }
         match self.apply(job, Transition::Assign { worker }, out) {

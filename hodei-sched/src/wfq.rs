@@ -1,9 +1,11 @@
 //! [`Wfq`]: weighted fair queuing across flows (tenants).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
+
+use rustc_hash::FxHashMap as HashMap;
 
 /// Virtual time is kept in fixed point so that tags stay exact integers:
 /// serving `cost` at `weight` advances a flow by `cost * SCALE / weight`.
@@ -117,7 +119,7 @@ impl<K: Hash + Eq + Clone, T> Wfq<K, T> {
     pub fn new() -> Self {
         Wfq {
             flows: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             active: BinaryHeap::new(),
             vtime: 0,
             seq: 0,

@@ -570,3 +570,32 @@ fn state_changes_are_published_on_the_bus() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn a_cancelled_queued_job_never_runs_even_when_its_slot_is_reused() {
+    let mut h = harness(SchedulerConfig {
+        backfill_window: 1,
+        ..SchedulerConfig::default()
+    });
+    let (w, _) = worker(&mut h, 1, 1000, 1000, &[]);
+    let a = job("acme", 1000, 100);
+    let b = job("acme", 1000, 100);
+    let c = job("acme", 1000, 100);
+    let (aid, bid, cid) = (a.id, b.id, c.id);
+    h.sched.submit(a).unwrap();
+    h.sched.submit(b).unwrap(); // waits in the one-job window
+    h.sched.submit(c).unwrap(); // stays in the fair queue
+    h.sched.cancel(cid).unwrap();
+    let d = job("acme", 1000, 100);
+    let did = d.id;
+    h.sched.submit(d).unwrap(); // takes the cancelled job's slot
+    let mut ran = Vec::new();
+    for (id, next) in [(aid, bid), (bid, did)] {
+        let actions = run_to_end(&mut h, w, id, 1, AttemptOutcome::Succeeded);
+        let placed = assigns(&actions);
+        assert_eq!(placed, vec![(next, w, 1)]);
+        ran.extend(placed.into_iter().map(|p| p.0));
+    }
+    assert!(!ran.contains(&cid));
+    assert_eq!(h.sched.stats().tracked, 1);
+}
