@@ -1,6 +1,29 @@
 //! The Hodei Worker Protocol.
 //!
-//! The gRPC definitions that agents and clients speak, the services that
-//! turn the scheduling engine and the store into a server, and a client
-//! library.
+//! The gRPC definitions agents and clients speak (`proto/hodei/hwp/v1`,
+//! package `hodei.hwp.v1`), generated at build time in pure Rust, and the
+//! checked conversions between wire messages and `hodei-core` types: every
+//! field of an incoming message is validated, and a problem is reported
+//! with the field it concerns.
 #![deny(missing_docs)]
+
+mod convert;
+
+pub use convert::{WireError, job_to_wire, spec_from_wire, spec_to_wire, state_to_wire};
+
+/// Code generated from the `.proto` files.
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    rust_2018_idioms
+)]
+pub mod proto {
+    tonic::include_proto!("hodei.hwp.v1");
+
+    /// The encoded descriptor set of every Hodei service, for gRPC
+    /// reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/hodei_hwp_descriptor.bin"));
+}
