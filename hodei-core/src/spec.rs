@@ -305,6 +305,18 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    /// True if this problem concerns `field` or a path below it
+    /// (`retry` covers `retry.jitter` and `retry[0]`).
+    pub fn is_about(&self, field: &str) -> bool {
+        self.field == field
+            || self
+                .field
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
+    }
+}
+
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.message)
@@ -336,12 +348,7 @@ impl SpecErrors {
 
     /// True if any problem concerns `field` or a path below it.
     pub fn concerns(&self, field: &str) -> bool {
-        self.0.iter().any(|e| {
-            e.field == field
-                || e.field
-                    .strip_prefix(field)
-                    .is_some_and(|rest| rest.starts_with(['.', '[']))
-        })
+        self.0.iter().any(|e| e.is_about(field))
     }
 }
 

@@ -30,12 +30,7 @@ impl fmt::Display for WireError {
 impl WireError {
     /// True if a problem concerns `field` or a path below it.
     pub fn concerns(&self, field: &str) -> bool {
-        self.0.iter().any(|e| {
-            e.field == field
-                || e.field
-                    .strip_prefix(field)
-                    .is_some_and(|rest| rest.starts_with(['.', '[']))
-        })
+        self.0.iter().any(|e| e.is_about(field))
     }
 }
 

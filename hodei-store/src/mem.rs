@@ -5,16 +5,11 @@ use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use hodei_core::{Job, JobId, JobState, Timestamp, Transition};
 use parking_lot::Mutex;
 
-use crate::audit::{AuditEntry, AuditRecord, ChainCheck};
 use crate::error::StoreError;
-use crate::model::{
-    AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogPage, Page,
-};
 use crate::ops::{self, Reply, Table, Tables, TablesMut, Visit, WriteOp};
-use crate::store::{Store, StoreConfig};
+use crate::store::{StoreConfig, impl_store};
 
 #[derive(Default)]
 struct Maps(BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>);
@@ -86,101 +81,17 @@ impl MemStore {
         }
     }
 
-    fn write(&self, op: WriteOp) -> Result<Reply, StoreError> {
+    async fn write(&self, op: WriteOp) -> Result<Reply, StoreError> {
         let mut maps = self.maps.lock();
         ops::apply(&mut *maps, op, self.config.max_log_bytes_per_job)
     }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn Tables) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&*self.maps.lock())
+    }
 }
 
-macro_rules! expect_reply {
-    ($r:expr, $variant:ident) => {
-        match $r? {
-            Reply::$variant(v) => Ok(v),
-            other => Err(StoreError::Storage(format!(
-                "unexpected writer reply {other:?}"
-            ))),
-        }
-    };
-}
-pub(crate) use expect_reply;
-
-impl Store for MemStore {
-    async fn insert_job(&self, job: Job) -> Result<Inserted, StoreError> {
-        expect_reply!(self.write(WriteOp::Insert(Box::new(job))), Inserted).map(|i| *i)
-    }
-
-    async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        ops::get_job(&*self.maps.lock(), id)
-    }
-
-    async fn list_jobs(&self, filter: JobFilter) -> Result<Page, StoreError> {
-        ops::list_jobs(&*self.maps.lock(), &filter)
-    }
-
-    async fn transition(
-        &self,
-        id: JobId,
-        expected: JobState,
-        attempt: u32,
-        t: Transition,
-        now: Timestamp,
-    ) -> Result<Job, StoreError> {
-        let op = WriteOp::Transition {
-            id,
-            expected,
-            attempt,
-            t,
-            now,
-        };
-        expect_reply!(self.write(op), Job).map(|j| *j)
-    }
-
-    async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        self.write(WriteOp::Attempt(record)).map(|_| ())
-    }
-
-    async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRecord>, StoreError> {
-        ops::attempts(&*self.maps.lock(), job)
-    }
-
-    async fn append_log(
-        &self,
-        job: JobId,
-        attempt: u32,
-        seq: u64,
-        chunk: LogChunk,
-    ) -> Result<LogAppend, StoreError> {
-        let op = WriteOp::Log {
-            job,
-            attempt,
-            seq,
-            chunk,
-        };
-        expect_reply!(self.write(op), Log)
-    }
-
-    async fn read_logs(
-        &self,
-        job: JobId,
-        from: LogCursor,
-        limit: usize,
-    ) -> Result<LogPage, StoreError> {
-        ops::read_logs(&*self.maps.lock(), job, from, limit)
-    }
-
-    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-        expect_reply!(self.write(WriteOp::Audit(entry)), Audit)
-    }
-
-    async fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        ops::audit_records(&*self.maps.lock(), from, limit)
-    }
-
-    async fn verify_audit(&self) -> Result<ChainCheck, StoreError> {
-        ops::verify_audit(&*self.maps.lock())
-    }
-
-    async fn recover(&self) -> Result<Vec<Job>, StoreError> {
-        ops::recover(&*self.maps.lock())
-    }
-}
+impl_store!(MemStore);

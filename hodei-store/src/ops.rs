@@ -115,6 +115,10 @@ pub(crate) enum Reply {
     Audit(AuditRecord),
 }
 
+pub(crate) fn unexpected(reply: Reply) -> StoreError {
+    StoreError::Storage(format!("unexpected writer reply {reply:?}"))
+}
+
 const FORMAT_KEY: &[u8] = b"format";
 const AUDIT_HEAD_KEY: &[u8] = b"audit_head";
 

@@ -9,19 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hodei_core::{Job, JobId, JobState, Timestamp, Transition};
+use hodei_core::{JobId, Timestamp};
 use parking_lot::Mutex;
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{AuditEntry, AuditRecord, ChainCheck};
 use crate::error::StoreError;
-use crate::mem::expect_reply;
-use crate::model::{
-    AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogPage, Page,
-};
+use crate::model::AttemptRecord;
 use crate::ops::{self, Reply, STORE_FORMAT, Table, Tables, TablesMut, Visit, WriteOp};
-use crate::store::{Store, StoreConfig};
+use crate::store::{StoreConfig, impl_store};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -29,44 +25,61 @@ fn def(t: Table) -> Def {
     TableDefinition::new(t.name())
 }
 
-/// Read access through any redb transaction.
-struct Reader<'a, T>(&'a T);
-
-macro_rules! impl_tables {
-    ($txn:ty) => {
-        impl Tables for Reader<'_, $txn> {
-            fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-                let table = self.0.open_table(def(t)).map_err(StoreError::storage)?;
-                let v = table.get(key).map_err(StoreError::storage)?;
-                Ok(v.map(|g| g.value().to_vec()))
-            }
-
-            fn scan(
-                &self,
-                t: Table,
-                from: &[u8],
-                to: Option<&[u8]>,
-                f: Visit<'_>,
-            ) -> Result<(), StoreError> {
-                let table = self.0.open_table(def(t)).map_err(StoreError::storage)?;
-                let iter = match to {
-                    Some(to) => table.range::<&[u8]>(from..to),
-                    None => table.range::<&[u8]>(from..),
-                }
-                .map_err(StoreError::storage)?;
-                for item in iter {
-                    let (k, v) = item.map_err(StoreError::storage)?;
-                    if !f(k.value(), v.value())? {
-                        break;
-                    }
-                }
-                Ok(())
-            }
-        }
-    };
+fn get_in(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let v = table.get(key).map_err(StoreError::storage)?;
+    Ok(v.map(|g| g.value().to_vec()))
 }
 
-impl_tables!(redb::ReadTransaction);
+fn scan_in(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    from: &[u8],
+    to: Option<&[u8]>,
+    f: Visit<'_>,
+) -> Result<(), StoreError> {
+    let iter = match to {
+        Some(to) => table.range::<&[u8]>(from..to),
+        None => table.range::<&[u8]>(from..),
+    }
+    .map_err(StoreError::storage)?;
+    for item in iter {
+        let (k, v) = item.map_err(StoreError::storage)?;
+        if !f(k.value(), v.value())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Read access through a read transaction.
+struct Reader<'a>(&'a redb::ReadTransaction);
+
+impl Reader<'_> {
+    fn table(
+        &self,
+        t: Table,
+    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+        self.0.open_table(def(t)).map_err(StoreError::storage)
+    }
+}
+
+impl Tables for Reader<'_> {
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        get_in(&self.table(t)?, key)
+    }
+
+    fn scan(
+        &self,
+        t: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: Visit<'_>,
+    ) -> Result<(), StoreError> {
+        scan_in(&self.table(t)?, from, to, f)
+    }
+}
 
 /// Every table of a write transaction, opened once for a whole batch:
 /// opening a table per access costs more than the access.
@@ -90,8 +103,7 @@ impl<'txn> Writer<'txn> {
 
 impl Tables for Writer<'_> {
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let v = self.table(t).get(key).map_err(StoreError::storage)?;
-        Ok(v.map(|g| g.value().to_vec()))
+        get_in(self.table(t), key)
     }
 
     fn scan(
@@ -101,19 +113,7 @@ impl Tables for Writer<'_> {
         to: Option<&[u8]>,
         f: Visit<'_>,
     ) -> Result<(), StoreError> {
-        let table = self.table(t);
-        let iter = match to {
-            Some(to) => table.range::<&[u8]>(from..to),
-            None => table.range::<&[u8]>(from..),
-        }
-        .map_err(StoreError::storage)?;
-        for item in iter {
-            let (k, v) = item.map_err(StoreError::storage)?;
-            if !f(k.value(), v.value())? {
-                break;
-            }
-        }
-        Ok(())
+        scan_in(self.table(t), from, to, f)
     }
 }
 
@@ -451,83 +451,4 @@ fn placeholder() -> AttemptRecord {
     }
 }
 
-impl Store for RedbStore {
-    async fn insert_job(&self, job: Job) -> Result<Inserted, StoreError> {
-        expect_reply!(self.write(WriteOp::Insert(Box::new(job))).await, Inserted).map(|i| *i)
-    }
-
-    async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        self.read(|t| ops::get_job(t, id))
-    }
-
-    async fn list_jobs(&self, filter: JobFilter) -> Result<Page, StoreError> {
-        self.read(|t| ops::list_jobs(t, &filter))
-    }
-
-    async fn transition(
-        &self,
-        id: JobId,
-        expected: JobState,
-        attempt: u32,
-        t: Transition,
-        now: Timestamp,
-    ) -> Result<Job, StoreError> {
-        let op = WriteOp::Transition {
-            id,
-            expected,
-            attempt,
-            t,
-            now,
-        };
-        expect_reply!(self.write(op).await, Job).map(|j| *j)
-    }
-
-    async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        self.write(WriteOp::Attempt(record)).await.map(|_| ())
-    }
-
-    async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.read(|t| ops::attempts(t, job))
-    }
-
-    async fn append_log(
-        &self,
-        job: JobId,
-        attempt: u32,
-        seq: u64,
-        chunk: LogChunk,
-    ) -> Result<LogAppend, StoreError> {
-        let op = WriteOp::Log {
-            job,
-            attempt,
-            seq,
-            chunk,
-        };
-        expect_reply!(self.write(op).await, Log)
-    }
-
-    async fn read_logs(
-        &self,
-        job: JobId,
-        from: LogCursor,
-        limit: usize,
-    ) -> Result<LogPage, StoreError> {
-        self.read(|t| ops::read_logs(t, job, from, limit))
-    }
-
-    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-        expect_reply!(self.write(WriteOp::Audit(entry)).await, Audit)
-    }
-
-    async fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.read(|t| ops::audit_records(t, from, limit))
-    }
-
-    async fn verify_audit(&self) -> Result<ChainCheck, StoreError> {
-        self.read(ops::verify_audit)
-    }
-
-    async fn recover(&self) -> Result<Vec<Job>, StoreError> {
-        self.read(ops::recover)
-    }
-}
+impl_store!(RedbStore);

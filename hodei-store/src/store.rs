@@ -117,3 +117,135 @@ pub trait Store: Send + Sync + 'static {
     /// must take over.
     fn recover(&self) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
 }
+
+/// Implements [`Store`] for a type with two inherent methods:
+/// `async fn write(&self, op: WriteOp) -> Result<Reply, StoreError>` and
+/// `fn read<T>(&self, f: impl FnOnce(&dyn Tables) -> Result<T, StoreError>)
+/// -> Result<T, StoreError>`. The semantics live in `ops`; a store only
+/// says how it writes and reads raw tables.
+macro_rules! impl_store {
+    ($ty:ty) => {
+        impl $crate::store::Store for $ty {
+            async fn insert_job(
+                &self,
+                job: hodei_core::Job,
+            ) -> Result<$crate::model::Inserted, $crate::error::StoreError> {
+                match self
+                    .write($crate::ops::WriteOp::Insert(Box::new(job)))
+                    .await?
+                {
+                    $crate::ops::Reply::Inserted(i) => Ok(*i),
+                    other => Err($crate::ops::unexpected(other)),
+                }
+            }
+
+            async fn get_job(
+                &self,
+                id: hodei_core::JobId,
+            ) -> Result<Option<hodei_core::Job>, $crate::error::StoreError> {
+                self.read(|t| $crate::ops::get_job(t, id))
+            }
+
+            async fn list_jobs(
+                &self,
+                filter: $crate::model::JobFilter,
+            ) -> Result<$crate::model::Page, $crate::error::StoreError> {
+                self.read(|t| $crate::ops::list_jobs(t, &filter))
+            }
+
+            async fn transition(
+                &self,
+                id: hodei_core::JobId,
+                expected: hodei_core::JobState,
+                attempt: u32,
+                t: hodei_core::Transition,
+                now: hodei_core::Timestamp,
+            ) -> Result<hodei_core::Job, $crate::error::StoreError> {
+                let op = $crate::ops::WriteOp::Transition {
+                    id,
+                    expected,
+                    attempt,
+                    t,
+                    now,
+                };
+                match self.write(op).await? {
+                    $crate::ops::Reply::Job(j) => Ok(*j),
+                    other => Err($crate::ops::unexpected(other)),
+                }
+            }
+
+            async fn record_attempt(
+                &self,
+                record: $crate::model::AttemptRecord,
+            ) -> Result<(), $crate::error::StoreError> {
+                self.write($crate::ops::WriteOp::Attempt(record))
+                    .await
+                    .map(|_| ())
+            }
+
+            async fn attempts(
+                &self,
+                job: hodei_core::JobId,
+            ) -> Result<Vec<$crate::model::AttemptRecord>, $crate::error::StoreError> {
+                self.read(|t| $crate::ops::attempts(t, job))
+            }
+
+            async fn append_log(
+                &self,
+                job: hodei_core::JobId,
+                attempt: u32,
+                seq: u64,
+                chunk: $crate::model::LogChunk,
+            ) -> Result<$crate::model::LogAppend, $crate::error::StoreError> {
+                let op = $crate::ops::WriteOp::Log {
+                    job,
+                    attempt,
+                    seq,
+                    chunk,
+                };
+                match self.write(op).await? {
+                    $crate::ops::Reply::Log(l) => Ok(l),
+                    other => Err($crate::ops::unexpected(other)),
+                }
+            }
+
+            async fn read_logs(
+                &self,
+                job: hodei_core::JobId,
+                from: $crate::model::LogCursor,
+                limit: usize,
+            ) -> Result<$crate::model::LogPage, $crate::error::StoreError> {
+                self.read(|t| $crate::ops::read_logs(t, job, from, limit))
+            }
+
+            async fn append_audit(
+                &self,
+                entry: $crate::audit::AuditEntry,
+            ) -> Result<$crate::audit::AuditRecord, $crate::error::StoreError> {
+                match self.write($crate::ops::WriteOp::Audit(entry)).await? {
+                    $crate::ops::Reply::Audit(a) => Ok(a),
+                    other => Err($crate::ops::unexpected(other)),
+                }
+            }
+
+            async fn audit_records(
+                &self,
+                from: u64,
+                limit: usize,
+            ) -> Result<Vec<$crate::audit::AuditRecord>, $crate::error::StoreError> {
+                self.read(|t| $crate::ops::audit_records(t, from, limit))
+            }
+
+            async fn verify_audit(
+                &self,
+            ) -> Result<$crate::audit::ChainCheck, $crate::error::StoreError> {
+                self.read($crate::ops::verify_audit)
+            }
+
+            async fn recover(&self) -> Result<Vec<hodei_core::Job>, $crate::error::StoreError> {
+                self.read($crate::ops::recover)
+            }
+        }
+    };
+}
+pub(crate) use impl_store;
