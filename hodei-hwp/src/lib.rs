@@ -4,11 +4,14 @@
 //! package `hodei.hwp.v1`), generated at build time in pure Rust, and the
 //! checked conversions between wire messages and `hodei-core` types: every
 //! field of an incoming message is validated, and a problem is reported
-//! with the field it concerns.
+//! with the field it concerns; and bearer-token authentication of agents
+//! and clients.
 #![deny(missing_docs)]
 
+mod auth;
 mod convert;
 
+pub use auth::{AuthError, Principal, Tokens};
 pub use convert::{WireError, job_to_wire, spec_from_wire, spec_to_wire, state_to_wire};
 
 /// Code generated from the `.proto` files.
