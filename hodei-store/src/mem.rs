@@ -1,4 +1,4 @@
-//! [`MemStore`]: the [`Store`] trait in memory.
+//! [`MemStore`]: the [`Store`](crate::Store) trait in memory.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,7 +56,7 @@ impl TablesMut for Maps {
     }
 }
 
-/// The [`Store`] trait in memory: for tests, and for hosts that want no
+/// The [`Store`](crate::Store) trait in memory: for tests, and for hosts that want no
 /// persistence. Records go through the same encoding and the same
 /// operations as the redb store; each operation holds one lock for its
 /// duration, so operations are atomic and serialised.
