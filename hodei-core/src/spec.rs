@@ -93,7 +93,7 @@ impl fmt::Debug for Secret {
 }
 
 /// How a constraint compares a worker label.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConstraintOp {
     /// The label is present and its value is one of `values`.
@@ -107,7 +107,7 @@ pub enum ConstraintOp {
 }
 
 /// A label selector a worker must satisfy to run the job.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Constraint {
     /// The label key.

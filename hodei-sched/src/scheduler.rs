@@ -240,6 +240,12 @@ pub struct Scheduler<C: Clock> {
     finished_order: VecDeque<JobId>,
     seen_topology: u64,
     capacity_freed: bool,
+    /// Jobs waiting out a retry backoff.
+    retrying: usize,
+    /// Why jobs of one shape (resources, constraints) fit nowhere, found
+    /// during the current placement pass: explaining scans every worker,
+    /// so jobs of the same shape share one scan.
+    explained: HashMap<(Resources, Vec<Constraint>), Option<Rejection>>,
     rng: StdRng,
 }
 
@@ -280,6 +286,8 @@ impl<C: Clock> Scheduler<C> {
             finished: HashMap::default(),
             finished_order: VecDeque::new(),
             capacity_freed: false,
+            retrying: 0,
+            explained: HashMap::default(),
             rng,
         }
     }
@@ -341,7 +349,7 @@ impl<C: Clock> Scheduler<C> {
             blocked: self.blocked.len(),
             unplaceable: self.unplaceable.len(),
             over_quota: self.over_quota.values().map(VecDeque::len).sum(),
-            retrying: self.jobs.iter().filter(|(_, t)| t.retrying).count(),
+            retrying: self.retrying,
         }
     }
 
@@ -701,6 +709,9 @@ impl<C: Clock> Scheduler<C> {
                     t.retrying = false;
                     due
                 });
+                if ready {
+                    self.retrying -= 1;
+                }
                 if ready && self.apply(job, Transition::Retry, out).is_ok() {
                     self.enqueue(job);
                 }
@@ -786,6 +797,7 @@ impl<C: Clock> Scheduler<C> {
         if tr.life.awaits_retry() {
             let delay = tr.req.retry.delay(tr.life.attempt, &mut self.rng);
             tr.retrying = true;
+            self.retrying += 1;
             let at = self.clock.now() + delay;
             self.timers.push(Reverse((at, Timer::Retry(job))));
         } else if tr.life.is_terminal() {
@@ -835,6 +847,9 @@ impl<C: Clock> Scheduler<C> {
         let Some(t) = self.forget(job) else {
             return;
         };
+        if t.retrying {
+            self.retrying -= 1;
+        }
         let succeeded = t.life.state == JobState::Succeeded;
         self.record_finished(job, succeeded);
         for dep in t.dependents {
@@ -895,6 +910,7 @@ impl<C: Clock> Scheduler<C> {
 
     fn dispatch(&mut self, out: &mut Vec<Action>) {
         let now = self.clock.now();
+        self.explained.clear();
         let topology = self.cluster.topology_version();
         if topology != self.seen_topology {
             self.seen_topology = topology;
@@ -1014,7 +1030,15 @@ impl<C: Clock> Scheduler<C> {
             if t.classified_at == Some(topology) {
                 return Try::Wait;
             }
-            let why = self.cluster.explain(&req);
+            let shape = (res, t.req.constraints.clone());
+            let why = match self.explained.get(&shape) {
+                Some(why) => why.clone(),
+                None => {
+                    let why = self.cluster.explain(&req);
+                    self.explained.insert(shape, why.clone());
+                    why
+                }
+            };
             if let Some(tr) = self.jobs.get_mut(k) {
                 tr.classified_at = Some(topology);
             }

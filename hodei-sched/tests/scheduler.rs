@@ -599,3 +599,32 @@ fn a_cancelled_queued_job_never_runs_even_when_its_slot_is_reused() {
     assert!(!ran.contains(&cid));
     assert_eq!(h.sched.stats().tracked, 1);
 }
+
+#[test]
+fn cancelling_a_job_in_backoff_ends_its_wait() {
+    let mut h = harness(SchedulerConfig::default());
+    let (w, _) = worker(&mut h, 1, 1000, 1000, &[]);
+    let mut j = job("acme", 100, 100);
+    j.retry.max_attempts = 3;
+    j.retry.backoff.initial = Duration::from_secs(5);
+    let id = j.id;
+    h.sched.submit(j).unwrap();
+    run_to_end(
+        &mut h,
+        w,
+        id,
+        1,
+        AttemptOutcome::Failed(ExitStatus::Code(1)),
+    );
+    assert_eq!(h.sched.stats().retrying, 1);
+    h.sched.cancel(id).unwrap();
+    assert_eq!(h.sched.stats().retrying, 0);
+    assert_eq!(h.sched.stats().tracked, 0);
+    // The backoff timer firing later finds nothing to retry.
+    h.clock.advance(Duration::from_secs(10));
+    h.sched
+        .cluster()
+        .heartbeat(w, Telemetry::default(), h.clock.now())
+        .unwrap();
+    assert!(assigns(&h.sched.tick()).is_empty());
+}
