@@ -87,7 +87,9 @@ pub(crate) trait TablesMut: Tables {
 /// A write, as queued for a writer.
 #[derive(Debug)]
 pub(crate) enum WriteOp {
-    Insert(Box<Job>),
+    /// A job and its encoding, made by the submitting task so the single
+    /// writer does not spend its time encoding.
+    Insert(Box<Job>, Vec<u8>),
     Transition {
         id: JobId,
         expected: JobState,
@@ -199,7 +201,9 @@ pub(crate) fn apply(
     max_log_bytes: u64,
 ) -> Result<Reply, StoreError> {
     match op {
-        WriteOp::Insert(job) => insert_job(t, *job).map(|i| Reply::Inserted(Box::new(i))),
+        WriteOp::Insert(job, bytes) => {
+            insert_job(t, *job, &bytes).map(|i| Reply::Inserted(Box::new(i)))
+        }
         WriteOp::Transition {
             id,
             expected,
@@ -222,7 +226,7 @@ pub(crate) fn apply(
     }
 }
 
-fn insert_job(t: &mut dyn TablesMut, job: Job) -> Result<Inserted, StoreError> {
+fn insert_job(t: &mut dyn TablesMut, job: Job, bytes: &[u8]) -> Result<Inserted, StoreError> {
     let idem = job
         .spec
         .idempotency_key
@@ -239,8 +243,7 @@ fn insert_job(t: &mut dyn TablesMut, job: Job) -> Result<Inserted, StoreError> {
     if t.get(Table::Jobs, &id)?.is_some() {
         return Err(StoreError::Duplicate(job.id));
     }
-    let bytes = encode("job", &job)?;
-    t.put(Table::Jobs, &id, &bytes)?;
+    t.put(Table::Jobs, &id, bytes)?;
     if let Some(k) = &idem {
         t.put(Table::Idempotency, k, &id)?;
     }

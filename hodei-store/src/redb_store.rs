@@ -193,8 +193,8 @@ impl Drop for Inner {
 /// queue (of `queue_depth`; a full queue makes submitters wait). A single
 /// writer thread takes everything waiting, up to `max_batch`, applies it in
 /// one transaction and commits it with one fsync; only then does each
-/// caller's future resolve. When fewer writes wait than the previous batch
-/// held, it first waits up to `linger` for the rest. A logical refusal (a conflict, say) fails only
+/// caller's future resolve. When fewer writes wait than there were active
+/// writers at the last commit, it first waits up to `linger` for the rest. A logical refusal (a conflict, say) fails only
 /// its own write; a storage failure fails the whole batch, and nothing of it
 /// is acknowledged.
 ///
@@ -345,7 +345,9 @@ fn writer_loop(
 ) {
     let max_batch = config.max_batch.max(1);
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
-    let mut previous = 1;
+    // Writers active at the last commit: those it answered plus those that
+    // queued meanwhile. The next batch waits (briefly) for that many.
+    let mut active = 1;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -354,9 +356,9 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        // Under load, the writers acknowledged by the last commit are about
-        // to send again: wait briefly for them so one fsync covers them too.
-        let want = previous.min(max_batch);
+        // Under load, the writers the last commit answered are about to
+        // send again: wait briefly for them so one fsync covers them too.
+        let want = active.min(max_batch);
         if batch.len() < want && !config.linger.is_zero() {
             let deadline = Instant::now() + config.linger;
             while batch.len() < want && Instant::now() < deadline {
@@ -369,7 +371,7 @@ fn writer_loop(
                 }
             }
         }
-        previous = batch.len();
+        let committed = batch.len();
         let started = Instant::now();
         let outcome = contain(path, || {
             commit_batch(db, &mut batch, config.max_log_bytes_per_job)
@@ -405,6 +407,7 @@ fn writer_loop(
                 }
             }
         }
+        active = committed + rx.len();
     }
 }
 

@@ -22,9 +22,9 @@ pub struct StoreConfig {
     /// Writes waiting for the writer before submitters are made to wait.
     pub queue_depth: usize,
     /// How long the writer may wait for more writes when fewer are waiting
-    /// than its previous batch held (writers whose last write just
-    /// committed are about to send the next). Zero disables the wait; a
-    /// lone writer never waits, since its previous batch was one.
+    /// than there were active writers at its last commit (those it just
+    /// answered are about to send their next write). Zero disables the
+    /// wait; a lone writer never waits.
     pub linger: std::time::Duration,
 }
 
@@ -130,8 +130,9 @@ macro_rules! impl_store {
                 &self,
                 job: hodei_core::Job,
             ) -> Result<$crate::model::Inserted, $crate::error::StoreError> {
+                let bytes = $crate::codec::encode("job", &job)?;
                 match self
-                    .write($crate::ops::WriteOp::Insert(Box::new(job)))
+                    .write($crate::ops::WriteOp::Insert(Box::new(job), bytes))
                     .await?
                 {
                     $crate::ops::Reply::Inserted(i) => Ok(*i),
