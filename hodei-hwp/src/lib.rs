@@ -10,9 +10,11 @@
 
 mod auth;
 mod convert;
+mod engine;
 
 pub use auth::{AuthError, Principal, Tokens};
 pub use convert::{WireError, job_to_wire, spec_from_wire, spec_to_wire, state_to_wire};
+pub use engine::{AgentSender, Engine, EngineConfig, EngineError, EngineHandle, Registration};
 
 /// Code generated from the `.proto` files.
 #[allow(

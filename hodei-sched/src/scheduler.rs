@@ -86,6 +86,9 @@ pub enum Action {
         to: JobState,
         /// Its attempt after the change.
         attempt: u32,
+        /// The transition that made the change, so a store can apply the
+        /// same one (compare-and-set on `from` and the attempt before).
+        cause: Transition,
     },
     /// Send the job to the worker as this attempt.
     Assign {
@@ -581,6 +584,31 @@ impl<C: Clock> Scheduler<C> {
         self.run(|_, _| Ok(()))
     }
 
+    /// A worker registered with jobs it still runs (a reconnect, or the
+    /// first contact after a server restart): it is registered, each held
+    /// (job, attempt) is re-attached with its reservation, and only then is
+    /// anything new placed, so new work never takes the held jobs' room.
+    /// Returns the actions and the held jobs refused (unknown, finished,
+    /// or now another attempt): the worker should stop those.
+    pub fn worker_rejoined(
+        &mut self,
+        spec: WorkerSpec,
+        held: &[(JobId, u32)],
+    ) -> Result<(Vec<Action>, Vec<JobId>), SchedError> {
+        let now = self.clock.now();
+        let worker = spec.id;
+        self.cluster.register(spec, now)?;
+        let at = now + self.cluster.config().heartbeat_timeout + Duration::from_millis(1);
+        self.liveness_at = Some(self.liveness_at.map_or(at, |t| t.min(at)));
+        let refused = held
+            .iter()
+            .filter(|(job, attempt)| self.reattach(worker, *job, *attempt).is_err())
+            .map(|(job, _)| *job)
+            .collect();
+        let actions = self.run(|_, _| Ok(()))?;
+        Ok((actions, refused))
+    }
+
     /// A worker asked to take no new jobs.
     pub fn worker_draining(&mut self, worker: WorkerId) -> Result<Vec<Action>, SchedError> {
         self.cluster.drain(worker)?;
@@ -894,6 +922,7 @@ impl<C: Clock> Scheduler<C> {
             from,
             to,
             attempt,
+            cause: t,
         });
         if let Some(bus) = &self.bus {
             bus.publish(Event::JobChanged {

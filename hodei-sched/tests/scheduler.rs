@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hodei_core::{
     Backoff, Bus, Clock, Constraint, Event, ExitStatus, JobId, JobSpec, JobState, ManualClock,
-    Resources, RetryPolicy, TenantId, Timestamp, WorkerId,
+    Resources, RetryPolicy, TenantId, Timestamp, Transition, WorkerId,
 };
 use hodei_sched::{
     Action, AttemptOutcome, ClusterConfig, ClusterState, JobRequest, SchedError, Scheduler,
@@ -109,7 +109,8 @@ fn every_assign_follows_its_changed_action() {
                     worker: w,
                     attempt: 1
                 },
-                attempt: 1
+                attempt: 1,
+                cause: Transition::Assign { worker: w },
             },
             Action::Assign {
                 job: id,
@@ -255,7 +256,8 @@ fn dependencies_release_on_success_and_cascade_on_failure() {
         job: d,
         from: JobState::Pending,
         to: JobState::Cancelled,
-        attempt: 1
+        attempt: 1,
+        cause: Transition::Cancel,
     }));
     assert!(h.sched.lifecycle(d).is_none());
     // Later jobs may depend on finished ones; unknown ids are refused.

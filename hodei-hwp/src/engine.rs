@@ -1,0 +1,640 @@
+//! [`Engine`]: the server's core. One task owns the scheduler; API handlers
+//! and agent streams talk to it through a bounded queue.
+//!
+//! Ordering guarantees:
+//! - a submission is durable before the engine learns of it;
+//! - every state change the scheduler makes is written to the store, in
+//!   order, before anything that depends on it is sent: an `AssignJob`
+//!   leaves only after its job is stored as Assigned;
+//! - events are published on the bus after their change is stored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hodei_core::{
+    Bus, Clock, Event, ExitStatus, Job, JobId, JobSpec, JobState, Resources, SystemClock,
+    Timestamp, Transition, WorkerId,
+};
+use hodei_sched::{
+    Action, AttemptOutcome, ClusterConfig, ClusterState, JobRequest, Scheduler, SchedulerConfig,
+    WorkerSpec,
+};
+use hodei_store::{AttemptRecord, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::convert::spec_to_wire;
+use crate::proto;
+
+/// Settings of an [`Engine`].
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The scheduler's settings.
+    pub scheduler: SchedulerConfig,
+    /// How often agents are told to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is lost and its jobs retried.
+    pub heartbeat_timeout: Duration,
+    /// How long a cancelled job gets between SIGTERM and SIGKILL.
+    pub cancel_grace: Duration,
+    /// Commands waiting for the engine before callers are made to wait.
+    pub queue_depth: usize,
+    /// Messages waiting to go to one agent; an agent that falls this far
+    /// behind is disconnected and its jobs follow their retry policies.
+    pub agent_queue_depth: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            scheduler: SchedulerConfig::default(),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
+            cancel_grace: Duration::from_secs(10),
+            queue_depth: 4096,
+            agent_queue_depth: 256,
+        }
+    }
+}
+
+/// Why an engine request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The scheduler refused.
+    #[error(transparent)]
+    Sched(#[from] hodei_sched::SchedError),
+    /// A dependency names no known job.
+    #[error("dependency {0} is not a known job")]
+    UnknownDependency(JobId),
+    /// The engine has stopped.
+    #[error("the server is shutting down")]
+    Stopped,
+}
+
+/// The sending half of an agent's stream.
+pub type AgentSender = mpsc::Sender<proto::ServerMessage>;
+
+/// An agent's registration, checked.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// The worker id (kept across reconnects).
+    pub worker: WorkerId,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its capacity.
+    pub capacity: Resources,
+    /// Jobs it still runs or holds results for: (job, attempt).
+    pub held: Vec<(JobId, u32)>,
+}
+
+enum Command {
+    Admit(Box<Job>),
+    Cancel {
+        job: JobId,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Connect {
+        reg: Registration,
+        tx: AgentSender,
+        conn: u64,
+        reply: oneshot::Sender<Result<proto::Welcome, EngineError>>,
+    },
+    Disconnected {
+        worker: WorkerId,
+        conn: u64,
+    },
+    Started {
+        worker: WorkerId,
+        job: JobId,
+        attempt: u32,
+        at: Timestamp,
+    },
+    Finished {
+        worker: WorkerId,
+        job: JobId,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        exit: ExitStatus,
+        peak_memory_mb: u64,
+    },
+    Drain {
+        worker: WorkerId,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+}
+
+/// A cheap handle to a running engine.
+pub struct EngineHandle<S> {
+    tx: mpsc::Sender<Command>,
+    store: Arc<S>,
+    bus: Bus<Event>,
+    cluster: Arc<ClusterState>,
+    conns: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<S> Clone for EngineHandle<S> {
+    fn clone(&self) -> Self {
+        EngineHandle {
+            tx: self.tx.clone(),
+            store: Arc::clone(&self.store),
+            bus: self.bus.clone(),
+            cluster: Arc::clone(&self.cluster),
+            conns: Arc::clone(&self.conns),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for EngineHandle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").finish_non_exhaustive()
+    }
+}
+
+/// The server's core: recovers from the store, then runs the scheduler on
+/// commands and deadlines. See the module docs for its ordering rules.
+#[derive(Debug)]
+pub struct Engine;
+
+impl Engine {
+    /// Recovers unfinished jobs from `store` and starts the engine task.
+    /// The task ends when every handle is dropped.
+    pub async fn start<S: Store>(
+        store: Arc<S>,
+        config: EngineConfig,
+    ) -> Result<(EngineHandle<S>, tokio::task::JoinHandle<()>), EngineError> {
+        let cluster = Arc::new(ClusterState::new(ClusterConfig {
+            heartbeat_timeout: config.heartbeat_timeout,
+        }));
+        let mut sched = Scheduler::new(config.scheduler.clone(), Arc::clone(&cluster), SystemClock);
+        let bus = Bus::new(4096);
+        let recovered = store.recover().await?;
+        let live: std::collections::HashSet<JobId> = recovered.iter().map(|j| j.id).collect();
+        // Dependencies that finished before the restart.
+        for job in &recovered {
+            for dep in &job.spec.dependencies {
+                if !live.contains(dep) {
+                    let done = store.get_job(*dep).await?;
+                    sched.record_finished(
+                        *dep,
+                        done.is_some_and(|d| d.state == JobState::Succeeded),
+                    );
+                }
+            }
+        }
+        let mut actions = Vec::new();
+        for job in recovered {
+            let life = job.lifecycle();
+            let req = JobRequest::from_spec(job.id, &job.spec);
+            match sched.adopt(req, life) {
+                Ok(a) => actions.extend(a),
+                Err(e) => tracing::error!(job = %job.id, error = %e, "could not recover job"),
+            }
+        }
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let handle = EngineHandle {
+            tx,
+            store: Arc::clone(&store),
+            bus: bus.clone(),
+            cluster,
+            conns: Arc::default(),
+        };
+        let mut core = Core {
+            sched,
+            store,
+            bus,
+            agents: HashMap::new(),
+            config,
+        };
+        let task = tokio::spawn(async move {
+            core.apply(actions).await;
+            core.run(rx).await;
+        });
+        Ok((handle, task))
+    }
+}
+
+impl<S: Store> EngineHandle<S> {
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The event bus (state changes, logs, workers).
+    pub fn bus(&self) -> &Bus<Event> {
+        &self.bus
+    }
+
+    /// The live cluster state.
+    pub fn cluster(&self) -> &Arc<ClusterState> {
+        &self.cluster
+    }
+
+    async fn send(&self, c: Command) -> Result<(), EngineError> {
+        self.tx.send(c).await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Stores a validated spec as a new job (or returns the job an earlier
+    /// submission with the same idempotency key made) and, once it is
+    /// durable, hands it to the scheduler. Returns the job and whether it
+    /// is new.
+    pub async fn submit(&self, spec: JobSpec) -> Result<(Job, bool), EngineError> {
+        for dep in &spec.dependencies {
+            if self.store.get_job(*dep).await?.is_none() {
+                return Err(EngineError::UnknownDependency(*dep));
+            }
+        }
+        let job = Job::new(JobId::new(), spec, SystemClock.now());
+        let inserted = self.store.insert_job(job).await?;
+        let created = inserted.is_new();
+        let job = inserted.job().clone();
+        if created {
+            self.bus.publish(Event::JobSubmitted {
+                job: job.id,
+                tenant: job.spec.tenant.clone(),
+                at: job.created_at,
+            });
+            self.send(Command::Admit(Box::new(job.clone()))).await?;
+        }
+        Ok((job, created))
+    }
+
+    /// Cancels a job the scheduler still tracks.
+    pub async fn cancel(&self, job: JobId) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Cancel { job, reply }).await?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Stops placing new jobs on a worker.
+    pub async fn drain(&self, worker: WorkerId) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Drain { worker, reply }).await?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// An agent (re)connected: registers it and re-attaches its jobs.
+    /// Returns the connection's id and the Welcome to send.
+    pub async fn connect(
+        &self,
+        reg: Registration,
+        tx: AgentSender,
+    ) -> Result<(u64, proto::Welcome), EngineError> {
+        let conn = self
+            .conns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Connect {
+            reg,
+            tx,
+            conn,
+            reply,
+        })
+        .await?;
+        let welcome = rx.await.map_err(|_| EngineError::Stopped)??;
+        Ok((conn, welcome))
+    }
+
+    /// An agent's stream ended. Its worker takes no new jobs; if it does
+    /// not reconnect within the heartbeat timeout, it is lost.
+    pub async fn disconnected(&self, worker: WorkerId, conn: u64) {
+        let _ = self.send(Command::Disconnected { worker, conn }).await;
+    }
+
+    /// The agent started an attempt.
+    pub async fn started(
+        &self,
+        worker: WorkerId,
+        job: JobId,
+        attempt: u32,
+    ) -> Result<(), EngineError> {
+        let at = SystemClock.now();
+        self.send(Command::Started {
+            worker,
+            job,
+            attempt,
+            at,
+        })
+        .await
+    }
+
+    /// The agent reports the end of an attempt.
+    pub async fn finished(
+        &self,
+        worker: WorkerId,
+        job: JobId,
+        attempt: u32,
+        exit: ExitStatus,
+        timed_out: bool,
+        peak_memory_mb: u64,
+    ) -> Result<(), EngineError> {
+        let outcome = if timed_out {
+            AttemptOutcome::TimedOut
+        } else if exit.success() {
+            AttemptOutcome::Succeeded
+        } else {
+            AttemptOutcome::Failed(exit)
+        };
+        self.send(Command::Finished {
+            worker,
+            job,
+            attempt,
+            outcome,
+            exit,
+            peak_memory_mb,
+        })
+        .await
+    }
+}
+
+struct Core<S> {
+    sched: Scheduler<SystemClock>,
+    store: Arc<S>,
+    bus: Bus<Event>,
+    agents: HashMap<WorkerId, (u64, AgentSender)>,
+    config: EngineConfig,
+}
+
+impl<S: Store> Core<S> {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let wait = self
+                .sched
+                .next_deadline()
+                .map(|d| d.saturating_since(SystemClock.now()));
+            let actions = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(c) => self.handle(c).await,
+                    None => return,
+                },
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {
+                    self.sched.tick()
+                }
+            };
+            self.apply(actions).await;
+        }
+    }
+
+    async fn handle(&mut self, c: Command) -> Vec<Action> {
+        match c {
+            Command::Admit(job) => {
+                for dep in &job.spec.dependencies {
+                    if self.sched.lifecycle(*dep).is_none()
+                        && let Ok(Some(d)) = self.store.get_job(*dep).await
+                    {
+                        self.sched
+                            .record_finished(*dep, d.state == JobState::Succeeded);
+                    }
+                }
+                let req = JobRequest::from_spec(job.id, &job.spec);
+                self.sched.adopt(req, job.lifecycle()).unwrap_or_else(|e| {
+                    tracing::error!(job = %job.id, error = %e, "could not schedule job");
+                    Vec::new()
+                })
+            }
+            Command::Cancel { job, reply } => {
+                let r = self.sched.cancel(job);
+                match r {
+                    Ok(a) => {
+                        let _ = reply.send(Ok(()));
+                        a
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        Vec::new()
+                    }
+                }
+            }
+            Command::Drain { worker, reply } => match self.sched.worker_draining(worker) {
+                Ok(a) => {
+                    if let Some((_, tx)) = self.agents.get(&worker) {
+                        let _ =
+                            tx.try_send(msg(proto::server_message::Msg::Drain(proto::Drain {})));
+                    }
+                    let _ = reply.send(Ok(()));
+                    a
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    Vec::new()
+                }
+            },
+            Command::Connect {
+                reg,
+                tx,
+                conn,
+                reply,
+            } => {
+                let worker = reg.worker;
+                let spec = WorkerSpec {
+                    id: worker,
+                    labels: reg.labels,
+                    capacity: reg.capacity,
+                };
+                let (actions, refused) = match self.sched.worker_rejoined(spec, &reg.held) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return Vec::new();
+                    }
+                };
+                self.agents.insert(worker, (conn, tx));
+                self.bus.publish(Event::WorkerJoined {
+                    worker,
+                    at: SystemClock.now(),
+                });
+                let _ = reply.send(Ok(proto::Welcome {
+                    worker_id: worker.to_string(),
+                    heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+                    abandoned_jobs: refused.iter().map(JobId::to_string).collect(),
+                }));
+                actions
+            }
+            Command::Disconnected { worker, conn } => {
+                if self.agents.get(&worker).is_some_and(|(c, _)| *c == conn) {
+                    self.agents.remove(&worker);
+                    // No new work until it reconnects; its jobs keep their
+                    // places until the heartbeat timeout says otherwise.
+                    let _ = self.sched.cluster().drain(worker);
+                }
+                Vec::new()
+            }
+            Command::Started {
+                worker,
+                job,
+                attempt,
+                at,
+            } => {
+                let r = self.sched.job_started(worker, job, attempt);
+                if r.is_ok() {
+                    self.update_attempt(job, attempt, |a| a.started_at = Some(at))
+                        .await;
+                }
+                r.unwrap_or_else(|e| {
+                    tracing::warn!(%job, %worker, error = %e, "start report refused");
+                    Vec::new()
+                })
+            }
+            Command::Finished {
+                worker,
+                job,
+                attempt,
+                outcome,
+                exit,
+                peak_memory_mb,
+            } => {
+                let r = self.sched.job_finished(worker, job, attempt, outcome);
+                if r.is_ok() {
+                    let now = SystemClock.now();
+                    self.update_attempt(job, attempt, |a| {
+                        a.finished_at = Some(now);
+                        a.exit = Some(exit);
+                        a.peak_memory_mb = Some(peak_memory_mb);
+                    })
+                    .await;
+                }
+                r.unwrap_or_else(|e| {
+                    tracing::warn!(%job, %worker, error = %e, "finish report refused");
+                    Vec::new()
+                })
+            }
+        }
+    }
+
+    async fn update_attempt(&self, job: JobId, attempt: u32, f: impl FnOnce(&mut AttemptRecord)) {
+        let Ok(records) = self.store.attempts(job).await else {
+            return;
+        };
+        if let Some(mut r) = records.into_iter().find(|r| r.attempt == attempt) {
+            f(&mut r);
+            if let Err(e) = self.store.record_attempt(r).await {
+                tracing::error!(%job, error = %e, "could not record attempt");
+            }
+        }
+    }
+
+    /// Stores every state change in order, then publishes and sends.
+    async fn apply(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let now = SystemClock.now();
+        // Issued in order: the store's writer commits them in that order,
+        // and independent jobs share commits.
+        let writes = actions.iter().filter_map(|a| match a {
+            Action::Changed {
+                job,
+                from,
+                attempt,
+                cause,
+                ..
+            } => {
+                let before = if *cause == Transition::Retry {
+                    attempt - 1
+                } else {
+                    *attempt
+                };
+                Some(self.store.transition(*job, *from, before, *cause, now))
+            }
+            _ => None,
+        });
+        let results = futures::future::join_all(writes).await;
+        let mut stored: Vec<Job> = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(j) => stored.push(j),
+                Err(e) => tracing::error!(error = %e, "state change not stored"),
+            }
+        }
+        for a in &actions {
+            if let Action::Changed {
+                job,
+                from,
+                to,
+                attempt,
+                ..
+            } = a
+                && let Some(j) = stored.iter().find(|j| j.id == *job)
+            {
+                self.bus.publish(Event::JobChanged {
+                    job: *job,
+                    tenant: j.spec.tenant.clone(),
+                    from: *from,
+                    to: *to,
+                    attempt: *attempt,
+                    at: now,
+                });
+            }
+        }
+        let mut lost = Vec::new();
+        for a in actions {
+            match a {
+                Action::Assign {
+                    job,
+                    worker,
+                    attempt,
+                } => {
+                    let Some(j) = stored.iter().find(|j| j.id == job) else {
+                        continue;
+                    };
+                    let record = AttemptRecord {
+                        job,
+                        attempt,
+                        worker,
+                        assigned_at: now,
+                        started_at: None,
+                        finished_at: None,
+                        exit: None,
+                        peak_memory_mb: None,
+                    };
+                    if let Err(e) = self.store.record_attempt(record).await {
+                        tracing::error!(%job, error = %e, "could not record attempt");
+                    }
+                    let m = msg(proto::server_message::Msg::AssignJob(proto::AssignJob {
+                        job_id: job.to_string(),
+                        attempt,
+                        spec: Some(spec_to_wire(&j.spec, true)),
+                    }));
+                    if !self.deliver(worker, m) {
+                        lost.push(worker);
+                    }
+                }
+                Action::Stop {
+                    job,
+                    worker,
+                    attempt,
+                } => {
+                    let m = msg(proto::server_message::Msg::CancelJob(proto::CancelJob {
+                        job_id: job.to_string(),
+                        attempt,
+                        grace_ms: self.config.cancel_grace.as_millis() as u64,
+                    }));
+                    // An agent that cannot be told will be lost by its
+                    // heartbeats; the attempt already ended here.
+                    let _ = self.deliver(worker, m);
+                }
+                Action::Changed { .. } => {}
+            }
+        }
+        for worker in lost {
+            tracing::warn!(%worker, "agent unreachable or too far behind; its jobs will be retried");
+            self.agents.remove(&worker);
+            if let Ok(more) = self.sched.worker_lost(worker) {
+                Box::pin(self.apply(more)).await;
+            }
+        }
+    }
+
+    fn deliver(&self, worker: WorkerId, m: proto::ServerMessage) -> bool {
+        match self.agents.get(&worker) {
+            Some((_, tx)) => tx.try_send(m).is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn msg(m: proto::server_message::Msg) -> proto::ServerMessage {
+    proto::ServerMessage { msg: Some(m) }
+}
