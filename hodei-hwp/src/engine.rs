@@ -74,8 +74,15 @@ pub enum EngineError {
     Stopped,
 }
 
-/// The sending half of an agent's stream.
-pub type AgentSender = mpsc::Sender<proto::ServerMessage>;
+/// The sending half of an agent's stream; an `Err` ends the stream with
+/// that status.
+pub type AgentSender = mpsc::Sender<Result<proto::ServerMessage, tonic::Status>>;
+
+/// A reply owed to a caller once the actions of its command are stored.
+type Owed = Option<(
+    oneshot::Sender<Result<(), EngineError>>,
+    Result<(), EngineError>,
+)>;
 
 /// An agent's registration, checked.
 #[derive(Clone, Debug)]
@@ -122,6 +129,9 @@ enum Command {
     },
     Drain {
         worker: WorkerId,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    CloseAgents {
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
 }
@@ -275,6 +285,15 @@ impl<S: Store> EngineHandle<S> {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
+    /// Ends every agent's stream with UNAVAILABLE (the server is stopping;
+    /// agents reconnect to the next one and re-attach their jobs).
+    pub async fn close_agents(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::CloseAgents { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// An agent (re)connected: registers it and re-attaches its jobs.
     /// Returns the connection's id and the Welcome to send.
     pub async fn connect(
@@ -364,21 +383,25 @@ impl<S: Store> Core<S> {
                 .sched
                 .next_deadline()
                 .map(|d| d.saturating_since(SystemClock.now()));
-            let actions = tokio::select! {
+            let (actions, owed) = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(c) => self.handle(c).await,
                     None => return,
                 },
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {
-                    self.sched.tick()
+                    (self.sched.tick(), None)
                 }
             };
             self.apply(actions).await;
+            // Answered only now, so the caller reads what it caused.
+            if let Some((reply, result)) = owed {
+                let _ = reply.send(result);
+            }
         }
     }
 
-    async fn handle(&mut self, c: Command) -> Vec<Action> {
-        match c {
+    async fn handle(&mut self, c: Command) -> (Vec<Action>, Owed) {
+        let actions = match c {
             Command::Admit(job) => {
                 for dep in &job.spec.dependencies {
                     if self.sched.lifecycle(*dep).is_none()
@@ -395,32 +418,31 @@ impl<S: Store> Core<S> {
                 })
             }
             Command::Cancel { job, reply } => {
-                let r = self.sched.cancel(job);
-                match r {
-                    Ok(a) => {
-                        let _ = reply.send(Ok(()));
-                        a
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                        Vec::new()
-                    }
-                }
+                return match self.sched.cancel(job) {
+                    Ok(a) => (a, Some((reply, Ok(())))),
+                    Err(e) => (Vec::new(), Some((reply, Err(e.into())))),
+                };
             }
-            Command::Drain { worker, reply } => match self.sched.worker_draining(worker) {
-                Ok(a) => {
-                    if let Some((_, tx)) = self.agents.get(&worker) {
-                        let _ =
-                            tx.try_send(msg(proto::server_message::Msg::Drain(proto::Drain {})));
+            Command::CloseAgents { reply } => {
+                for (_, (_, tx)) in self.agents.drain() {
+                    let _ = tx.try_send(Err(tonic::Status::unavailable(
+                        "the server is shutting down; reconnect and re-attach",
+                    )));
+                }
+                return (Vec::new(), Some((reply, Ok(()))));
+            }
+            Command::Drain { worker, reply } => {
+                return match self.sched.worker_draining(worker) {
+                    Ok(a) => {
+                        if let Some((_, tx)) = self.agents.get(&worker) {
+                            let drain = msg(proto::server_message::Msg::Drain(proto::Drain {}));
+                            let _ = tx.try_send(drain);
+                        }
+                        (a, Some((reply, Ok(()))))
                     }
-                    let _ = reply.send(Ok(()));
-                    a
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                    Vec::new()
-                }
-            },
+                    Err(e) => (Vec::new(), Some((reply, Err(e.into())))),
+                };
+            }
             Command::Connect {
                 reg,
                 tx,
@@ -437,19 +459,22 @@ impl<S: Store> Core<S> {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
-                        return Vec::new();
+                        return (Vec::new(), None);
                     }
                 };
+                let welcome = proto::Welcome {
+                    worker_id: worker.to_string(),
+                    heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+                    abandoned_jobs: refused.iter().map(JobId::to_string).collect(),
+                };
+                // Welcome goes first on the stream, before any assignment.
+                let _ = tx.try_send(msg(proto::server_message::Msg::Welcome(welcome.clone())));
                 self.agents.insert(worker, (conn, tx));
                 self.bus.publish(Event::WorkerJoined {
                     worker,
                     at: SystemClock.now(),
                 });
-                let _ = reply.send(Ok(proto::Welcome {
-                    worker_id: worker.to_string(),
-                    heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
-                    abandoned_jobs: refused.iter().map(JobId::to_string).collect(),
-                }));
+                let _ = reply.send(Ok(welcome));
                 actions
             }
             Command::Disconnected { worker, conn } => {
@@ -500,7 +525,8 @@ impl<S: Store> Core<S> {
                     Vec::new()
                 })
             }
-        }
+        };
+        (actions, None)
     }
 
     async fn update_attempt(&self, job: JobId, attempt: u32, f: impl FnOnce(&mut AttemptRecord)) {
@@ -627,7 +653,7 @@ impl<S: Store> Core<S> {
         }
     }
 
-    fn deliver(&self, worker: WorkerId, m: proto::ServerMessage) -> bool {
+    fn deliver(&self, worker: WorkerId, m: Result<proto::ServerMessage, tonic::Status>) -> bool {
         match self.agents.get(&worker) {
             Some((_, tx)) => tx.try_send(m).is_ok(),
             None => false,
@@ -635,6 +661,6 @@ impl<S: Store> Core<S> {
     }
 }
 
-fn msg(m: proto::server_message::Msg) -> proto::ServerMessage {
-    proto::ServerMessage { msg: Some(m) }
+fn msg(m: proto::server_message::Msg) -> Result<proto::ServerMessage, tonic::Status> {
+    Ok(proto::ServerMessage { msg: Some(m) })
 }

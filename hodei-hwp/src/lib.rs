@@ -4,17 +4,26 @@
 //! package `hodei.hwp.v1`), generated at build time in pure Rust, and the
 //! checked conversions between wire messages and `hodei-core` types: every
 //! field of an incoming message is validated, and a problem is reported
-//! with the field it concerns; and bearer-token authentication of agents
-//! and clients.
+//! with the field it concerns; bearer-token authentication of agents and
+//! clients; the server [`Engine`] on `hodei-sched` and `hodei-store`; the
+//! gRPC services on it ([`serve`], with gRPC health and reflection); and a
+//! [`client`].
 #![deny(missing_docs)]
 
 mod auth;
+pub mod client;
 mod convert;
 mod engine;
+mod job_service;
+mod server;
+mod worker_service;
 
 pub use auth::{AuthError, Principal, Tokens};
 pub use convert::{WireError, job_to_wire, spec_from_wire, spec_to_wire, state_to_wire};
 pub use engine::{AgentSender, Engine, EngineConfig, EngineError, EngineHandle, Registration};
+pub use job_service::JobApi;
+pub use server::{ServeError, serve};
+pub use worker_service::{MAX_LOG_BATCH, WorkerApi};
 
 /// Code generated from the `.proto` files.
 #[allow(

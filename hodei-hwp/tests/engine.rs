@@ -26,7 +26,7 @@ fn config() -> EngineConfig {
 
 struct Agent {
     id: WorkerId,
-    rx: mpsc::Receiver<proto::ServerMessage>,
+    rx: mpsc::Receiver<Result<proto::ServerMessage, tonic::Status>>,
     conn: u64,
 }
 
@@ -52,6 +52,7 @@ impl Agent {
             .await
             .expect("no message from the server")
             .expect("stream closed")
+            .expect("stream ended with an error")
             .msg
             .unwrap()
     }

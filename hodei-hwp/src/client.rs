@@ -1,0 +1,194 @@
+//! A client of the Hodei API, for the CLI, agents and programs.
+
+use hodei_core::{JobId, JobSpec, WorkerId};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+use crate::convert::spec_to_wire;
+use crate::proto;
+use crate::proto::job_service_client::JobServiceClient;
+use crate::proto::worker_service_client::WorkerServiceClient;
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not a valid URI (`http://host:port`).
+    #[error("endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// What was given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The token cannot travel as metadata (it must be printable ASCII).
+    #[error("token: must be printable ASCII")]
+    Token,
+    /// Connecting failed.
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone, Debug)]
+pub struct BearerToken(MetadataValue<Ascii>);
+
+impl BearerToken {
+    /// The interceptor for `token`.
+    pub fn new(token: &str) -> Result<Self, ClientError> {
+        MetadataValue::try_from(format!("Bearer {token}"))
+            .map(BearerToken)
+            .map_err(|_| ClientError::Token)
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// The generated job client with the token attached.
+pub type JobClient = JobServiceClient<InterceptedService<Channel, BearerToken>>;
+/// The generated worker client with the join token attached.
+pub type AgentClient = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
+
+async fn channel(endpoint: &str) -> Result<Channel, ClientError> {
+    let ep = Endpoint::from_shared(endpoint.to_string()).map_err(|e| ClientError::Endpoint {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(ep.connect().await?)
+}
+
+/// Connects an agent with its join token.
+pub async fn connect_agent(endpoint: &str, join_token: &str) -> Result<AgentClient, ClientError> {
+    let token = BearerToken::new(join_token)?;
+    Ok(WorkerServiceClient::with_interceptor(
+        channel(endpoint).await?,
+        token,
+    ))
+}
+
+/// The job API, with typed helpers over the generated client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: JobClient,
+}
+
+impl Client {
+    /// Connects to `endpoint` (`http://host:port`) with a client token.
+    pub async fn connect(endpoint: &str, token: &str) -> Result<Self, ClientError> {
+        let token = BearerToken::new(token)?;
+        Ok(Client {
+            inner: JobServiceClient::with_interceptor(channel(endpoint).await?, token),
+        })
+    }
+
+    /// The generated client, for calls the helpers do not cover.
+    pub fn raw(&mut self) -> &mut JobClient {
+        &mut self.inner
+    }
+
+    /// Submits a job; returns it and whether it is new (false when an
+    /// earlier submission with the same idempotency key is returned).
+    pub async fn submit(&mut self, spec: &JobSpec) -> Result<(proto::Job, bool), Status> {
+        let r = self
+            .inner
+            .submit(proto::SubmitRequest {
+                spec: Some(spec_to_wire(spec, true)),
+            })
+            .await?
+            .into_inner();
+        let job = r
+            .job
+            .ok_or_else(|| Status::internal("submit: no job in the response"))?;
+        Ok((job, r.created))
+    }
+
+    /// A job.
+    pub async fn get(&mut self, job: JobId) -> Result<proto::Job, Status> {
+        Ok(self
+            .inner
+            .get(proto::GetRequest {
+                job_id: job.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// A page of jobs.
+    pub async fn list(&mut self, req: proto::ListRequest) -> Result<proto::ListResponse, Status> {
+        Ok(self.inner.list(req).await?.into_inner())
+    }
+
+    /// Cancels a job; returns it as it is now.
+    pub async fn cancel(&mut self, job: JobId) -> Result<proto::Job, Status> {
+        Ok(self
+            .inner
+            .cancel(proto::CancelRequest {
+                job_id: job.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// State changes of one job (or all the caller may see).
+    pub async fn watch(
+        &mut self,
+        job: Option<JobId>,
+        include_current: bool,
+    ) -> Result<Streaming<proto::JobEvent>, Status> {
+        Ok(self
+            .inner
+            .watch(proto::WatchRequest {
+                job_id: job.map(|j| j.to_string()).unwrap_or_default(),
+                include_current,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// A job's stored output, then (with `follow`) its output as it comes,
+    /// until the job ends.
+    pub async fn logs(
+        &mut self,
+        job: JobId,
+        follow: bool,
+    ) -> Result<Streaming<proto::LogChunk>, Status> {
+        Ok(self
+            .inner
+            .logs(proto::LogsRequest {
+                job_id: job.to_string(),
+                from_attempt: 0,
+                from_seq: 0,
+                follow,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The cluster's workers.
+    pub async fn workers(&mut self) -> Result<Vec<proto::Worker>, Status> {
+        Ok(self
+            .inner
+            .list_workers(proto::ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers)
+    }
+
+    /// Stops placing new jobs on a worker (admin tokens).
+    pub async fn drain(&mut self, worker: WorkerId) -> Result<proto::Worker, Status> {
+        Ok(self
+            .inner
+            .drain_worker(proto::DrainWorkerRequest {
+                worker_id: worker.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+}

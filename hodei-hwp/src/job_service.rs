@@ -1,0 +1,424 @@
+//! `JobService`: the API clients call.
+
+use std::sync::Arc;
+
+use hodei_core::{Event, JobId, RecvError, TenantId, WorkerId};
+use hodei_store::{JobFilter, LogCursor, StateKind, Store};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Principal, Tokens};
+use crate::convert::{job_to_wire, spec_from_wire, state_to_wire};
+use crate::engine::{EngineError, EngineHandle};
+use crate::proto;
+
+const STREAM_DEPTH: usize = 256;
+const LOG_PAGE: usize = 256;
+
+/// The job API service.
+#[derive(Debug)]
+pub struct JobApi<S> {
+    engine: EngineHandle<S>,
+    tokens: Arc<Tokens>,
+}
+
+impl<S> JobApi<S> {
+    /// The service, on `engine`, for clients holding a client token.
+    pub fn new(engine: EngineHandle<S>, tokens: Arc<Tokens>) -> Self {
+        JobApi { engine, tokens }
+    }
+}
+
+fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {why}"))
+}
+
+fn engine_status(e: EngineError) -> Status {
+    match e {
+        EngineError::UnknownDependency(d) => {
+            invalid("spec.dependencies", format!("{d} is not a known job"))
+        }
+        EngineError::Sched(hodei_sched::SchedError::UnknownJob(j)) => {
+            Status::failed_precondition(format!("job {j} has already finished"))
+        }
+        EngineError::Sched(hodei_sched::SchedError::Cluster(c)) => Status::not_found(c.to_string()),
+        EngineError::Stopped => Status::unavailable("the server is shutting down"),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn state_kind(v: i32) -> Result<Option<StateKind>, Status> {
+    use proto::JobStateKind as K;
+    Ok(Some(
+        match K::try_from(v).map_err(|_| invalid("state", format!("unknown value {v}")))? {
+            K::Unspecified => return Ok(None),
+            K::Pending => StateKind::Pending,
+            K::Queued => StateKind::Queued,
+            K::Assigned => StateKind::Assigned,
+            K::Running => StateKind::Running,
+            K::Succeeded => StateKind::Succeeded,
+            K::Failed => StateKind::Failed,
+            K::Cancelled => StateKind::Cancelled,
+            K::TimedOut => StateKind::TimedOut,
+            K::Lost => StateKind::Lost,
+        },
+    ))
+}
+
+fn terminal(job: &hodei_core::Job) -> bool {
+    job.is_terminal()
+}
+
+impl<S: Store> JobApi<S> {
+    fn principal<T>(&self, r: &Request<T>) -> Result<Principal, Status> {
+        Ok(self.tokens.authenticate_client(r.metadata())?)
+    }
+
+    /// The job, if it exists and the caller may see it; otherwise NOT_FOUND
+    /// (another tenant's job is not acknowledged to exist).
+    async fn visible(
+        &self,
+        p: &Principal,
+        field: &str,
+        id: &str,
+    ) -> Result<hodei_core::Job, Status> {
+        let id: JobId = id.parse().map_err(|e| invalid(field, e))?;
+        match self.engine.store().get_job(id).await {
+            Ok(Some(j)) if p.may_access(&j.spec.tenant) => Ok(j),
+            Ok(_) => Err(Status::not_found(format!("job {id} not found"))),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
+    async fn submit(
+        &self,
+        request: Request<proto::SubmitRequest>,
+    ) -> Result<Response<proto::SubmitResponse>, Status> {
+        let p = self.principal(&request)?;
+        let wire = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| invalid("spec", "must be set"))?;
+        let default_tenant = match &p {
+            Principal::Tenant(t) => t.clone(),
+            Principal::Admin => TenantId::default(),
+        };
+        let spec = spec_from_wire(wire, &default_tenant)?;
+        if !p.may_access(&spec.tenant) {
+            return Err(Status::permission_denied(format!(
+                "spec.tenant: this token may not submit for tenant {}",
+                spec.tenant
+            )));
+        }
+        let (job, created) = self.engine.submit(spec).await.map_err(engine_status)?;
+        Ok(Response::new(proto::SubmitResponse {
+            job: Some(job_to_wire(&job)),
+            created,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let p = self.principal(&request)?;
+        let job = self
+            .visible(&p, "job_id", &request.get_ref().job_id)
+            .await?;
+        Ok(Response::new(job_to_wire(&job)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListResponse>, Status> {
+        let p = self.principal(&request)?;
+        let r = request.into_inner();
+        let asked: Option<TenantId> = if r.tenant.is_empty() {
+            None
+        } else {
+            Some(r.tenant.parse().map_err(|e| invalid("tenant", e))?)
+        };
+        let tenant = match (&p, asked) {
+            (Principal::Admin, t) => t,
+            (Principal::Tenant(own), None) => Some(own.clone()),
+            (Principal::Tenant(own), Some(t)) if &t == own => Some(t),
+            (Principal::Tenant(_), Some(t)) => {
+                return Err(Status::permission_denied(format!(
+                    "tenant: this token may not list tenant {t}"
+                )));
+            }
+        };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(r.page_token.parse().map_err(|e| invalid("page_token", e))?)
+        };
+        if r.page_size > 1000 {
+            return Err(invalid("page_size", "at most 1000"));
+        }
+        let page = self
+            .engine
+            .store()
+            .list_jobs(JobFilter {
+                state: state_kind(r.state)?,
+                tenant,
+                after,
+                limit: r.page_size as usize,
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::ListResponse {
+            jobs: page.jobs.iter().map(job_to_wire).collect(),
+            next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::Job>, Status> {
+        let p = self.principal(&request)?;
+        let job = self
+            .visible(&p, "job_id", &request.get_ref().job_id)
+            .await?;
+        if terminal(&job) {
+            return Err(Status::failed_precondition(format!(
+                "job {} has already finished ({})",
+                job.id, job.state
+            )));
+        }
+        self.engine.cancel(job.id).await.map_err(engine_status)?;
+        let job = self.visible(&p, "job_id", &job.id.to_string()).await?;
+        Ok(Response::new(job_to_wire(&job)))
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::JobEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let p = self.principal(&request)?;
+        let r = request.into_inner();
+        // Subscribe before reading the current state, so nothing between
+        // the two is missed.
+        let mut sub = self.engine.bus().subscribe();
+        let only: Option<JobId> = if r.job_id.is_empty() {
+            None
+        } else {
+            Some(self.visible(&p, "job_id", &r.job_id).await?.id)
+        };
+        let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+        if let (Some(id), true) = (only, r.include_current) {
+            let job = self.visible(&p, "job_id", &id.to_string()).await?;
+            let now = state_to_wire(&job.state);
+            let _ = tx
+                .send(Ok(proto::JobEvent {
+                    job_id: id.to_string(),
+                    from: Some(now.clone()),
+                    to: Some(now),
+                    attempt: job.attempt,
+                    at_ms: job.updated_at.as_millis(),
+                }))
+                .await;
+        }
+        tokio::spawn(async move {
+            loop {
+                let event = match sub.recv().await {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "watch fell {n} events behind; resume with Get and watch again"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if let Event::JobChanged {
+                    job,
+                    tenant,
+                    from,
+                    to,
+                    attempt,
+                    at,
+                } = &*event
+                    && only.is_none_or(|o| o == *job)
+                    && p.may_access(tenant)
+                {
+                    let e = proto::JobEvent {
+                        job_id: job.to_string(),
+                        from: Some(state_to_wire(from)),
+                        to: Some(state_to_wire(to)),
+                        attempt: *attempt,
+                        at_ms: at.as_millis(),
+                    };
+                    // A full queue means a slow client: it waits, and the
+                    // bus tells us if it falls too far behind.
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type LogsStream = ReceiverStream<Result<proto::LogChunk, Status>>;
+
+    async fn logs(
+        &self,
+        request: Request<proto::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let p = self.principal(&request)?;
+        let r = request.into_inner();
+        let mut sub = self.engine.bus().subscribe();
+        let job = self.visible(&p, "job_id", &r.job_id).await?;
+        let store = Arc::clone(self.engine.store());
+        let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+        tokio::spawn(async move {
+            let id = job.id;
+            let mut cursor = LogCursor {
+                attempt: r.from_attempt,
+                seq: r.from_seq,
+            };
+            loop {
+                // Everything stored from the cursor on.
+                loop {
+                    let page = match store.read_logs(id, cursor, LOG_PAGE).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            return;
+                        }
+                    };
+                    let n = page.entries.len();
+                    for e in page.entries {
+                        cursor = LogCursor {
+                            attempt: e.cursor.attempt,
+                            seq: e.cursor.seq + 1,
+                        };
+                        let c = proto::LogChunk {
+                            attempt: e.cursor.attempt,
+                            seq: e.cursor.seq,
+                            stream: match e.chunk.stream {
+                                hodei_store::LogStream::Stdout => proto::LogStream::Stdout,
+                                hodei_store::LogStream::Stderr => proto::LogStream::Stderr,
+                                hodei_store::LogStream::System => proto::LogStream::System,
+                            } as i32,
+                            at_ms: e.chunk.at.as_millis(),
+                            data: e.chunk.data,
+                            truncated_bytes: page.truncated_bytes,
+                        };
+                        if tx.send(Ok(c)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if n < LOG_PAGE {
+                        break;
+                    }
+                }
+                if !r.follow {
+                    return;
+                }
+                match store.get_job(id).await {
+                    Ok(Some(j)) if terminal(&j) => {
+                        // One more read catches batches stored after the
+                        // last one above; then the log is complete.
+                        if let Ok(page) = store.read_logs(id, cursor, 1).await
+                            && page.entries.is_empty()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+                // Wait for this job's next batch or state change.
+                loop {
+                    match sub.recv().await {
+                        Ok(e) => match &*e {
+                            Event::LogAppended { job, .. } | Event::JobChanged { job, .. }
+                                if *job == id =>
+                            {
+                                break;
+                            }
+                            _ => {}
+                        },
+                        // Missed events: the store is the truth; read again.
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<proto::ListWorkersRequest>,
+    ) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        self.principal(&request)?;
+        let workers = self
+            .engine
+            .cluster()
+            .workers()
+            .into_iter()
+            .map(worker_to_wire)
+            .collect();
+        Ok(Response::new(proto::ListWorkersResponse { workers }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<proto::DrainWorkerRequest>,
+    ) -> Result<Response<proto::Worker>, Status> {
+        let p = self.principal(&request)?;
+        if p != Principal::Admin {
+            return Err(Status::permission_denied(
+                "draining a worker needs an admin token",
+            ));
+        }
+        let id: WorkerId = request
+            .get_ref()
+            .worker_id
+            .parse()
+            .map_err(|e| invalid("worker_id", e))?;
+        self.engine.drain(id).await.map_err(engine_status)?;
+        let w = self
+            .engine
+            .cluster()
+            .worker(id)
+            .ok_or_else(|| Status::not_found(format!("worker {id} not found")))?;
+        Ok(Response::new(worker_to_wire(w)))
+    }
+}
+
+fn worker_to_wire(w: hodei_sched::WorkerSnapshot) -> proto::Worker {
+    let res = |r: hodei_core::Resources| proto::Resources {
+        cpu_millis: r.cpu_millis,
+        memory_mb: r.memory_mb,
+        gpus: r.gpus,
+    };
+    proto::Worker {
+        id: w.id.to_string(),
+        name: w.labels.get("hostname").cloned().unwrap_or_default(),
+        labels: w.labels.into_iter().collect(),
+        capacity: Some(res(w.capacity)),
+        allocated: Some(res(w.allocated)),
+        status: w.status.name().to_string(),
+        cpu_percent: w.telemetry.cpu_percent,
+        memory_used_mb: w.telemetry.memory_used_mb,
+        load_1m: w.telemetry.load_1m,
+        last_heartbeat_ms: w.last_heartbeat.as_millis(),
+        jobs: w.jobs.iter().map(JobId::to_string).collect(),
+    }
+}

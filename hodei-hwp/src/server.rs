@@ -1,0 +1,75 @@
+//! Serving the Hodei API: both services, gRPC health and reflection.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hodei_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::auth::Tokens;
+use crate::engine::EngineHandle;
+use crate::job_service::JobApi;
+use crate::proto::job_service_server::JobServiceServer;
+use crate::proto::worker_service_server::WorkerServiceServer;
+use crate::worker_service::{MAX_LOG_BATCH, WorkerApi};
+use crate::{EngineConfig, proto};
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `WorkerService`, `JobService`, `grpc.health.v1.Health` and
+/// server reflection on `listener` until `shutdown` resolves; then it stops
+/// accepting, ends every agent stream with UNAVAILABLE (agents reconnect
+/// to the next server and re-attach their jobs) and lets other calls in
+/// flight finish.
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    engine: EngineHandle<S>,
+    tokens: Tokens,
+    config: &EngineConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let tokens = Arc::new(tokens);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<JobApi<S>>>().await;
+    health
+        .set_serving::<WorkerServiceServer<WorkerApi<S>>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (stop, stopping) = watch::channel(false);
+    let closer = engine.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        closer.close_agents().await;
+    };
+    let workers = WorkerServiceServer::new(WorkerApi::new(
+        engine.clone(),
+        Arc::clone(&tokens),
+        config.agent_queue_depth,
+        stopping,
+    ))
+    .max_decoding_message_size(MAX_LOG_BATCH + 64 * 1024);
+    let jobs = JobServiceServer::new(JobApi::new(engine, tokens));
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(workers)
+        .add_service(jobs)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

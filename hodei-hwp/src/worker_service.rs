@@ -1,0 +1,293 @@
+//! `WorkerService.Connect`: one bidirectional stream per agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hodei_core::{Clock, Event, ExitStatus, JobId, Resources, SystemClock, Timestamp, WorkerId};
+use hodei_sched::Telemetry;
+use hodei_store::{LogChunk, LogStream, Store};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::Tokens;
+use crate::engine::{AgentSender, EngineHandle, Registration};
+use crate::proto::{self, agent_message::Msg as In, server_message::Msg as Out};
+
+/// The longest log batch accepted.
+pub const MAX_LOG_BATCH: usize = 4 * 1024 * 1024;
+const REGISTER_WITHIN: Duration = Duration::from_secs(10);
+const MAX_LABELS: usize = 64;
+
+/// The worker stream service.
+#[derive(Debug)]
+pub struct WorkerApi<S> {
+    engine: EngineHandle<S>,
+    tokens: Arc<Tokens>,
+    queue_depth: usize,
+    stopping: watch::Receiver<bool>,
+}
+
+impl<S> WorkerApi<S> {
+    /// The service, on `engine`, admitting agents with a join token. When
+    /// `stopping` turns true, every agent stream stops reading.
+    pub fn new(
+        engine: EngineHandle<S>,
+        tokens: Arc<Tokens>,
+        queue_depth: usize,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        WorkerApi {
+            engine,
+            tokens,
+            queue_depth,
+            stopping,
+        }
+    }
+}
+
+fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {why}"))
+}
+
+fn job_id(field: &str, s: &str) -> Result<JobId, Status> {
+    s.parse().map_err(|e| invalid(field, e))
+}
+
+fn registration(r: proto::Register) -> Result<Registration, Status> {
+    let worker = if r.worker_id.is_empty() {
+        WorkerId::new()
+    } else {
+        r.worker_id
+            .parse()
+            .map_err(|e| invalid("register.worker_id", e))?
+    };
+    let cap = r
+        .capacity
+        .ok_or_else(|| invalid("register.capacity", "must be set"))?;
+    let capacity = Resources::new(cap.cpu_millis, cap.memory_mb, cap.gpus);
+    if capacity.cpu_millis == 0 && capacity.memory_mb == 0 {
+        return Err(invalid("register.capacity", "must offer CPU or memory"));
+    }
+    if r.labels.len() > MAX_LABELS {
+        return Err(invalid("register.labels", format!("at most {MAX_LABELS}")));
+    }
+    for (k, v) in &r.labels {
+        if k.is_empty() || k.len() > 63 || k.chars().any(char::is_control) {
+            return Err(invalid(
+                &format!("register.labels.{k}"),
+                "key must be 1 to 63 printable bytes",
+            ));
+        }
+        if v.len() > 253 || v.chars().any(char::is_control) {
+            return Err(invalid(
+                &format!("register.labels.{k}"),
+                "value must be at most 253 printable bytes",
+            ));
+        }
+    }
+    let mut held = Vec::with_capacity(r.jobs.len());
+    for (i, h) in r.jobs.iter().enumerate() {
+        let id = job_id(&format!("register.jobs[{i}].job_id"), &h.job_id)?;
+        if h.attempt == 0 {
+            return Err(invalid(
+                &format!("register.jobs[{i}].attempt"),
+                "must be at least 1",
+            ));
+        }
+        held.push((id, h.attempt));
+    }
+    Ok(Registration {
+        worker,
+        labels: r.labels.into_iter().collect(),
+        capacity,
+        held,
+    })
+}
+
+fn exit_status(e: Option<proto::ExitStatus>) -> Result<ExitStatus, Status> {
+    use proto::exit_status::Kind;
+    match e.and_then(|e| e.kind) {
+        Some(Kind::Code(c)) => Ok(ExitStatus::Code(c)),
+        Some(Kind::Signal(s)) => Ok(ExitStatus::Signal(s)),
+        Some(Kind::NotStarted(_)) => Ok(ExitStatus::NotStarted),
+        None => Err(invalid("job_finished.exit", "must be set")),
+    }
+}
+
+impl<S: Store> WorkerApi<S> {
+    /// Handles one message after Register. An error ends the stream.
+    async fn handle(&self, worker: WorkerId, tx: &AgentSender, m: In) -> Result<(), Status> {
+        match m {
+            In::Register(_) => Err(Status::failed_precondition(
+                "register: already registered on this stream",
+            )),
+            In::Heartbeat(h) => {
+                let t = Telemetry {
+                    cpu_percent: if h.cpu_percent.is_finite() {
+                        h.cpu_percent
+                    } else {
+                        0.0
+                    },
+                    memory_used_mb: h.memory_used_mb,
+                    load_1m: if h.load_1m.is_finite() {
+                        h.load_1m
+                    } else {
+                        0.0
+                    },
+                };
+                self.engine
+                    .cluster()
+                    .heartbeat(worker, t, SystemClock.now())
+                    .map_err(|e| Status::failed_precondition(e.to_string()))
+            }
+            In::JobStarted(s) => {
+                let job = job_id("job_started.job_id", &s.job_id)?;
+                self.engine
+                    .started(worker, job, s.attempt)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))
+            }
+            In::JobFinished(f) => {
+                let job = job_id("job_finished.job_id", &f.job_id)?;
+                let exit = exit_status(f.exit)?;
+                self.engine
+                    .finished(worker, job, f.attempt, exit, f.timed_out, f.peak_memory_mb)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))
+            }
+            In::LogBatch(b) => self.log_batch(worker, tx, b).await,
+            In::Ack(_) => Ok(()),
+        }
+    }
+
+    async fn log_batch(
+        &self,
+        worker: WorkerId,
+        tx: &AgentSender,
+        b: proto::LogBatch,
+    ) -> Result<(), Status> {
+        let job = job_id("log_batch.job_id", &b.job_id)?;
+        if b.data.len() > MAX_LOG_BATCH {
+            return Err(invalid(
+                "log_batch.data",
+                format!("at most {MAX_LOG_BATCH} bytes"),
+            ));
+        }
+        let stream = match proto::LogStream::try_from(b.stream) {
+            Ok(proto::LogStream::Stdout) => LogStream::Stdout,
+            Ok(proto::LogStream::Stderr) => LogStream::Stderr,
+            Ok(proto::LogStream::System) => LogStream::System,
+            _ => {
+                return Err(invalid(
+                    "log_batch.stream",
+                    "must be stdout, stderr or system",
+                ));
+            }
+        };
+        // Fencing: only the worker that was given this attempt writes its log.
+        let store = self.engine.store();
+        let attempts = store
+            .attempts(job)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !attempts
+            .iter()
+            .any(|a| a.attempt == b.attempt && a.worker == worker)
+        {
+            return Err(Status::failed_precondition(format!(
+                "log_batch: job {job} attempt {} is not assigned to this worker",
+                b.attempt
+            )));
+        }
+        let bytes = b.data.len() as u64;
+        let chunk = LogChunk {
+            stream,
+            at: Timestamp(b.at_ms),
+            data: b.data,
+        };
+        store
+            .append_log(job, b.attempt, b.seq, chunk)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.engine.bus().publish(Event::LogAppended {
+            job,
+            attempt: b.attempt,
+            seq: b.seq,
+            bytes,
+        });
+        let ack = proto::ServerMessage {
+            msg: Some(Out::LogAck(proto::LogAck {
+                job_id: b.job_id,
+                attempt: b.attempt,
+                seq: b.seq,
+            })),
+        };
+        tx.send(Ok(ack))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
+    type ConnectStream = ReceiverStream<Result<proto::ServerMessage, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<proto::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        self.tokens.authenticate_agent(request.metadata())?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(REGISTER_WITHIN, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("register: not received within 10 s"))??
+            .ok_or_else(|| Status::invalid_argument("register: the stream ended before it"))?;
+        let reg = match first.msg {
+            Some(In::Register(r)) => registration(r)?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "register: must be the first message",
+                ));
+            }
+        };
+        let worker = reg.worker;
+        let (tx, rx) = mpsc::channel(self.queue_depth.max(1));
+        let (conn, _welcome) = self
+            .engine
+            .connect(reg, tx.clone())
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let api = WorkerApi {
+            engine: self.engine.clone(),
+            tokens: Arc::clone(&self.tokens),
+            queue_depth: self.queue_depth,
+            stopping: self.stopping.clone(),
+        };
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = stopping.wait_for(|s| *s) => break,
+                };
+                let result = match next {
+                    Ok(Some(proto::AgentMessage { msg: Some(m) })) => {
+                        api.handle(worker, &tx, m).await
+                    }
+                    Ok(Some(proto::AgentMessage { msg: None })) => {
+                        Err(Status::invalid_argument("agent message: empty"))
+                    }
+                    Ok(None) | Err(_) => break,
+                };
+                if let Err(status) = result {
+                    tracing::warn!(%worker, %status, "closing agent stream");
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+            }
+            api.engine.disconnected(worker, conn).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
