@@ -160,6 +160,24 @@ impl<E> Bus<E> {
         }
     }
 
+    /// A subscriber that starts at sequence number `seq` (see
+    /// [`Subscriber::position`]): it first receives the events from `seq` on
+    /// that the ring still holds. A `seq` older than the ring reports the
+    /// gap as a lag; one in the future starts at the next event.
+    pub fn subscribe_from(&self, seq: u64) -> Subscriber<E> {
+        self.shared.subscribers.fetch_add(1, Ordering::AcqRel);
+        let tail = self.shared.tail.load(Ordering::Acquire);
+        Subscriber {
+            next: seq.min(tail),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Events published so far: the sequence number the next one gets.
+    pub fn published(&self) -> u64 {
+        self.shared.tail.load(Ordering::Acquire)
+    }
+
     /// Publishes `event` and returns how many subscribers were alive.
     /// Never blocks on subscribers.
     pub fn publish(&self, event: E) -> usize {
@@ -267,6 +285,12 @@ impl<E> Subscriber<E> {
         .await
     }
 
+    /// The sequence number of the next event this subscriber receives;
+    /// after a successful receive, the event's own number is this minus one.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
     /// Events published but not yet read by this subscriber (may exceed the
     /// capacity, in which case the next receive reports a lag).
     pub fn pending(&self) -> u64 {
@@ -361,6 +385,31 @@ mod tests {
         let mut late = bus.subscribe();
         bus.publish(2);
         assert_eq!(*late.try_recv().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_subscriber_can_start_from_an_earlier_point() {
+        let bus = Bus::new(8);
+        let _journal = bus.subscribe();
+        for i in 0..5u64 {
+            bus.publish(i);
+        }
+        let mut s = bus.subscribe_from(2);
+        assert_eq!(s.position(), 2);
+        assert_eq!(*s.try_recv().unwrap(), 2);
+        assert_eq!(s.position(), 3);
+        // Too far back: the gap is reported, then the oldest kept follows.
+        for i in 5..20u64 {
+            bus.publish(i);
+        }
+        let mut old = bus.subscribe_from(0);
+        assert_eq!(old.try_recv(), Err(TryRecvError::Lagged(12)));
+        assert_eq!(*old.try_recv().unwrap(), 12);
+        // In the future: starts with the next event.
+        let mut later = bus.subscribe_from(1_000);
+        bus.publish(20);
+        assert_eq!(*later.try_recv().unwrap(), 20);
+        assert_eq!(bus.published(), 21);
     }
 
     #[test]

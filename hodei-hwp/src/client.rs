@@ -147,6 +147,7 @@ impl Client {
             .watch(proto::WatchRequest {
                 job_id: job.map(|j| j.to_string()).unwrap_or_default(),
                 include_current,
+                from_seq: None,
             })
             .await?
             .into_inner())

@@ -214,6 +214,10 @@ impl Engine {
         let mut core = Core {
             sched,
             store,
+            // An idle subscriber that never reads: it keeps the bus storing
+            // events even when nobody watches, so watchers can resume from
+            // a recent point. It never slows the publisher.
+            _journal: bus.subscribe(),
             bus,
             agents: HashMap::new(),
             config,
@@ -371,6 +375,7 @@ impl<S: Store> EngineHandle<S> {
 struct Core<S> {
     sched: Scheduler<SystemClock>,
     store: Arc<S>,
+    _journal: hodei_core::Subscriber<Event>,
     bus: Bus<Event>,
     agents: HashMap<WorkerId, (u64, AgentSender)>,
     config: EngineConfig,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use hodei_core::{Event, JobId, RecvError, TenantId, WorkerId};
 use hodei_store::{JobFilter, LogCursor, StateKind, Store};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -21,13 +21,27 @@ const LOG_PAGE: usize = 256;
 pub struct JobApi<S> {
     engine: EngineHandle<S>,
     tokens: Arc<Tokens>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl<S> JobApi<S> {
-    /// The service, on `engine`, for clients holding a client token.
-    pub fn new(engine: EngineHandle<S>, tokens: Arc<Tokens>) -> Self {
-        JobApi { engine, tokens }
+    /// The service, on `engine`, for clients holding a client token. When
+    /// `stopping` turns true, Watch and Logs streams end with UNAVAILABLE.
+    pub fn new(
+        engine: EngineHandle<S>,
+        tokens: Arc<Tokens>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        JobApi {
+            engine,
+            tokens,
+            stopping,
+        }
     }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down")
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
@@ -207,7 +221,10 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         let r = request.into_inner();
         // Subscribe before reading the current state, so nothing between
         // the two is missed.
-        let mut sub = self.engine.bus().subscribe();
+        let mut sub = match r.from_seq {
+            Some(seq) => self.engine.bus().subscribe_from(seq),
+            None => self.engine.bus().subscribe(),
+        };
         let only: Option<JobId> = if r.job_id.is_empty() {
             None
         } else {
@@ -224,13 +241,25 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
                     to: Some(now),
                     attempt: job.attempt,
                     at_ms: job.updated_at.as_millis(),
+                    seq: 0,
                 }))
                 .await;
         }
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             loop {
-                let event = match sub.recv().await {
-                    Ok(e) => e,
+                let next = tokio::select! {
+                    r = sub.recv() => Some(r),
+                    _ = stopping.wait_for(|s| *s) => None,
+                    // The client went away.
+                    _ = tx.closed() => return,
+                };
+                let Some(next) = next else {
+                    let _ = tx.send(Err(shutting_down())).await;
+                    return;
+                };
+                let (seq, event) = match next {
+                    Ok(e) => (sub.position() - 1, e),
                     Err(RecvError::Lagged(n)) => {
                         let _ = tx
                             .send(Err(Status::data_loss(format!(
@@ -258,6 +287,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
                         to: Some(state_to_wire(to)),
                         attempt: *attempt,
                         at_ms: at.as_millis(),
+                        seq,
                     };
                     // A full queue means a slow client: it waits, and the
                     // bus tells us if it falls too far behind.
@@ -282,6 +312,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         let job = self.visible(&p, "job_id", &r.job_id).await?;
         let store = Arc::clone(self.engine.store());
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let id = job.id;
             let mut cursor = LogCursor {
@@ -343,7 +374,16 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
                 }
                 // Wait for this job's next batch or state change.
                 loop {
-                    match sub.recv().await {
+                    let next = tokio::select! {
+                        r = sub.recv() => Some(r),
+                        _ = stopping.wait_for(|s| *s) => None,
+                        _ = tx.closed() => return,
+                    };
+                    let Some(next) = next else {
+                        let _ = tx.send(Err(shutting_down())).await;
+                        return;
+                    };
+                    match next {
                         Ok(e) => match &*e {
                             Event::LogAppended { job, .. } | Event::JobChanged { job, .. }
                                 if *job == id =>

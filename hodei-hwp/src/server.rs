@@ -29,9 +29,9 @@ pub enum ServeError {
 
 /// Serves `WorkerService`, `JobService`, `grpc.health.v1.Health` and
 /// server reflection on `listener` until `shutdown` resolves; then it stops
-/// accepting, ends every agent stream with UNAVAILABLE (agents reconnect
-/// to the next server and re-attach their jobs) and lets other calls in
-/// flight finish.
+/// accepting, ends every agent, Watch and Logs stream with UNAVAILABLE
+/// (agents reconnect to the next server and re-attach their jobs) and lets
+/// other calls in flight finish.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     engine: EngineHandle<S>,
@@ -60,10 +60,10 @@ pub async fn serve<S: Store>(
         engine.clone(),
         Arc::clone(&tokens),
         config.agent_queue_depth,
-        stopping,
+        stopping.clone(),
     ))
     .max_decoding_message_size(MAX_LOG_BATCH + 64 * 1024);
-    let jobs = JobServiceServer::new(JobApi::new(engine, tokens));
+    let jobs = JobServiceServer::new(JobApi::new(engine, tokens, stopping));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)

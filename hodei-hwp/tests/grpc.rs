@@ -485,6 +485,56 @@ fn unauthenticated_and_malformed_requests_get_clear_statuses() {
 }
 
 #[test]
+fn a_watch_resumes_from_a_given_point() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let server = start(&dir.path().join("h.redb")).await;
+        let (mut a, _) = agent(&server.url, None, vec![]).await;
+        let mut c = Client::connect(&server.url, ACME).await.unwrap();
+        let mut live = c.watch(None, false).await.unwrap();
+        let (job, _) = c.submit(&spec("acme")).await.unwrap();
+        a.assignment().await;
+        a.start(&job.id, 1).await;
+        a.finish(&job.id, 1, 0, false).await;
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let e = timeout(WAIT, live.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            seen.push((e.seq, e.to.unwrap().kind));
+        }
+        let kinds: Vec<i32> = seen.iter().map(|s| s.1).collect();
+        use proto::JobStateKind as K;
+        assert_eq!(
+            kinds,
+            vec![K::Assigned as i32, K::Running as i32, K::Succeeded as i32]
+        );
+        // A client that saw only the first event resumes after it.
+        let mut resumed = c
+            .raw()
+            .watch(proto::WatchRequest {
+                job_id: job.id.clone(),
+                include_current: false,
+                from_seq: Some(seen[0].0 + 1),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for want in &seen[1..] {
+            let e = timeout(WAIT, resumed.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!((e.seq, e.to.unwrap().kind), *want);
+        }
+        server.shutdown().await;
+    });
+}
+
+#[test]
 fn workers_are_listed_and_only_admins_drain_them() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
