@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use hodei_core::{Event, JobId, RecvError, TenantId, WorkerId};
+use hodei_core::{Event, JobId, RecvError, Subscriber, TenantId, WorkerId};
 use hodei_store::{JobFilter, LogCursor, StateKind, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,8 +40,25 @@ impl<S> JobApi<S> {
     }
 }
 
-fn shutting_down() -> Status {
-    Status::unavailable("the server is shutting down")
+/// The next bus event for a stream's task, or `None` when the task should
+/// end: its client went away, or the server is stopping (the client is told
+/// so first).
+async fn next_event<T>(
+    sub: &mut Subscriber<Event>,
+    stopping: &mut watch::Receiver<bool>,
+    tx: &mpsc::Sender<Result<T, Status>>,
+) -> Option<Result<Arc<Event>, RecvError>> {
+    let next = tokio::select! {
+        r = sub.recv() => Some(r),
+        _ = stopping.wait_for(|s| *s) => None,
+        _ = tx.closed() => return None,
+    };
+    if next.is_none() {
+        let _ = tx
+            .send(Err(Status::unavailable("the server is shutting down")))
+            .await;
+    }
+    next
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
@@ -248,14 +265,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             loop {
-                let next = tokio::select! {
-                    r = sub.recv() => Some(r),
-                    _ = stopping.wait_for(|s| *s) => None,
-                    // The client went away.
-                    _ = tx.closed() => return,
-                };
-                let Some(next) = next else {
-                    let _ = tx.send(Err(shutting_down())).await;
+                let Some(next) = next_event(&mut sub, &mut stopping, &tx).await else {
                     return;
                 };
                 let (seq, event) = match next {
@@ -374,13 +384,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
                 }
                 // Wait for this job's next batch or state change.
                 loop {
-                    let next = tokio::select! {
-                        r = sub.recv() => Some(r),
-                        _ = stopping.wait_for(|s| *s) => None,
-                        _ = tx.closed() => return,
-                    };
-                    let Some(next) = next else {
-                        let _ = tx.send(Err(shutting_down())).await;
+                    let Some(next) = next_event(&mut sub, &mut stopping, &tx).await else {
                         return;
                     };
                     match next {
