@@ -3,4 +3,15 @@
 //! Connects to a Hodei server over gRPC, runs shell jobs in their own
 //! process groups, streams their logs with secrets masked, reports
 //! resources, survives disconnects and drains cleanly on shutdown.
+//!
+//! Available now: [`run`], which runs one attempt of a job as real
+//! processes with masked output, timeouts, cancellation and clean-up of
+//! every process the job started; and [`secret_forms`], the encodings of a
+//! secret that are masked along with it.
 #![deny(missing_docs)]
+
+mod exec;
+mod secrets;
+
+pub use exec::{ExecConfig, Finished, Output, Stream, run};
+pub use secrets::secret_forms;

@@ -1,0 +1,345 @@
+//! Running one attempt of a job as real processes.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hodei_core::{
+    Clock, Command, ExitStatus, JobSpec, Masker, SecretDelivery, SystemClock, Timestamp,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::secrets::secret_forms;
+
+/// Settings of the executor.
+#[derive(Clone, Debug)]
+pub struct ExecConfig {
+    /// How long the job's output pipes may stay open after its main
+    /// process ended (a grandchild holding them) before the group is killed.
+    pub linger: Duration,
+    /// Between SIGTERM and SIGKILL when a job times out.
+    pub timeout_grace: Duration,
+    /// Bytes read from a pipe at a time.
+    pub read_size: usize,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            linger: Duration::from_secs(2),
+            timeout_grace: Duration::from_secs(10),
+            read_size: 64 * 1024,
+        }
+    }
+}
+
+/// Which stream output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A note from the agent itself (could not start, killed, ...).
+    System,
+}
+
+/// A piece of masked output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// Where it came from.
+    pub stream: Stream,
+    /// When it was read.
+    pub at: Timestamp,
+    /// The bytes, with every secret form masked.
+    pub data: Vec<u8>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// How the main process ended.
+    pub exit: ExitStatus,
+    /// From start to end.
+    pub duration: Duration,
+    /// Peak resident memory of the main process seen while it ran (sampled),
+    /// MiB.
+    pub peak_memory_mb: u64,
+    /// It ran past its timeout and was stopped.
+    pub timed_out: bool,
+    /// It was cancelled.
+    pub cancelled: bool,
+}
+
+fn now() -> Timestamp {
+    SystemClock.now()
+}
+
+/// Sends SIGTERM or SIGKILL to a whole process group.
+fn signal_group(pgid: u32, signal: i32) {
+    // SAFETY: killpg only sends a signal; a stale group id fails with ESRCH.
+    unsafe {
+        libc::killpg(pgid as libc::pid_t, signal);
+    }
+}
+
+/// Peak resident set (VmHWM) of a live process, MiB.
+fn peak_rss_mb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: Stream,
+    masker: Masker,
+    read_size: usize,
+    out: mpsc::Sender<Output>,
+) {
+    let mut s = masker.stream();
+    let mut buf = vec![0u8; read_size.max(1)];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut data = Vec::with_capacity(n);
+        s.push(&buf[..n], &mut data);
+        // A full channel slows the job's output down: backpressure, never
+        // unbounded memory.
+        if !data.is_empty()
+            && out
+                .send(Output {
+                    stream,
+                    at: now(),
+                    data,
+                })
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+    let mut rest = Vec::new();
+    s.finish(&mut rest);
+    if !rest.is_empty() {
+        let _ = out
+            .send(Output {
+                stream,
+                at: now(),
+                data: rest,
+            })
+            .await;
+    }
+}
+
+/// Runs one attempt of `spec`: its own process group, a fresh temporary
+/// working directory (removed after) unless the spec names one, the
+/// environment it asks for (plus `PATH`, `HOME` and `TMPDIR`), secrets as
+/// it asks, and masked output on `out`. `cancel` carries a grace period:
+/// when it fires the group gets SIGTERM, then SIGKILL after the grace. The
+/// same happens at the spec's timeout. When the main process has ended,
+/// the output pipes get `linger` to close, and then the whole group is
+/// killed: no process outlives its job.
+pub async fn run(
+    spec: &JobSpec,
+    config: &ExecConfig,
+    out: mpsc::Sender<Output>,
+    mut cancel: oneshot::Receiver<Duration>,
+) -> Finished {
+    let started = Instant::now();
+    let note = |text: String| Output {
+        stream: Stream::System,
+        at: now(),
+        data: text.into_bytes(),
+    };
+    let not_started = |duration| Finished {
+        exit: ExitStatus::NotStarted,
+        duration,
+        peak_memory_mb: 0,
+        timed_out: false,
+        cancelled: false,
+    };
+    let dir = match tempfile::Builder::new().prefix("hodei-job-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = out
+                .send(note(format!("cannot create a temporary directory: {e}\n")))
+                .await;
+            return not_started(started.elapsed());
+        }
+    };
+    let mut cmd = match &spec.command {
+        Command::Argv(argv) => {
+            let Some((program, args)) = argv.split_first() else {
+                let _ = out.send(note("empty command\n".into())).await;
+                return not_started(started.elapsed());
+            };
+            let mut c = tokio::process::Command::new(program);
+            c.args(args);
+            c
+        }
+        Command::Script(script) => {
+            let path = dir.path().join("job.sh");
+            // A failing step or an unset variable fails the job.
+            if let Err(e) = std::fs::write(&path, format!("set -eu\n{script}\n")) {
+                let _ = out
+                    .send(note(format!("cannot write the script: {e}\n")))
+                    .await;
+                return not_started(started.elapsed());
+            }
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg(path);
+            c
+        }
+    };
+    cmd.current_dir(
+        spec.working_dir
+            .as_deref()
+            .map_or(dir.path(), std::path::Path::new),
+    );
+    cmd.env_clear();
+    cmd.env(
+        "PATH",
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+    );
+    cmd.env("HOME", dir.path());
+    cmd.env("TMPDIR", dir.path());
+    cmd.envs(&spec.env);
+    let stdin_json = spec.secret_delivery == SecretDelivery::StdinJson && !spec.secrets.is_empty();
+    if !stdin_json {
+        cmd.envs(spec.secrets.iter().map(|s| (&s.name, &s.value)));
+    }
+    cmd.stdin(if stdin_json {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped());
+    cmd.stderr(Stdio::piped());
+    cmd.process_group(0);
+    cmd.kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = out.send(note(format!("cannot start the job: {e}\n"))).await;
+            return not_started(started.elapsed());
+        }
+    };
+    let pgid = child.id().unwrap_or(0);
+    if stdin_json && let Some(mut stdin) = child.stdin.take() {
+        let doc: serde_json::Map<String, serde_json::Value> = spec
+            .secrets
+            .iter()
+            .map(|s| (s.name.clone(), serde_json::Value::String(s.value.clone())))
+            .collect();
+        let bytes = serde_json::Value::Object(doc).to_string();
+        // A job that does not read its stdin is not an error.
+        let _ = stdin.write_all(bytes.as_bytes()).await;
+        drop(stdin);
+    }
+    let masker = Masker::new(
+        spec.secrets
+            .iter()
+            .flat_map(|s| secret_forms(s.value.as_bytes())),
+    )
+    .unwrap_or_else(|_| Masker::none());
+    let mut readers = Vec::new();
+    if let Some(p) = child.stdout.take() {
+        readers.push(tokio::spawn(pump(
+            p,
+            Stream::Stdout,
+            masker.clone(),
+            config.read_size,
+            out.clone(),
+        )));
+    }
+    if let Some(p) = child.stderr.take() {
+        readers.push(tokio::spawn(pump(
+            p,
+            Stream::Stderr,
+            masker.clone(),
+            config.read_size,
+            out.clone(),
+        )));
+    }
+
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut peak = 0;
+    let mut sample = tokio::time::interval(Duration::from_millis(50));
+    let (mut timed_out, mut cancelled) = (false, false);
+    let mut grace = None;
+    let mut cancel_open = true;
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s,
+            _ = sample.tick() => peak = peak.max(peak_rss_mb(pgid).unwrap_or(0)),
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() && grace.is_none() => {
+                timed_out = true;
+                grace = Some(config.timeout_grace);
+                signal_group(pgid, libc::SIGTERM);
+                let _ = out.send(note(format!("timed out after {:?}; stopping\n", spec.timeout.unwrap_or_default()))).await;
+            }
+            g = &mut cancel, if grace.is_none() && cancel_open => {
+                match g {
+                    Ok(g) => {
+                        cancelled = true;
+                        grace = Some(g);
+                        signal_group(pgid, libc::SIGTERM);
+                    }
+                    // A dropped sender is not a cancel; stop listening.
+                    Err(_) => cancel_open = false,
+                }
+            }
+        }
+        if let Some(g) = grace {
+            // SIGTERM sent: wait out the grace, then kill.
+            match tokio::time::timeout(g, child.wait()).await {
+                Ok(s) => break s,
+                Err(_) => {
+                    signal_group(pgid, libc::SIGKILL);
+                    break child.wait().await;
+                }
+            }
+        }
+    };
+    // The main process is gone; grandchildren may still hold the pipes.
+    let linger = tokio::time::sleep(config.linger);
+    tokio::pin!(linger);
+    let mut all_closed = false;
+    let wait_readers = async {
+        for r in &mut readers {
+            let _ = r.await;
+        }
+    };
+    tokio::select! {
+        _ = wait_readers => all_closed = true,
+        _ = &mut linger => {}
+    }
+    // Nothing outlives its job.
+    signal_group(pgid, libc::SIGKILL);
+    if !all_closed {
+        for r in readers {
+            let _ = r.await;
+        }
+    }
+    let exit = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => ExitStatus::Code(c),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            (None, None) => ExitStatus::NotStarted,
+        },
+        Err(_) => ExitStatus::NotStarted,
+    };
+    drop(dir);
+    Finished {
+        exit,
+        duration: started.elapsed(),
+        peak_memory_mb: peak,
+        timed_out,
+        cancelled,
+    }
+}

@@ -1,0 +1,218 @@
+//! The executor with real processes: output, failures, secrets, timeouts,
+//! cancellation and processes that try to outlive their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use hodei_agent::{ExecConfig, Finished, Output, Stream, run};
+use hodei_core::{ExitStatus, JobSpec, Secret, SecretDelivery};
+use tokio::sync::{mpsc, oneshot};
+
+fn config() -> ExecConfig {
+    ExecConfig {
+        linger: Duration::from_millis(300),
+        timeout_grace: Duration::from_millis(300),
+        ..ExecConfig::default()
+    }
+}
+
+/// Runs `spec`, collecting output; `cancel_after` cancels with a 200 ms grace.
+fn exec(spec: JobSpec, cancel_after: Option<Duration>) -> (Finished, Vec<Output>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (tx, mut rx) = mpsc::channel(16);
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let collect = tokio::spawn(async move {
+            let mut v = Vec::new();
+            while let Some(o) = rx.recv().await {
+                v.push(o);
+            }
+            v
+        });
+        let canceller = tokio::spawn(async move {
+            if let Some(after) = cancel_after {
+                tokio::time::sleep(after).await;
+                let _ = cancel_tx.send(Duration::from_millis(200));
+            } else {
+                // Keep the sender alive for the whole run.
+                std::future::pending::<()>().await;
+            }
+        });
+        let finished = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(&spec, &config(), tx, cancel_rx),
+        )
+        .await
+        .expect("the run hung");
+        canceller.abort();
+        (finished, collect.await.unwrap())
+    })
+}
+
+fn text(out: &[Output], stream: Stream) -> String {
+    let bytes: Vec<u8> = out
+        .iter()
+        .filter(|o| o.stream == stream)
+        .flat_map(|o| o.data.clone())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn script(s: &str) -> JobSpec {
+    JobSpec::script(s)
+}
+
+#[test]
+fn output_and_exit_code_are_reported() {
+    let (f, out) = exec(
+        JobSpec::argv(["sh", "-c", "echo hello; echo oops >&2; exit 3"]),
+        None,
+    );
+    assert_eq!(f.exit, ExitStatus::Code(3));
+    assert_eq!(text(&out, Stream::Stdout), "hello\n");
+    assert_eq!(text(&out, Stream::Stderr), "oops\n");
+    assert!(!f.timed_out && !f.cancelled);
+}
+
+#[test]
+fn scripts_stop_at_the_first_failing_step() {
+    let (f, out) = exec(script("echo one\nfalse\necho two"), None);
+    assert_eq!(f.exit, ExitStatus::Code(1));
+    assert_eq!(text(&out, Stream::Stdout), "one\n");
+    let (f, _) = exec(script("echo \"$UNSET_VARIABLE\""), None);
+    assert_ne!(f.exit, ExitStatus::Code(0), "unset variables fail the job");
+}
+
+#[test]
+fn secrets_never_appear_even_split_or_encoded() {
+    let mut spec = script(
+        "printf 'a=%s' \"${TOKEN%??????}\"; sleep 0.2; printf '%s\\n' \"${TOKEN#${TOKEN%??????}}\"\n\
+         printf 'b=%s\\n' \"$(printf '%s' \"xy$TOKEN\" | base64)\"\n\
+         echo \"env: $TOKEN\"",
+    );
+    spec.secrets.push(Secret {
+        name: "TOKEN".into(),
+        value: "hunter2-correct-horse".into(),
+    });
+    let (f, out) = exec(spec, None);
+    assert_eq!(f.exit, ExitStatus::Code(0));
+    let all = text(&out, Stream::Stdout);
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(all.starts_with("a=***\n"), "{all}");
+    assert!(all.contains("env: ***"), "{all}");
+    // The base64 line keeps only what the prefix and padding determine.
+    let b64 = all.lines().find(|l| l.starts_with("b=")).unwrap();
+    assert!(b64.contains("***"), "{b64}");
+    assert!(b64.len() < 16, "{b64}");
+}
+
+#[test]
+fn secrets_can_arrive_as_json_on_stdin() {
+    let mut spec = script("cat");
+    spec.secret_delivery = SecretDelivery::StdinJson;
+    spec.secrets.push(Secret {
+        name: "DB_PASSWORD".into(),
+        value: "correct-horse-battery".into(),
+    });
+    spec.env.insert("VISIBLE".into(), "yes".into());
+    let (f, out) = exec(spec, None);
+    assert_eq!(f.exit, ExitStatus::Code(0));
+    assert_eq!(text(&out, Stream::Stdout), r#"{"DB_PASSWORD":"***"}"#);
+}
+
+#[test]
+fn a_timeout_stops_the_whole_group() {
+    let mut spec = script("sleep 30");
+    spec.timeout = Some(Duration::from_millis(300));
+    let started = Instant::now();
+    let (f, _) = exec(spec, None);
+    assert!(f.timed_out);
+    assert_eq!(f.exit, ExitStatus::Signal(libc::SIGTERM));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn cancel_sends_sigterm_then_sigkill() {
+    let (f, _) = exec(
+        script("trap '' TERM; sleep 30"),
+        Some(Duration::from_millis(200)),
+    );
+    assert!(f.cancelled);
+    assert_eq!(
+        f.exit,
+        ExitStatus::Signal(libc::SIGKILL),
+        "TERM was ignored, so KILL"
+    );
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => !s
+            .lines()
+            .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X'))),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_grandchild_ignoring_sigterm_does_not_survive() {
+    let mut spec = script("(trap '' TERM; exec sleep 60) & echo \"child $!\"; sleep 60");
+    spec.timeout = Some(Duration::from_millis(300));
+    let (f, out) = exec(spec, None);
+    assert!(f.timed_out);
+    let pid: i32 = text(&out, Stream::Stdout)
+        .trim()
+        .trim_start_matches("child ")
+        .parse()
+        .unwrap();
+    // Give the kernel a moment to tear it down.
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        !alive(pid)
+    });
+    assert!(gone, "grandchild {pid} survived its job");
+}
+
+#[test]
+fn a_grandchild_holding_stdout_does_not_hang_the_job() {
+    let started = Instant::now();
+    let (f, out) = exec(script("sleep 30 &\necho \"child $!\""), None);
+    assert_eq!(f.exit, ExitStatus::Code(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for the grandchild"
+    );
+    let pid: i32 = text(&out, Stream::Stdout)
+        .trim()
+        .trim_start_matches("child ")
+        .parse()
+        .unwrap();
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        !alive(pid)
+    });
+    assert!(gone, "grandchild {pid} survived its job");
+}
+
+#[test]
+fn a_huge_line_without_newline_flows_through() {
+    let (f, out) = exec(script("head -c 10000000 /dev/zero | tr '\\0' 'a'"), None);
+    assert_eq!(f.exit, ExitStatus::Code(0));
+    let n: usize = out
+        .iter()
+        .filter(|o| o.stream == Stream::Stdout)
+        .map(|o| o.data.len())
+        .sum();
+    assert_eq!(n, 10_000_000);
+}
+
+#[test]
+fn a_missing_program_is_reported_not_started() {
+    let (f, out) = exec(JobSpec::argv(["/nonexistent/program"]), None);
+    assert_eq!(f.exit, ExitStatus::NotStarted);
+    assert!(text(&out, Stream::System).contains("cannot start"));
+}
