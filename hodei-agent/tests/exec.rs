@@ -158,23 +158,28 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// The pid the job printed as `child <pid>` is gone (within a second, for
+/// the kernel to tear it down).
+fn assert_child_gone(out: &[Output]) {
+    let pid: i32 = text(out, Stream::Stdout)
+        .trim()
+        .trim_start_matches("child ")
+        .parse()
+        .unwrap();
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        !alive(pid)
+    });
+    assert!(gone, "grandchild {pid} survived its job");
+}
+
 #[test]
 fn a_grandchild_ignoring_sigterm_does_not_survive() {
     let mut spec = script("(trap '' TERM; exec sleep 60) & echo \"child $!\"; sleep 60");
     spec.timeout = Some(Duration::from_millis(300));
     let (f, out) = exec(spec, None);
     assert!(f.timed_out);
-    let pid: i32 = text(&out, Stream::Stdout)
-        .trim()
-        .trim_start_matches("child ")
-        .parse()
-        .unwrap();
-    // Give the kernel a moment to tear it down.
-    let gone = (0..50).any(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        !alive(pid)
-    });
-    assert!(gone, "grandchild {pid} survived its job");
+    assert_child_gone(&out);
 }
 
 #[test]
@@ -186,16 +191,7 @@ fn a_grandchild_holding_stdout_does_not_hang_the_job() {
         started.elapsed() < Duration::from_secs(10),
         "waited for the grandchild"
     );
-    let pid: i32 = text(&out, Stream::Stdout)
-        .trim()
-        .trim_start_matches("child ")
-        .parse()
-        .unwrap();
-    let gone = (0..50).any(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        !alive(pid)
-    });
-    assert!(gone, "grandchild {pid} survived its job");
+    assert_child_gone(&out);
 }
 
 #[test]

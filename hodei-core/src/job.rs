@@ -258,16 +258,12 @@ pub struct Job {
 impl Job {
     /// A new job: Pending if it has dependencies, else Queued; attempt 1.
     pub fn new(id: JobId, spec: JobSpec, now: Timestamp) -> Job {
-        let state = if spec.dependencies.is_empty() {
-            JobState::Queued
-        } else {
-            JobState::Pending
-        };
+        let life = Lifecycle::new(id, !spec.dependencies.is_empty(), spec.retry.max_attempts);
         Job {
             id,
             spec,
-            state,
-            attempt: 1,
+            state: life.state,
+            attempt: life.attempt,
             created_at: now,
             updated_at: now,
         }

@@ -572,11 +572,37 @@ impl<S: Store> Core<S> {
             _ => None,
         });
         let results = futures::future::join_all(writes).await;
-        let mut stored: Vec<Job> = Vec::with_capacity(results.len());
+        // The latest stored version of each job changed in this batch.
+        let mut stored: HashMap<JobId, Job> = HashMap::with_capacity(results.len());
         for r in results {
             match r {
-                Ok(j) => stored.push(j),
+                Ok(j) => {
+                    stored.insert(j.id, j);
+                }
                 Err(e) => tracing::error!(error = %e, "state change not stored"),
+            }
+        }
+        // One batch of writes for the attempts assigned, not one each.
+        let records = actions.iter().filter_map(|a| match a {
+            Action::Assign {
+                job,
+                worker,
+                attempt,
+            } if stored.contains_key(job) => Some(self.store.record_attempt(AttemptRecord {
+                job: *job,
+                attempt: *attempt,
+                worker: *worker,
+                assigned_at: now,
+                started_at: None,
+                finished_at: None,
+                exit: None,
+                peak_memory_mb: None,
+            })),
+            _ => None,
+        });
+        for r in futures::future::join_all(records).await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "could not record attempt");
             }
         }
         for a in &actions {
@@ -587,7 +613,7 @@ impl<S: Store> Core<S> {
                 attempt,
                 ..
             } = a
-                && let Some(j) = stored.iter().find(|j| j.id == *job)
+                && let Some(j) = stored.get(job)
             {
                 self.bus.publish(Event::JobChanged {
                     job: *job,
@@ -607,22 +633,9 @@ impl<S: Store> Core<S> {
                     worker,
                     attempt,
                 } => {
-                    let Some(j) = stored.iter().find(|j| j.id == job) else {
+                    let Some(j) = stored.get(&job) else {
                         continue;
                     };
-                    let record = AttemptRecord {
-                        job,
-                        attempt,
-                        worker,
-                        assigned_at: now,
-                        started_at: None,
-                        finished_at: None,
-                        exit: None,
-                        peak_memory_mb: None,
-                    };
-                    if let Err(e) = self.store.record_attempt(record).await {
-                        tracing::error!(%job, error = %e, "could not record attempt");
-                    }
                     let m = msg(proto::server_message::Msg::AssignJob(proto::AssignJob {
                         job_id: job.to_string(),
                         attempt,

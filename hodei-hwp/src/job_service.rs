@@ -97,10 +97,6 @@ fn state_kind(v: i32) -> Result<Option<StateKind>, Status> {
     ))
 }
 
-fn terminal(job: &hodei_core::Job) -> bool {
-    job.is_terminal()
-}
-
 impl<S: Store> JobApi<S> {
     fn principal<T>(&self, r: &Request<T>) -> Result<Principal, Status> {
         Ok(self.tokens.authenticate_client(r.metadata())?)
@@ -217,7 +213,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         let job = self
             .visible(&p, "job_id", &request.get_ref().job_id)
             .await?;
-        if terminal(&job) {
+        if job.is_terminal() {
             return Err(Status::failed_precondition(format!(
                 "job {} has already finished ({})",
                 job.id, job.state
@@ -369,7 +365,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
                     return;
                 }
                 match store.get_job(id).await {
-                    Ok(Some(j)) if terminal(&j) => {
+                    Ok(Some(j)) if j.is_terminal() => {
                         // One more read catches batches stored after the
                         // last one above; then the log is complete.
                         if let Ok(page) = store.read_logs(id, cursor, 1).await

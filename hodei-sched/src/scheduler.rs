@@ -557,8 +557,8 @@ impl<C: Clock> Scheduler<C> {
         if !t.reserved {
             self.cluster.reserve(worker, job, t.req.resources)?;
             t.reserved = true;
-            let u = self.usage.entry(t.req.tenant.clone()).or_default();
-            *u = u.checked_add(&t.req.resources).unwrap_or(*u);
+            let (tenant, res) = (t.req.tenant.clone(), t.req.resources);
+            self.add_usage(tenant, res);
         }
         Ok(())
     }
@@ -577,11 +577,7 @@ impl<C: Clock> Scheduler<C> {
 
     /// A worker registered (or re-registered after a reconnect).
     pub fn worker_joined(&mut self, spec: WorkerSpec) -> Result<Vec<Action>, SchedError> {
-        let now = self.clock.now();
-        self.cluster.register(spec, now)?;
-        let at = now + self.cluster.config().heartbeat_timeout + Duration::from_millis(1);
-        self.liveness_at = Some(self.liveness_at.map_or(at, |t| t.min(at)));
-        self.run(|_, _| Ok(()))
+        self.worker_rejoined(spec, &[]).map(|(actions, _)| actions)
     }
 
     /// A worker registered with jobs it still runs (a reconnect, or the
@@ -841,6 +837,11 @@ impl<C: Clock> Scheduler<C> {
         self.capacity_freed = true;
     }
 
+    fn add_usage(&mut self, tenant: TenantId, res: Resources) {
+        let u = self.usage.entry(tenant).or_default();
+        *u = u.checked_add(&res).unwrap_or(*u);
+    }
+
     fn sub_usage(&mut self, tenant: &TenantId, res: Resources) {
         if let Some(u) = self.usage.get_mut(tenant) {
             *u = u.saturating_sub(&res);
@@ -1077,8 +1078,7 @@ impl<C: Clock> Scheduler<C> {
             };
         };
         let tenant = tenant.clone();
-        let u = self.usage.entry(tenant).or_default();
-        *u = u.checked_add(&res).unwrap_or(*u);
+        self.add_usage(tenant, res);
         if let Some(tr) = self.jobs.get_mut(k) {
             tr.reserved = true;
         }
