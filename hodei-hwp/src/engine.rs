@@ -126,6 +126,7 @@ enum Command {
         outcome: AttemptOutcome,
         exit: ExitStatus,
         peak_memory_mb: u64,
+        reply: oneshot::Sender<Result<(), EngineError>>,
     },
     Drain {
         worker: WorkerId,
@@ -352,7 +353,8 @@ impl<S: Store> EngineHandle<S> {
         exit: ExitStatus,
         timed_out: bool,
         peak_memory_mb: u64,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Applied, EngineError> {
+        let (reply, rx) = oneshot::channel();
         let outcome = if timed_out {
             AttemptOutcome::TimedOut
         } else if exit.success() {
@@ -367,8 +369,24 @@ impl<S: Store> EngineHandle<S> {
             outcome,
             exit,
             peak_memory_mb,
+            reply,
         })
-        .await
+        .await?;
+        Ok(Applied(rx))
+    }
+}
+
+/// A report the engine has taken; [`Applied::wait`] returns once it is
+/// applied and what it changed is stored.
+#[derive(Debug)]
+pub struct Applied(oneshot::Receiver<Result<(), EngineError>>);
+
+impl Applied {
+    /// Waits until the report is applied and stored. A report the state
+    /// machine refused (stale attempt, job already ended) counts as applied:
+    /// there is nothing more to do with it.
+    pub async fn wait(self) -> Result<(), EngineError> {
+        self.0.await.map_err(|_| EngineError::Stopped)?
     }
 }
 
@@ -514,6 +532,7 @@ impl<S: Store> Core<S> {
                 outcome,
                 exit,
                 peak_memory_mb,
+                reply,
             } => {
                 let r = self.sched.job_finished(worker, job, attempt, outcome);
                 if r.is_ok() {
@@ -525,10 +544,11 @@ impl<S: Store> Core<S> {
                     })
                     .await;
                 }
-                r.unwrap_or_else(|e| {
+                let actions = r.unwrap_or_else(|e| {
                     tracing::warn!(%job, %worker, error = %e, "finish report refused");
                     Vec::new()
-                })
+                });
+                return (actions, Some((reply, Ok(()))));
             }
         };
         (actions, None)

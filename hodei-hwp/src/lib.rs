@@ -20,7 +20,9 @@ mod worker_service;
 
 pub use auth::{AuthError, Principal, Tokens};
 pub use convert::{WireError, job_to_wire, spec_from_wire, spec_to_wire, state_to_wire};
-pub use engine::{AgentSender, Engine, EngineConfig, EngineError, EngineHandle, Registration};
+pub use engine::{
+    AgentSender, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration,
+};
 pub use job_service::JobApi;
 pub use server::{ServeError, serve};
 pub use worker_service::{MAX_LOG_BATCH, WorkerApi};

@@ -151,11 +151,32 @@ impl<S: Store> WorkerApi<S> {
             In::JobFinished(f) => {
                 let job = job_id("job_finished.job_id", &f.job_id)?;
                 let exit = exit_status(f.exit)?;
-                self.engine
+                let applied = self
+                    .engine
                     .finished(worker, job, f.attempt, exit, f.timed_out, f.peak_memory_mb)
                     .await
-                    .map_err(|e| Status::unavailable(e.to_string()))
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                // Acknowledged once stored, without holding up the stream:
+                // the next messages are read while the engine applies it.
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if applied.wait().await.is_ok() {
+                        let ack = proto::ServerMessage {
+                            msg: Some(Out::ResultAck(proto::ResultAck {
+                                job_id: f.job_id,
+                                attempt: f.attempt,
+                            })),
+                        };
+                        let _ = tx.send(Ok(ack)).await;
+                    }
+                });
+                Ok(())
             }
+            In::Draining(_) => self
+                .engine
+                .drain(worker)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string())),
             In::LogBatch(b) => self.log_batch(worker, tx, b).await,
             In::Ack(_) => Ok(()),
         }
