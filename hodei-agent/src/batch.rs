@@ -23,7 +23,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_bytes: 64 * 1024,
-            max_lines: 100,
+            max_lines: 1000,
             max_delay: Duration::from_millis(100),
         }
     }

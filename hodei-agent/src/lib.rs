@@ -12,10 +12,17 @@
 //! it.
 #![deny(missing_docs)]
 
+mod agent;
 mod batch;
+mod cap;
 mod exec;
+mod outbox;
 mod secrets;
+mod telemetry;
 
+pub use agent::{AgentConfig, AgentError, Report, Shutdown, host_name, run_agent};
 pub use batch::{Batch, BatchConfig, batch};
+pub use cap::cap;
 pub use exec::{ExecConfig, Finished, Output, Stream, run};
 pub use secrets::secret_forms;
+pub use telemetry::{Reading, Sampler, detect_capacity};
