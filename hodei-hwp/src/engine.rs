@@ -24,6 +24,7 @@ use hodei_store::{AttemptRecord, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::convert::spec_to_wire;
+use crate::metrics::{Metrics, Snapshot};
 use crate::proto;
 
 /// Settings of an [`Engine`].
@@ -98,7 +99,10 @@ pub struct Registration {
 }
 
 enum Command {
-    Admit(Box<Job>),
+    Admit(Box<Job>, std::time::Instant),
+    Snapshot {
+        reply: oneshot::Sender<Result<Snapshot, EngineError>>,
+    },
     Cancel {
         job: JobId,
         reply: oneshot::Sender<Result<(), EngineError>>,
@@ -144,6 +148,7 @@ pub struct EngineHandle<S> {
     bus: Bus<Event>,
     cluster: Arc<ClusterState>,
     conns: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> Clone for EngineHandle<S> {
@@ -154,6 +159,7 @@ impl<S> Clone for EngineHandle<S> {
             bus: self.bus.clone(),
             cluster: Arc::clone(&self.cluster),
             conns: Arc::clone(&self.conns),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }
@@ -195,8 +201,10 @@ impl Engine {
                 }
             }
         }
+        let metrics = Arc::new(Metrics::default());
         let mut actions = Vec::new();
         for job in recovered {
+            metrics.job_entered(&job.state);
             let life = job.lifecycle();
             let req = JobRequest::from_spec(job.id, &job.spec);
             match sched.adopt(req, life) {
@@ -211,6 +219,7 @@ impl Engine {
             bus: bus.clone(),
             cluster,
             conns: Arc::default(),
+            metrics: Arc::clone(&metrics),
         };
         let mut core = Core {
             sched,
@@ -222,6 +231,8 @@ impl Engine {
             bus,
             agents: HashMap::new(),
             config,
+            metrics,
+            submitted_at: HashMap::new(),
         };
         let task = tokio::spawn(async move {
             core.apply(actions).await;
@@ -232,6 +243,18 @@ impl Engine {
 }
 
 impl<S: Store> EngineHandle<S> {
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What the scheduler holds now: queue depths and counts.
+    pub async fn snapshot(&self) -> Result<Snapshot, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Snapshot { reply }).await?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<S> {
         &self.store
@@ -261,6 +284,7 @@ impl<S: Store> EngineHandle<S> {
                 return Err(EngineError::UnknownDependency(*dep));
             }
         }
+        let begun = std::time::Instant::now();
         let job = Job::new(JobId::new(), spec, SystemClock.now());
         let inserted = self.store.insert_job(job).await?;
         let created = inserted.is_new();
@@ -271,7 +295,11 @@ impl<S: Store> EngineHandle<S> {
                 tenant: job.spec.tenant.clone(),
                 at: job.created_at,
             });
-            self.send(Command::Admit(Box::new(job.clone()))).await?;
+            self.metrics
+                .submitted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.send(Command::Admit(Box::new(job.clone()), begun))
+                .await?;
         }
         Ok((job, created))
     }
@@ -397,6 +425,9 @@ struct Core<S> {
     bus: Bus<Event>,
     agents: HashMap<WorkerId, (u64, AgentSender)>,
     config: EngineConfig,
+    metrics: Arc<Metrics>,
+    /// When each job not yet started was submitted.
+    submitted_at: HashMap<JobId, std::time::Instant>,
 }
 
 impl<S: Store> Core<S> {
@@ -425,7 +456,17 @@ impl<S: Store> Core<S> {
 
     async fn handle(&mut self, c: Command) -> (Vec<Action>, Owed) {
         let actions = match c {
-            Command::Admit(job) => {
+            Command::Snapshot { reply } => {
+                let snap = Snapshot {
+                    queue_depths: self.sched.queue_depths(),
+                    stats: self.sched.stats(),
+                };
+                let _ = reply.send(Ok(snap));
+                return (Vec::new(), None);
+            }
+            Command::Admit(job, begun) => {
+                self.metrics.job_entered(&job.state);
+                self.submitted_at.insert(job.id, begun);
                 for dep in &job.spec.dependencies {
                     if self.sched.lifecycle(*dep).is_none()
                         && let Ok(Some(d)) = self.store.get_job(*dep).await
@@ -517,6 +558,9 @@ impl<S: Store> Core<S> {
             } => {
                 let r = self.sched.job_started(worker, job, attempt);
                 if r.is_ok() {
+                    if let Some(t) = self.submitted_at.remove(&job) {
+                        self.metrics.submit_to_start.observe(t.elapsed());
+                    }
                     self.update_attempt(job, attempt, |a| a.started_at = Some(at))
                         .await;
                 }
@@ -635,6 +679,10 @@ impl<S: Store> Core<S> {
             } = a
                 && let Some(j) = stored.get(job)
             {
+                self.metrics.job_moved(from, to);
+                if j.is_terminal() {
+                    self.submitted_at.remove(job);
+                }
                 self.bus.publish(Event::JobChanged {
                     job: *job,
                     tenant: j.spec.tenant.clone(),

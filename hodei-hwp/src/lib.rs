@@ -15,6 +15,7 @@ pub mod client;
 mod convert;
 mod engine;
 mod job_service;
+mod metrics;
 mod server;
 mod worker_service;
 
@@ -24,6 +25,7 @@ pub use engine::{
     AgentSender, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration,
 };
 pub use job_service::JobApi;
+pub use metrics::{Histogram, Metrics, Snapshot};
 pub use server::{ServeError, serve};
 pub use worker_service::{MAX_LOG_BATCH, WorkerApi};
 

@@ -137,6 +137,10 @@ impl<S: Store> WorkerApi<S> {
                     },
                 };
                 self.engine
+                    .metrics()
+                    .heartbeats
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.engine
                     .cluster()
                     .heartbeat(worker, t, SystemClock.now())
                     .map_err(|e| Status::failed_precondition(e.to_string()))
@@ -231,6 +235,11 @@ impl<S: Store> WorkerApi<S> {
             .append_log(job, b.attempt, b.seq, chunk)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        let m = self.engine.metrics();
+        m.log_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        m.log_batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.engine.bus().publish(Event::LogAppended {
             job,
             attempt: b.attempt,
