@@ -10,6 +10,7 @@ use hodei_core::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::pty;
 use crate::secrets::secret_forms;
 
 /// Settings of the executor.
@@ -218,11 +219,37 @@ pub async fn run(
     } else {
         Stdio::null()
     });
-    cmd.stdout(Stdio::piped());
-    cmd.stderr(Stdio::piped());
-    cmd.process_group(0);
+    let mut terminal = None;
+    if spec.pty {
+        match pty::open() {
+            Ok(p) => {
+                if let Err(e) = p.attach(cmd.as_std_mut(), !stdin_json) {
+                    let _ = out
+                        .send(note(format!("cannot set up a terminal: {e}\n")))
+                        .await;
+                    return not_started(started.elapsed());
+                }
+                cmd.env("TERM", "xterm-256color");
+                terminal = Some(p.master);
+            }
+            Err(e) => {
+                let _ = out
+                    .send(note(format!("cannot open a terminal: {e}\n")))
+                    .await;
+                return not_started(started.elapsed());
+            }
+        }
+    } else {
+        cmd.stdout(Stdio::piped());
+        cmd.stderr(Stdio::piped());
+        cmd.process_group(0);
+    }
     cmd.kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The parent's copies of the terminal's far end must close, or its
+    // reader never sees the end.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let _ = out.send(note(format!("cannot start the job: {e}\n"))).await;
@@ -248,6 +275,15 @@ pub async fn run(
     )
     .unwrap_or_else(|_| Masker::none());
     let mut readers = Vec::new();
+    if let Some(master) = terminal {
+        readers.push(tokio::spawn(pump(
+            tokio::fs::File::from_std(std::fs::File::from(master)),
+            Stream::Stdout,
+            masker.clone(),
+            config.read_size,
+            out.clone(),
+        )));
+    }
     if let Some(p) = child.stdout.take() {
         readers.push(tokio::spawn(pump(
             p,

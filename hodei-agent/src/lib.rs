@@ -17,6 +17,7 @@ mod batch;
 mod cap;
 mod exec;
 mod outbox;
+mod pty;
 mod secrets;
 mod telemetry;
 

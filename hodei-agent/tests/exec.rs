@@ -212,3 +212,21 @@ fn a_missing_program_is_reported_not_started() {
     assert_eq!(f.exit, ExitStatus::NotStarted);
     assert!(text(&out, Stream::System).contains("cannot start"));
 }
+
+#[test]
+fn a_pty_job_sees_a_terminal_and_is_still_stopped_as_a_group() {
+    let mut spec = script("if [ -t 1 ]; then echo on-a-terminal; fi; echo err >&2; stty size");
+    spec.pty = true;
+    let (f, out) = exec(spec, None);
+    assert_eq!(f.exit, ExitStatus::Code(0));
+    let text = text(&out, Stream::Stdout);
+    assert!(text.contains("on-a-terminal"), "{text:?}");
+    assert!(text.contains("err"), "{text:?}");
+    assert!(text.contains("40 120"), "{text:?}");
+
+    let mut spec = script("sleep 30");
+    spec.pty = true;
+    let (f, _) = exec(spec, Some(Duration::from_millis(200)));
+    assert!(f.cancelled);
+    assert_eq!(f.exit, ExitStatus::Signal(15));
+}
