@@ -169,6 +169,13 @@ pub enum Transition {
         /// The attempt the report is about.
         attempt: u32,
     },
+    /// Assigned -> Queued, same attempt: the assignment never reached the
+    /// worker (it reconnected without the job), so nothing ran and no
+    /// attempt is spent.
+    Requeue {
+        /// The attempt the report is about.
+        attempt: u32,
+    },
     /// Any state that is not final -> Cancelled.
     Cancel,
     /// Failed, TimedOut or Lost with attempts left -> Queued, attempt + 1.
@@ -186,6 +193,7 @@ impl Transition {
             Transition::Fail { .. } => "fail",
             Transition::TimeOut { .. } => "time_out",
             Transition::Lose { .. } => "lose",
+            Transition::Requeue { .. } => "requeue",
             Transition::Cancel => "cancel",
             Transition::Retry => "retry",
         }
@@ -197,7 +205,8 @@ impl Transition {
             | Transition::Succeed { attempt }
             | Transition::Fail { attempt, .. }
             | Transition::TimeOut { attempt }
-            | Transition::Lose { attempt } => Some(*attempt),
+            | Transition::Lose { attempt }
+            | Transition::Requeue { attempt } => Some(*attempt),
             _ => None,
         }
     }
@@ -408,6 +417,7 @@ impl Lifecycle {
             }
             (S::Assigned { .. } | S::Running { .. }, T::TimeOut { .. }) => S::TimedOut,
             (S::Assigned { .. } | S::Running { .. }, T::Lose { .. }) => S::Lost,
+            (S::Assigned { .. }, T::Requeue { .. }) => S::Queued,
             (_, T::Cancel) => S::Cancelled,
             (s, T::Retry) if s.is_retryable() => {
                 // is_terminal() above already refused an exhausted policy;
@@ -551,6 +561,7 @@ mod tests {
                     S::Failed { .. } | S::TimedOut | S::Lost
                 )
                 | (S::Failed { .. } | S::TimedOut | S::Lost, S::Queued)
+                | (S::Assigned { .. }, S::Queued)
                 | (_, S::Cancelled)
         )
     }
@@ -568,6 +579,7 @@ mod tests {
             }),
             (0u32..5).prop_map(|attempt| Transition::TimeOut { attempt }),
             (0u32..5).prop_map(|attempt| Transition::Lose { attempt }),
+            (0u32..5).prop_map(|attempt| Transition::Requeue { attempt }),
             Just(Transition::Cancel).prop_map(|t| t),
             Just(Transition::Retry),
             Just(Transition::Retry),

@@ -12,7 +12,7 @@ use hodei_core::{
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use slab::Slab;
 
 use crate::cluster::{ClusterState, WorkerSpec};
@@ -237,6 +237,8 @@ pub struct Scheduler<C: Clock> {
     /// Attempts ended by the scheduler (cancel, timeout) whose workers have
     /// not confirmed yet: their reservations stay until then.
     stopping: HashMap<JobId, (WorkerId, TenantId, Resources)>,
+    /// Recovered jobs waiting for their worker to claim them, by worker.
+    unclaimed: HashMap<WorkerId, Vec<JobId>>,
     timers: BinaryHeap<Reverse<(Timestamp, Timer)>>,
     liveness_at: Option<Timestamp>,
     finished: HashMap<JobId, bool>,
@@ -284,6 +286,7 @@ impl<C: Clock> Scheduler<C> {
             usage: HashMap::default(),
             over_quota: HashMap::default(),
             stopping: HashMap::default(),
+            unclaimed: HashMap::default(),
             timers: BinaryHeap::new(),
             liveness_at: None,
             finished: HashMap::default(),
@@ -518,7 +521,8 @@ impl<C: Clock> Scheduler<C> {
             }
             JobState::Pending => {}
             JobState::Queued => self.enqueue(id),
-            JobState::Assigned { attempt, .. } | JobState::Running { attempt, .. } => {
+            JobState::Assigned { attempt, worker } | JobState::Running { attempt, worker } => {
+                self.unclaimed.entry(worker).or_default().push(id);
                 let at = now + self.config.reattach_grace;
                 self.timers
                     .push(Reverse((at, Timer::Reattach(id, attempt))));
@@ -575,15 +579,24 @@ impl<C: Clock> Scheduler<C> {
         })
     }
 
-    /// A worker registered (or re-registered after a reconnect).
+    /// A worker registered (or re-registered without saying what it
+    /// runs: its jobs are left as they are; see [`worker_rejoined`]).
+    ///
+    /// [`worker_rejoined`]: Scheduler::worker_rejoined
     pub fn worker_joined(&mut self, spec: WorkerSpec) -> Result<Vec<Action>, SchedError> {
-        self.worker_rejoined(spec, &[]).map(|(actions, _)| actions)
+        let now = self.clock.now();
+        self.cluster.register(spec, now)?;
+        let at = now + self.cluster.config().heartbeat_timeout + Duration::from_millis(1);
+        self.liveness_at = Some(self.liveness_at.map_or(at, |t| t.min(at)));
+        self.run(|_, _| Ok(()))
     }
 
     /// A worker registered with jobs it still runs (a reconnect, or the
     /// first contact after a server restart): it is registered, each held
     /// (job, attempt) is re-attached with its reservation, and only then is
     /// anything new placed, so new work never takes the held jobs' room.
+    /// The list is taken as complete: a job the server placed there that
+    /// is not in it is Lost at once (and retried as its policy allows).
     /// Returns the actions and the held jobs refused (unknown, finished,
     /// or now another attempt): the worker should stop those.
     pub fn worker_rejoined(
@@ -596,12 +609,31 @@ impl<C: Clock> Scheduler<C> {
         self.cluster.register(spec, now)?;
         let at = now + self.cluster.config().heartbeat_timeout + Duration::from_millis(1);
         self.liveness_at = Some(self.liveness_at.map_or(at, |t| t.min(at)));
+        // What the server believes runs there: live reservations, held
+        // across the disconnect, and recovered jobs not yet claimed.
+        let mut believed = self
+            .cluster
+            .worker(worker)
+            .map(|w| w.jobs)
+            .unwrap_or_default();
+        believed.extend(self.unclaimed.remove(&worker).unwrap_or_default());
         let refused = held
             .iter()
             .filter(|(job, attempt)| self.reattach(worker, *job, *attempt).is_err())
             .map(|(job, _)| *job)
             .collect();
-        let actions = self.run(|_, _| Ok(()))?;
+        // The worker lists everything it runs or holds a result of: a job
+        // it does not list never reached it or is gone. Lost now, not after
+        // a timeout, so it is retried at once.
+        let holds: HashSet<JobId> = held.iter().map(|(job, _)| *job).collect();
+        let actions = self.run(|s, out| {
+            for job in believed {
+                if !holds.contains(&job) {
+                    s.unassign(worker, job, out);
+                }
+            }
+            Ok(())
+        })?;
         Ok((actions, refused))
     }
 
@@ -614,7 +646,8 @@ impl<C: Clock> Scheduler<C> {
     /// A worker left or its connection is gone for good: its jobs are lost
     /// and retried as their policies allow.
     pub fn worker_lost(&mut self, worker: WorkerId) -> Result<Vec<Action>, SchedError> {
-        let jobs = self.cluster.deregister(worker)?;
+        let mut jobs = self.cluster.deregister(worker)?;
+        jobs.extend(self.unclaimed.remove(&worker).unwrap_or_default());
         self.run(|s, out| {
             for job in jobs {
                 s.lose(worker, job, out);
@@ -774,6 +807,22 @@ impl<C: Clock> Scheduler<C> {
             t.reserved = false;
             self.stopping
                 .insert(job, (worker, t.req.tenant.clone(), t.req.resources));
+        }
+    }
+
+    /// The worker does not have the job: one that never started goes back
+    /// to the queue with its attempt unspent; one that ran is Lost.
+    fn unassign(&mut self, worker: WorkerId, job: JobId, out: &mut Vec<Action>) {
+        match self.get(job).map(|t| t.life.state) {
+            Some(JobState::Assigned { worker: w, attempt }) if w == worker => {
+                if self
+                    .end_attempt(job, Transition::Requeue { attempt }, out)
+                    .is_ok()
+                {
+                    self.enqueue(job);
+                }
+            }
+            _ => self.lose(worker, job, out),
         }
     }
 

@@ -630,3 +630,65 @@ fn cancelling_a_job_in_backoff_ends_its_wait() {
         .unwrap();
     assert!(assigns(&h.sched.tick()).is_empty());
 }
+
+#[test]
+fn a_rejoining_worker_that_does_not_hold_its_jobs_gives_them_back() {
+    let mut h = harness(SchedulerConfig::default());
+    let w = WorkerId::from_u128(7);
+    let (never_reached, ran) = (job("acme", 100, 100), job("acme", 100, 100));
+    let (nid, rid) = (never_reached.id, ran.id);
+    let life = |id, state| hodei_core::Lifecycle {
+        id,
+        state,
+        attempt: 1,
+        max_attempts: 1,
+    };
+    h.sched
+        .adopt(
+            never_reached,
+            life(
+                nid,
+                JobState::Assigned {
+                    worker: w,
+                    attempt: 1,
+                },
+            ),
+        )
+        .unwrap();
+    h.sched
+        .adopt(
+            ran,
+            life(
+                rid,
+                JobState::Running {
+                    worker: w,
+                    attempt: 1,
+                },
+            ),
+        )
+        .unwrap();
+    let spec = hodei_sched::WorkerSpec {
+        id: w,
+        labels: Default::default(),
+        capacity: Resources::new(1000, 1000, 0),
+    };
+    // `w` comes back holding nothing.
+    let (actions, refused) = h.sched.worker_rejoined(spec, &[]).unwrap();
+    assert!(refused.is_empty());
+    // The one that ran is Lost (no attempts left: it ends there).
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Changed { job, to: JobState::Lost, .. } if *job == rid))
+    );
+    // The one that never reached it is queued again and placed, attempt 1.
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Changed { job, to: JobState::Queued, cause: hodei_core::Transition::Requeue { attempt: 1 }, .. } if *job == nid
+    )));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Assign { job, attempt: 1, .. } if *job == nid))
+    );
+}
