@@ -556,6 +556,15 @@ impl<S: Store> Core<S> {
                 attempt,
                 at,
             } => {
+                // An agent repeats its start report after a reconnect when
+                // it cannot know the first one arrived.
+                if self
+                    .sched
+                    .lifecycle(job)
+                    .is_some_and(|l| l.state == JobState::Running { worker, attempt })
+                {
+                    return (Vec::new(), None);
+                }
                 let r = self.sched.job_started(worker, job, attempt);
                 if r.is_ok() {
                     if let Some(t) = self.submitted_at.remove(&job) {
