@@ -1,0 +1,479 @@
+//! End to end: the real `hodei-server`, `hodei-agent` and `hodei` binaries
+//! as separate processes on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_hodei-server");
+const AGENT: &str = env!("CARGO_BIN_EXE_hodei-agent");
+const CLI: &str = env!("CARGO_BIN_EXE_hodei");
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe {
+            libc::kill(self.0.id() as i32, sig);
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < end, "process did not exit in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct Server {
+    proc: Proc,
+    grpc: String,
+    http: String,
+    dir: PathBuf,
+}
+
+fn start_server(dir: &Path, listen: &str) -> Server {
+    let mut child = Command::new(SERVER)
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(["--listen", listen, "--http-listen", "127.0.0.1:0"])
+        .args(["--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s"])
+        .args(["--cancel-grace", "500ms", "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let (mut grpc, mut http) = (None, None);
+    while grpc.is_none() || http.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server did not print its addresses");
+        if let Some(a) = line.strip_prefix("hodei-server: gRPC on ") {
+            grpc = Some(a.to_string());
+        }
+        if let Some(a) = line.strip_prefix("hodei-server: metrics on ") {
+            http = Some(a.trim_end_matches("/metrics").to_string());
+        }
+    }
+    Server {
+        proc: Proc(child),
+        grpc: grpc.unwrap(),
+        http: http.unwrap(),
+        dir: dir.to_path_buf(),
+    }
+}
+
+impl Server {
+    fn port(&self) -> &str {
+        self.grpc.rsplit(':').next().unwrap()
+    }
+
+    fn agent(&self, name: &str) -> Proc {
+        Proc(
+            Command::new(AGENT)
+                .args(["--server", &self.grpc, "--name", name])
+                .arg("--join-token-file")
+                .arg(self.dir.join("join.token"))
+                .args(["--reconnect-max", "300ms", "--cancel-grace", "500ms"])
+                .args(["--drain-grace", "10s", "--log-level", "warn"])
+                .arg("--spill-dir")
+                .arg(self.dir.join(format!("spill-{name}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(CLI)
+            .args(["--server", &self.grpc, "--token-file"])
+            .arg(self.dir.join("admin.token"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        // Before the arguments: anything after `--` belongs to the job.
+        let mut a = vec!["--output", "json"];
+        a.extend(args);
+        let out = self.cli(&a);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let first = out.stdout.split(|b| *b == b'\n').next().unwrap();
+        serde_json::from_slice(first)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {:?}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn state(&self, job: &str) -> String {
+        self.json(&["status", job])["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn wait_state(&self, job: &str, want: &[&str]) -> String {
+        for _ in 0..300 {
+            let s = self.state(job);
+            if want.contains(&s.as_str()) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("job {job} never reached {want:?} (now {})", self.state(job));
+    }
+
+    fn http_get(&self, path: &str) -> (u16, String) {
+        let addr = self.http.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn wait_workers(&self, n: usize) {
+        for _ in 0..200 {
+            let out = self.cli(&["workers", "--output", "json"]);
+            let ready = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("\"status\":\"ready\""))
+                .count();
+            if ready >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{n} workers never became ready");
+    }
+}
+
+fn submit(s: &Server, args: &[&str]) -> String {
+    let mut a = vec!["submit"];
+    a.extend(args);
+    s.json(&a)["id"].as_str().unwrap().to_string()
+}
+
+/// Parses the Prometheus text format: every sample line is `name{labels}
+/// value` with a number for the value.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut m = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (key, value) = line.rsplit_once(' ').expect("sample line");
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value of {line:?}"));
+        m.insert(key.to_string(), v);
+    }
+    m
+}
+
+#[test]
+fn a_job_s_whole_life_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path(), "127.0.0.1:0");
+    let _agent = s.agent("a1");
+    s.wait_workers(1);
+
+    // --wait exits with the job's own code.
+    let out = s.cli(&["submit", "--wait", "--", "sh", "-c", "echo hi; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    // --follow streams the output, then exits 0.
+    let out = s.cli(&[
+        "submit",
+        "--follow",
+        "--name",
+        "greet",
+        "--script",
+        "echo one; echo two >&2; echo three",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("one\n") && stdout.contains("three\n"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("two"));
+
+    // A spec file, status, list, logs.
+    let spec = dir.path().join("job.toml");
+    std::fs::write(
+        &spec,
+        "name = \"from-file\"\ntenant = \"acme\"\npriority = 6\ncommand = { script = \"echo from a file\" }\n",
+    )
+    .unwrap();
+    let id = submit(&s, &["--file", spec.to_str().unwrap()]);
+    assert_eq!(s.wait_state(&id, &["succeeded", "failed"]), "succeeded");
+    let j = s.json(&["status", &id]);
+    assert_eq!(j["name"], "from-file");
+    assert_eq!(j["tenant"], "acme");
+    assert_eq!(j["priority"], 6);
+    let logs = s.cli(&["logs", &id]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "from a file\n");
+    let list = s.cli(&["list", "--state", "succeeded", "--output", "json"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 2);
+    let table = s.cli(&["list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).starts_with("ID "));
+
+    // Errors: one line, non-zero.
+    let bad = s.cli(&["status", "nope"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
+    let missing = s.cli(&["status", "0123456789abcdef0123456789abcdef"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+    let invalid = s.cli(&["submit", "--priority", "9", "--", "true"]);
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("priority"));
+
+    // Cancel.
+    let id = submit(&s, &["--", "sleep", "60"]);
+    s.wait_state(&id, &["running"]);
+    assert!(s.cli(&["cancel", &id]).status.success());
+    assert_eq!(s.wait_state(&id, &["cancelled"]), "cancelled");
+}
+
+#[test]
+fn a_job_on_a_killed_agent_is_retried_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path(), "127.0.0.1:0");
+    let mut first = s.agent("first");
+    s.wait_workers(1);
+    let mark = dir.path().join("mark");
+    let pidfile = dir.path().join("orphan");
+    let script = format!(
+        "if [ -e {m} ]; then echo second attempt; else touch {m}; echo $$ > {p}; sleep 60; fi",
+        m = mark.display(),
+        p = pidfile.display()
+    );
+    let id = submit(&s, &["--attempts", "2", "--script", &script]);
+    s.wait_state(&id, &["running"]);
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(5));
+    // The killed agent's job keeps running unsupervised; end it here.
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        // SAFETY: sends a signal to the job's process group.
+        unsafe {
+            libc::killpg(pid.trim().parse().unwrap(), libc::SIGKILL);
+        }
+    }
+    let _second = s.agent("second");
+    // Lost first (the agent went silent), then retried.
+    assert_eq!(s.wait_state(&id, &["succeeded", "failed"]), "succeeded");
+    let j = s.json(&["status", &id]);
+    assert_eq!(j["attempt"], 2);
+    let logs = s.cli(&["logs", &id]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("second attempt"));
+}
+
+#[test]
+fn a_server_killed_and_restarted_loses_no_accepted_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start_server(dir.path(), "127.0.0.1:0");
+    let _agent = s.agent("a1");
+    s.wait_workers(1);
+    let ids: Vec<String> = (0..20)
+        .map(|i| submit(&s, &["--script", &format!("sleep 0.2; echo job-{i}")]))
+        .collect();
+    s.proc.signal(libc::SIGKILL);
+    s.proc.wait_exit(Duration::from_secs(5));
+    let port = s.port().to_string();
+    let s = start_server(dir.path(), &format!("127.0.0.1:{port}"));
+    for (i, id) in ids.iter().enumerate() {
+        let end = s.wait_state(id, &["succeeded", "failed", "lost", "cancelled"]);
+        assert_eq!(end, "succeeded", "job {i}");
+        let logs = s.cli(&["logs", id]);
+        assert!(
+            String::from_utf8_lossy(&logs.stdout).contains(&format!("job-{i}\n")),
+            "job {i}"
+        );
+    }
+}
+
+#[test]
+fn metrics_and_health_endpoints_report_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path(), "127.0.0.1:0");
+    let _agent = s.agent("a1");
+    s.wait_workers(1);
+    for i in 0..3 {
+        let out = s.cli(&["submit", "--wait", "--", "echo", &i.to_string()]);
+        assert!(out.status.success());
+    }
+    let out = s.cli(&["submit", "--wait", "--", "false"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(s.http_get("/healthz").0, 200);
+    assert_eq!(s.http_get("/readyz").0, 200);
+    let (status, body) = s.http_get("/metrics");
+    assert_eq!(status, 200);
+    let m = parse_metrics(&body);
+    assert_eq!(m["hodei_jobs{state=\"succeeded\"}"], 3.0);
+    assert_eq!(m["hodei_jobs{state=\"failed\"}"], 1.0);
+    assert_eq!(m["hodei_jobs_submitted_total"], 4.0);
+    assert_eq!(m["hodei_workers{state=\"ready\"}"], 1.0);
+    assert_eq!(m["hodei_submit_to_start_seconds_count"], 4.0);
+    assert_eq!(m["hodei_submit_to_start_seconds_bucket{le=\"+Inf\"}"], 4.0);
+    assert!(m["hodei_heartbeats_total"] >= 1.0);
+    assert!(m["hodei_log_bytes_total"] >= 6.0);
+    assert!(m["hodei_store_commit_seconds_count"] >= 1.0);
+    assert!(m["hodei_store_commit_batch_size_sum"] >= m["hodei_store_commit_batch_size_count"]);
+    assert_eq!(s.http_get("/nothing").0, 404);
+}
+
+#[test]
+fn the_agent_drains_on_sigterm_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path(), "127.0.0.1:0");
+    let mut agent = s.agent("a1");
+    s.wait_workers(1);
+    let id = submit(&s, &["--script", "echo begin; sleep 1; echo end"]);
+    s.wait_state(&id, &["running"]);
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(s.state(&id), "succeeded");
+    let logs = s.cli(&["logs", &id]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "begin\nend\n");
+    // The server saw the drain: no worker is ready.
+    let w = s.cli(&["workers", "--output", "json"]);
+    assert!(!String::from_utf8_lossy(&w.stdout).contains("\"ready\""));
+}
+
+#[test]
+fn a_second_sigterm_cancels_running_jobs_and_still_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path(), "127.0.0.1:0");
+    let mut agent = s.agent("a1");
+    s.wait_workers(1);
+    let id = submit(&s, &["--script", "echo begin; sleep 60"]);
+    s.wait_state(&id, &["running"]);
+    agent.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    let logs = s.cli(&["logs", &id]);
+    assert!(String::from_utf8_lossy(&logs.stdout).starts_with("begin\n"));
+    assert_ne!(s.state(&id), "running");
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |bin: &str, args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .env_remove("HODEI_SERVER")
+            .env_remove("HODEI_TOKEN")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(AGENT, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server"));
+    let out = run(
+        AGENT,
+        &[
+            "--server",
+            "http://127.0.0.1:1",
+            "--join-token",
+            "x",
+            "--drain-grace",
+            "soon",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("drain-grace"));
+    let out = run(AGENT, &["--server", "127.0.0.1:1", "--join-token", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http://"));
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "server = \"http://127.0.0.1:1\"\nbogus = 1\n").unwrap();
+    let out = run(AGENT, &["--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+    let help = run(AGENT, &["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--server",
+        "--join-token-file",
+        "--label",
+        "--cpu-millis",
+        "--drain-grace",
+        "--max-log-bytes",
+        "--spill-dir",
+        "HODEI_SERVER",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let out = run(SERVER, &["--store", "tape"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store"));
+    let out = run(CLI, &["--server", "http://127.0.0.1:1", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+}
+
+#[test]
+fn the_demo_runs_and_masks_its_secret() {
+    let out = Command::new(CLI).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("calling the API with ***"), "{stdout}");
+    assert!(!stdout.contains("tok-4f9a-demo-secret"));
+    assert!(
+        stdout.contains("flaky       acme    4     succeeded  2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cancelled"));
+    assert!(stdout.contains("delivered: true"));
+}
