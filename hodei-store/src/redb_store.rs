@@ -2,6 +2,9 @@
 
 use std::any::Any;
 use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,8 +56,79 @@ fn scan_in(
     Ok(())
 }
 
+/// Where log chunks live: one append-only file beside the database
+/// (`<path>.logs`). The `Logs` table holds, for each chunk, a small pointer
+/// into it; bulk output then costs a sequential write instead of B-tree
+/// pages. The file is synced before the transaction holding its pointers
+/// commits, so a committed pointer never points past what is on disk; bytes
+/// written by a transaction that did not commit are never pointed at.
+#[derive(Debug)]
+struct Segment {
+    file: File,
+    path: PathBuf,
+}
+
+/// The tag of a pointer value; an inline value (a store written before
+/// segments) starts with the codec's format byte instead.
+const POINTER_TAG: u8 = 0xF1;
+const POINTER_LEN: usize = 1 + 8 + 4 + 8;
+
+fn pointer(offset: u64, value: &[u8]) -> [u8; POINTER_LEN] {
+    let mut p = [0u8; POINTER_LEN];
+    p[0] = POINTER_TAG;
+    p[1..9].copy_from_slice(&offset.to_be_bytes());
+    p[9..13].copy_from_slice(&(value.len() as u32).to_be_bytes());
+    p[13..21].copy_from_slice(&blake3::hash(value).as_bytes()[..8]);
+    p
+}
+
+impl Segment {
+    fn open(db_path: &Path) -> std::io::Result<Self> {
+        let mut name = db_path.as_os_str().to_owned();
+        name.push(".logs");
+        let path = PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        Ok(Segment { file, path })
+    }
+
+    /// The value a stored `Logs` entry stands for.
+    fn resolve(&self, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if stored.len() != POINTER_LEN || stored[0] != POINTER_TAG {
+            return Ok(stored.to_vec());
+        }
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        let mut b8 = [0u8; 8];
+        b8.copy_from_slice(&stored[1..9]);
+        let offset = u64::from_be_bytes(b8);
+        let mut b4 = [0u8; 4];
+        b4.copy_from_slice(&stored[9..13]);
+        let len = u32::from_be_bytes(b4) as usize;
+        let mut value = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut value, offset)
+            .map_err(|e| corrupt(format!("log chunk at {offset}: {e}")))?;
+        if blake3::hash(&value).as_bytes()[..8] != stored[13..21] {
+            return Err(corrupt(format!("log chunk at {offset}: checksum mismatch")));
+        }
+        Ok(value)
+    }
+
+    fn append(&self, value: &[u8]) -> Result<u64, StoreError> {
+        let offset = self.file.metadata().map_err(StoreError::storage)?.len();
+        (&self.file).write_all(value).map_err(StoreError::storage)?;
+        Ok(offset)
+    }
+}
+
 /// Read access through a read transaction.
-struct Reader<'a>(&'a redb::ReadTransaction);
+struct Reader<'a>(&'a redb::ReadTransaction, &'a Segment);
 
 impl Reader<'_> {
     fn table(
@@ -67,7 +141,11 @@ impl Reader<'_> {
 
 impl Tables for Reader<'_> {
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        get_in(&self.table(t)?, key)
+        let v = get_in(&self.table(t)?, key)?;
+        match (t, v) {
+            (Table::Logs, Some(v)) => self.1.resolve(&v).map(Some),
+            (_, v) => Ok(v),
+        }
     }
 
     fn scan(
@@ -77,6 +155,12 @@ impl Tables for Reader<'_> {
         to: Option<&[u8]>,
         f: Visit<'_>,
     ) -> Result<(), StoreError> {
+        if t == Table::Logs {
+            let seg = self.1;
+            return scan_in(&self.table(t)?, from, to, &mut |k, v| {
+                f(k, &seg.resolve(v)?)
+            });
+        }
         scan_in(&self.table(t)?, from, to, f)
     }
 }
@@ -85,15 +169,22 @@ impl Tables for Reader<'_> {
 /// opening a table per access costs more than the access.
 struct Writer<'txn> {
     tables: Vec<redb::Table<'txn, &'static [u8], &'static [u8]>>,
+    segment: &'txn Segment,
+    /// Log bytes appended to the segment by this transaction.
+    appended: bool,
 }
 
 impl<'txn> Writer<'txn> {
-    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
+    fn open(txn: &'txn redb::WriteTransaction, segment: &'txn Segment) -> Result<Self, StoreError> {
         let tables = Table::ALL
             .iter()
             .map(|t| txn.open_table(def(*t)).map_err(StoreError::storage))
             .collect::<Result<_, _>>()?;
-        Ok(Writer { tables })
+        Ok(Writer {
+            tables,
+            segment,
+            appended: false,
+        })
     }
 
     fn table(&self, t: Table) -> &redb::Table<'txn, &'static [u8], &'static [u8]> {
@@ -103,7 +194,11 @@ impl<'txn> Writer<'txn> {
 
 impl Tables for Writer<'_> {
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        get_in(self.table(t), key)
+        let v = get_in(self.table(t), key)?;
+        match (t, v) {
+            (Table::Logs, Some(v)) => self.segment.resolve(&v).map(Some),
+            (_, v) => Ok(v),
+        }
     }
 
     fn scan(
@@ -113,12 +208,24 @@ impl Tables for Writer<'_> {
         to: Option<&[u8]>,
         f: Visit<'_>,
     ) -> Result<(), StoreError> {
+        if t == Table::Logs {
+            let seg = self.segment;
+            return scan_in(self.table(t), from, to, &mut |k, v| f(k, &seg.resolve(v)?));
+        }
         scan_in(self.table(t), from, to, f)
     }
 }
 
 impl TablesMut for Writer<'_> {
     fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if t == Table::Logs {
+            let offset = self.segment.append(value)?;
+            self.appended = true;
+            self.tables[t as usize]
+                .insert(key, pointer(offset, value).as_slice())
+                .map_err(StoreError::storage)?;
+            return Ok(());
+        }
         self.tables[t as usize]
             .insert(key, value)
             .map_err(StoreError::storage)?;
@@ -175,6 +282,7 @@ struct Inner {
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<WriteStats>,
+    segment: Arc<Segment>,
 }
 
 impl Drop for Inner {
@@ -187,7 +295,8 @@ impl Drop for Inner {
     }
 }
 
-/// The embedded store: one redb file.
+/// The embedded store: a redb file, plus `<file>.logs` holding job output
+/// (the database keeps a checksummed pointer to each chunk).
 ///
 /// **Group commit**: writes from any number of tasks go into one bounded
 /// queue (of `queue_depth`; a full queue makes submitters wait). A single
@@ -253,10 +362,12 @@ impl RedbStore {
             Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked { path }),
             Err(e) => return Err(open_err(e.to_string())),
         };
+        let segment =
+            Arc::new(Segment::open(&path).map_err(|e| open_err(format!("log segment: {e}")))?);
         // Create every table and check (or stamp) the format version.
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         {
-            let mut w = Writer::open(&txn).map_err(|e| open_err(e.to_string()))?;
+            let mut w = Writer::open(&txn, &segment).map_err(|e| open_err(e.to_string()))?;
             match ops::read_format(&w).map_err(|e| open_err(e.to_string()))? {
                 None => ops::write_format(&mut w).map_err(|e| open_err(e.to_string()))?,
                 Some(v) if v > STORE_FORMAT => {
@@ -277,11 +388,12 @@ impl RedbStore {
         let writer = {
             let db = Arc::clone(&db);
             let stats = Arc::clone(&stats);
+            let segment = Arc::clone(&segment);
             std::thread::Builder::new()
                 .name("hodei-store-writer".into())
                 .spawn({
                     let path = path.clone();
-                    move || writer_loop(&db, &path, rx, config, &stats)
+                    move || writer_loop(&db, &segment, &path, rx, config, &stats)
                 })
                 .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?
         };
@@ -292,6 +404,7 @@ impl RedbStore {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 stats,
+                segment,
             }),
         })
     }
@@ -321,7 +434,7 @@ impl RedbStore {
     ) -> Result<T, StoreError> {
         contain(&self.inner.path, || {
             let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
-            f(&Reader(&txn))
+            f(&Reader(&txn, &self.inner.segment))
         })
     }
 }
@@ -338,6 +451,7 @@ fn logical(e: &StoreError) -> bool {
 
 fn writer_loop(
     db: &Database,
+    segment: &Segment,
     path: &Path,
     mut rx: mpsc::Receiver<Request>,
     config: StoreConfig,
@@ -374,7 +488,7 @@ fn writer_loop(
         let committed = batch.len();
         let started = Instant::now();
         let outcome = contain(path, || {
-            commit_batch(db, &mut batch, config.max_log_bytes_per_job)
+            commit_batch(db, segment, &mut batch, config.max_log_bytes_per_job)
         });
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
@@ -414,6 +528,7 @@ fn writer_loop(
 /// Applies every request in one transaction and commits it durably.
 fn commit_batch(
     db: &Database,
+    segment: &Segment,
     batch: &mut [Request],
     max_log: u64,
 ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
@@ -422,7 +537,7 @@ fn commit_batch(
         .map_err(StoreError::storage)?;
     let mut results = Vec::with_capacity(batch.len());
     {
-        let mut w = Writer::open(&txn)?;
+        let mut w = Writer::open(&txn, segment)?;
         for req in batch.iter_mut() {
             // Take the op out; the request keeps its reply channel.
             let op = std::mem::replace(&mut req.op, WriteOp::Attempt(placeholder()));
@@ -435,6 +550,10 @@ fn commit_batch(
                 return Err(StoreError::Storage(e.to_string()));
             }
             results.push(r);
+        }
+        // Log bytes reach the disk before the pointers to them commit.
+        if w.appended {
+            segment.file.sync_data().map_err(StoreError::storage)?;
         }
     }
     txn.commit().map_err(StoreError::storage)?;

@@ -182,3 +182,46 @@ fn tampering_with_the_audit_file_is_detected() {
         }
     });
 }
+
+#[test]
+fn log_chunks_live_in_the_segment_file_and_damage_there_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hodei.redb");
+    let segment = dir.path().join("hodei.redb.logs");
+    rt().block_on(async {
+        let job = hodei_core::JobId::new();
+        {
+            let s = RedbStore::open(&path, StoreConfig::default()).unwrap();
+            for seq in 0..3u64 {
+                let chunk = hodei_store::LogChunk {
+                    stream: hodei_store::LogStream::Stdout,
+                    at: Timestamp(seq),
+                    data: vec![b'a' + seq as u8; 1000],
+                };
+                s.append_log(job, 1, seq, chunk).await.unwrap();
+            }
+        }
+        // Reopened: the chunks come back whole, from the segment.
+        assert!(std::fs::metadata(&segment).unwrap().len() >= 3000);
+        let s = RedbStore::open(&path, StoreConfig::default()).unwrap();
+        let page = s
+            .read_logs(job, hodei_store::LogCursor::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(page.entries.len(), 3);
+        assert_eq!(page.entries[2].chunk.data, vec![b'c'; 1000]);
+        drop(s);
+        // Flip bytes in the segment: the read fails naming the file.
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xFF;
+        std::fs::write(&segment, &bytes).unwrap();
+        let s = RedbStore::open(&path, StoreConfig::default()).unwrap();
+        let err = s
+            .read_logs(job, hodei_store::LogCursor::default(), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("hodei.redb.logs"), "{err}");
+    });
+}
