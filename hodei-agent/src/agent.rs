@@ -92,7 +92,7 @@ impl AgentConfig {
             batch: BatchConfig::default(),
             max_log_bytes: 64 * 1024 * 1024,
             memory_limit: 64 * 1024 * 1024,
-            window: 8 * 1024 * 1024,
+            window: 16 * 1024 * 1024,
             spill_dir: std::env::temp_dir().join("hodei-agent"),
             drain_grace: Duration::from_secs(300),
             cancel_grace: Duration::from_secs(10),

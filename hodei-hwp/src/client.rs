@@ -61,7 +61,15 @@ async fn channel(endpoint: &str) -> Result<Channel, ClientError> {
         endpoint: endpoint.to_string(),
         reason: e.to_string(),
     })?;
-    Ok(ep.connect().await?)
+    Ok(ep
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await?)
 }
 
 /// Connects an agent with its join token.

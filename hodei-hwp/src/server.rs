@@ -16,6 +16,11 @@ use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::worker_service::{MAX_LOG_BATCH, WorkerApi};
 use crate::{EngineConfig, proto};
 
+/// HTTP/2 receive window per stream, bytes.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+/// HTTP/2 receive window per connection, bytes.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -65,6 +70,11 @@ pub async fn serve<S: Store>(
     .max_decoding_message_size(MAX_LOG_BATCH + 64 * 1024);
     let jobs = JobServiceServer::new(JobApi::new(engine, tokens, stopping));
     tonic::transport::Server::builder()
+        // Agents stream output: HTTP/2's default 64 KiB window would cost a
+        // round trip per log batch.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(workers)

@@ -1,8 +1,13 @@
 //! `WorkerService.Connect`: one bidirectional stream per agent.
 
+use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use hodei_core::{Clock, Event, ExitStatus, JobId, Resources, SystemClock, Timestamp, WorkerId};
 use hodei_sched::Telemetry;
 use hodei_store::{LogChunk, LogStream, Store};
@@ -181,17 +186,20 @@ impl<S: Store> WorkerApi<S> {
                 .drain(worker)
                 .await
                 .map_err(|e| Status::failed_precondition(e.to_string())),
-            In::LogBatch(b) => self.log_batch(worker, tx, b).await,
+            // Stored by the connection loop, which pipelines them.
+            In::LogBatch(_) => Ok(()),
             In::Ack(_) => Ok(()),
         }
     }
 
-    async fn log_batch(
+    /// Checks a log batch and returns the write that stores it; the write
+    /// runs alongside the next ones, so they share commits.
+    async fn log_write(
         &self,
         worker: WorkerId,
-        tx: &AgentSender,
+        fenced: &mut HashSet<(JobId, u32)>,
         b: proto::LogBatch,
-    ) -> Result<(), Status> {
+    ) -> Result<PendingLog, Status> {
         let job = job_id("log_batch.job_id", &b.job_id)?;
         if b.data.len() > MAX_LOG_BATCH {
             return Err(invalid(
@@ -210,20 +218,27 @@ impl<S: Store> WorkerApi<S> {
                 ));
             }
         };
-        // Fencing: only the worker that was given this attempt writes its log.
-        let store = self.engine.store();
-        let attempts = store
-            .attempts(job)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if !attempts
-            .iter()
-            .any(|a| a.attempt == b.attempt && a.worker == worker)
-        {
-            return Err(Status::failed_precondition(format!(
-                "log_batch: job {job} attempt {} is not assigned to this worker",
-                b.attempt
-            )));
+        // Fencing: only the worker that was given this attempt writes its
+        // log. Checked once per attempt and connection.
+        let store = Arc::clone(self.engine.store());
+        if !fenced.contains(&(job, b.attempt)) {
+            let attempts = store
+                .attempts(job)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if !attempts
+                .iter()
+                .any(|a| a.attempt == b.attempt && a.worker == worker)
+            {
+                return Err(Status::failed_precondition(format!(
+                    "log_batch: job {job} attempt {} is not assigned to this worker",
+                    b.attempt
+                )));
+            }
+            if fenced.len() >= MAX_FENCED {
+                fenced.clear();
+            }
+            fenced.insert((job, b.attempt));
         }
         let bytes = b.data.len() as u64;
         let chunk = LogChunk {
@@ -231,26 +246,38 @@ impl<S: Store> WorkerApi<S> {
             at: Timestamp(b.at_ms),
             data: b.data,
         };
-        store
-            .append_log(job, b.attempt, b.seq, chunk)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let (attempt, seq, id) = (b.attempt, b.seq, b.job_id);
+        Ok(Box::pin(async move {
+            store
+                .append_log(job, attempt, seq, chunk)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(StoredLog {
+                job,
+                id,
+                attempt,
+                seq,
+                bytes,
+            })
+        }))
+    }
+
+    /// A batch is stored: count it, tell watchers, acknowledge it.
+    async fn log_stored(&self, tx: &AgentSender, l: StoredLog) -> Result<(), Status> {
         let m = self.engine.metrics();
-        m.log_bytes
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        m.log_batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        m.log_bytes.fetch_add(l.bytes, Ordering::Relaxed);
+        m.log_batches.fetch_add(1, Ordering::Relaxed);
         self.engine.bus().publish(Event::LogAppended {
-            job,
-            attempt: b.attempt,
-            seq: b.seq,
-            bytes,
+            job: l.job,
+            attempt: l.attempt,
+            seq: l.seq,
+            bytes: l.bytes,
         });
         let ack = proto::ServerMessage {
             msg: Some(Out::LogAck(proto::LogAck {
-                job_id: b.job_id,
-                attempt: b.attempt,
-                seq: b.seq,
+                job_id: l.id,
+                attempt: l.attempt,
+                seq: l.seq,
             })),
         };
         tx.send(Ok(ack))
@@ -258,6 +285,22 @@ impl<S: Store> WorkerApi<S> {
             .map_err(|_| Status::cancelled("stream closed"))
     }
 }
+
+struct StoredLog {
+    job: JobId,
+    id: String,
+    attempt: u32,
+    seq: u64,
+    bytes: u64,
+}
+
+type PendingLog = Pin<Box<dyn Future<Output = Result<StoredLog, Status>> + Send>>;
+
+/// Log writes of one agent in flight at once; past it, its stream is read
+/// no further until one completes (the agent's window then fills).
+const LOG_WRITES_IN_FLIGHT: usize = 256;
+/// Attempts whose fencing check is remembered per connection.
+const MAX_FENCED: usize = 4096;
 
 #[tonic::async_trait]
 impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
@@ -296,14 +339,54 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
         };
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
+            let mut writes: FuturesOrdered<PendingLog> = FuturesOrdered::new();
+            let mut fenced = HashSet::new();
             loop {
                 let next = tokio::select! {
-                    m = inbound.message() => m,
-                    _ = stopping.wait_for(|s| *s) => break,
+                    Some(done) = writes.next(), if !writes.is_empty() => {
+                        let result = match done {
+                            Ok(l) => api.log_stored(&tx, l).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(status) = result {
+                            tracing::warn!(%worker, %status, "closing agent stream");
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                        continue;
+                    }
+                    m = inbound.message(), if writes.len() < LOG_WRITES_IN_FLIGHT => m,
+                    () = async { let _ = stopping.wait_for(|s| *s).await; } => break,
                 };
                 let result = match next {
+                    Ok(Some(proto::AgentMessage {
+                        msg: Some(In::LogBatch(b)),
+                    })) => match api.log_write(worker, &mut fenced, b).await {
+                        Ok(w) => {
+                            writes.push_back(w);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
                     Ok(Some(proto::AgentMessage { msg: Some(m) })) => {
-                        api.handle(worker, &tx, m).await
+                        // A result is acknowledged as covering every batch
+                        // sent before it: those are stored first.
+                        let mut flushed = Ok(());
+                        if matches!(m, In::JobFinished(_)) {
+                            while let Some(done) = writes.next().await {
+                                flushed = match done {
+                                    Ok(l) => api.log_stored(&tx, l).await,
+                                    Err(e) => Err(e),
+                                };
+                                if flushed.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        match flushed {
+                            Ok(()) => api.handle(worker, &tx, m).await,
+                            Err(e) => Err(e),
+                        }
                     }
                     Ok(Some(proto::AgentMessage { msg: None })) => {
                         Err(Status::invalid_argument("agent message: empty"))
