@@ -62,6 +62,10 @@ struct Args {
     /// Between SIGTERM and SIGKILL when a job is cancelled [default: 10s].
     #[arg(long, value_parser = parse_duration, env = "HODEI_CANCEL_GRACE")]
     cancel_grace: Option<Duration>,
+    /// Output stored per job; later output is dropped and counted
+    /// [default: 67108864].
+    #[arg(long, env = "HODEI_MAX_LOG_BYTES_PER_JOB")]
+    max_log_bytes_per_job: Option<u64>,
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, env = "HODEI_LOG")]
     log_level: Option<String>,
@@ -94,6 +98,7 @@ struct FileConfig {
     heartbeat_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     cancel_grace: Option<Duration>,
+    max_log_bytes_per_job: Option<u64>,
     log_level: Option<String>,
 }
 
@@ -103,6 +108,7 @@ struct Config {
     data_dir: PathBuf,
     durable: bool,
     engine: EngineConfig,
+    store: StoreConfig,
     log_level: String,
 }
 
@@ -141,6 +147,10 @@ fn configure(args: &Args) -> Result<Config, String> {
     if let Some(d) = args.cancel_grace.or(file.cancel_grace) {
         engine.cancel_grace = d;
     }
+    let mut store = StoreConfig::default();
+    if let Some(n) = args.max_log_bytes_per_job.or(file.max_log_bytes_per_job) {
+        store.max_log_bytes_per_job = n;
+    }
     let default_addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
     Ok(Config {
         listen: args.listen.or(file.listen).unwrap_or(default_addr(7070)),
@@ -155,6 +165,7 @@ fn configure(args: &Args) -> Result<Config, String> {
             .unwrap_or_else(|| PathBuf::from("hodei-data")),
         durable,
         engine,
+        store,
         log_level: args
             .log_level
             .clone()
@@ -338,11 +349,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         if config.durable {
             let path = config.data_dir.join("hodei.redb");
-            let store = RedbStore::open(&path, StoreConfig::default())
+            let store = RedbStore::open(&path, config.store)
                 .with_context(|| format!("store {}", path.display()))?;
             run(config, Arc::new(store), |s| Some(s.write_stats()), tokens).await
         } else {
-            let store = MemStore::new(StoreConfig::default());
+            let store = MemStore::new(config.store);
             run(config, Arc::new(store), |_| None, tokens).await
         }
     });
