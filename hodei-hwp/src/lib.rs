@@ -27,7 +27,7 @@ pub use engine::{
 pub use job_service::JobApi;
 pub use metrics::{Histogram, Metrics, Snapshot};
 pub use server::{ServeError, serve};
-pub use worker_service::{MAX_LOG_BATCH, WorkerApi};
+pub use worker_service::{MAX_LOG_BATCH, WorkerApi, check_agent_message};
 
 /// Code generated from the `.proto` files.
 #[allow(

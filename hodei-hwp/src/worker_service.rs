@@ -120,6 +120,46 @@ fn exit_status(e: Option<proto::ExitStatus>) -> Result<ExitStatus, Status> {
     }
 }
 
+fn check_log_batch(b: &proto::LogBatch) -> Result<(JobId, LogStream), Status> {
+    let job = job_id("log_batch.job_id", &b.job_id)?;
+    if b.data.len() > MAX_LOG_BATCH {
+        return Err(invalid(
+            "log_batch.data",
+            format!("at most {MAX_LOG_BATCH} bytes"),
+        ));
+    }
+    let stream = match proto::LogStream::try_from(b.stream) {
+        Ok(proto::LogStream::Stdout) => LogStream::Stdout,
+        Ok(proto::LogStream::Stderr) => LogStream::Stderr,
+        Ok(proto::LogStream::System) => LogStream::System,
+        _ => {
+            return Err(invalid(
+                "log_batch.stream",
+                "must be stdout, stderr or system",
+            ));
+        }
+    };
+    Ok((job, stream))
+}
+
+/// The checks `WorkerService.Connect` makes on one agent message before it
+/// touches any state (the same functions the service calls): field
+/// formats, sizes, enums. What remains (fencing, the state machine) needs
+/// the server's state. For fuzzing and for tools that relay messages.
+pub fn check_agent_message(m: proto::AgentMessage) -> Result<(), Status> {
+    match m.msg {
+        None => Err(Status::invalid_argument("agent message: empty")),
+        Some(In::Register(r)) => registration(r).map(|_| ()),
+        Some(In::Heartbeat(_) | In::Ack(_) | In::Draining(_)) => Ok(()),
+        Some(In::JobStarted(s)) => job_id("job_started.job_id", &s.job_id).map(|_| ()),
+        Some(In::JobFinished(f)) => {
+            job_id("job_finished.job_id", &f.job_id)?;
+            exit_status(f.exit).map(|_| ())
+        }
+        Some(In::LogBatch(b)) => check_log_batch(&b).map(|_| ()),
+    }
+}
+
 impl<S: Store> WorkerApi<S> {
     /// Handles one message after Register. An error ends the stream.
     async fn handle(&self, worker: WorkerId, tx: &AgentSender, m: In) -> Result<(), Status> {
@@ -200,24 +240,7 @@ impl<S: Store> WorkerApi<S> {
         fenced: &mut HashSet<(JobId, u32)>,
         b: proto::LogBatch,
     ) -> Result<PendingLog, Status> {
-        let job = job_id("log_batch.job_id", &b.job_id)?;
-        if b.data.len() > MAX_LOG_BATCH {
-            return Err(invalid(
-                "log_batch.data",
-                format!("at most {MAX_LOG_BATCH} bytes"),
-            ));
-        }
-        let stream = match proto::LogStream::try_from(b.stream) {
-            Ok(proto::LogStream::Stdout) => LogStream::Stdout,
-            Ok(proto::LogStream::Stderr) => LogStream::Stderr,
-            Ok(proto::LogStream::System) => LogStream::System,
-            _ => {
-                return Err(invalid(
-                    "log_batch.stream",
-                    "must be stdout, stderr or system",
-                ));
-            }
-        };
+        let (job, stream) = check_log_batch(&b)?;
         // Fencing: only the worker that was given this attempt writes its
         // log. Checked once per attempt and connection.
         let store = Arc::clone(self.engine.store());
