@@ -43,6 +43,9 @@ pub struct EngineConfig {
     /// Messages waiting to go to one agent; an agent that falls this far
     /// behind is disconnected and its jobs follow their retry policies.
     pub agent_queue_depth: usize,
+    /// Tenants' shares of dispatches under contention (weighted fair
+    /// queuing); a tenant not listed weighs 1.
+    pub tenant_weights: Vec<(hodei_core::TenantId, u32)>,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +57,7 @@ impl Default for EngineConfig {
             cancel_grace: Duration::from_secs(10),
             queue_depth: 4096,
             agent_queue_depth: 256,
+            tenant_weights: Vec::new(),
         }
     }
 }
@@ -186,6 +190,9 @@ impl Engine {
             heartbeat_timeout: config.heartbeat_timeout,
         }));
         let mut sched = Scheduler::new(config.scheduler.clone(), Arc::clone(&cluster), SystemClock);
+        for (tenant, weight) in &config.tenant_weights {
+            sched.set_weight(tenant.clone(), (*weight).max(1));
+        }
         let bus = Bus::new(4096);
         let recovered = store.recover().await?;
         let live: std::collections::HashSet<JobId> = recovered.iter().map(|j| j.id).collect();

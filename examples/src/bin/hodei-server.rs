@@ -62,6 +62,10 @@ struct Args {
     /// Between SIGTERM and SIGKILL when a job is cancelled [default: 10s].
     #[arg(long, value_parser = parse_duration, env = "HODEI_CANCEL_GRACE")]
     cancel_grace: Option<Duration>,
+    /// A tenant's weight in fair sharing, tenant=N; repeat for several
+    /// (unlisted tenants weigh 1).
+    #[arg(long = "weight", value_parser = parse_weight, env = "HODEI_WEIGHTS", value_delimiter = ',')]
+    weights: Vec<(String, u32)>,
     /// Output stored per job; later output is dropped and counted
     /// [default: 67108864].
     #[arg(long, env = "HODEI_MAX_LOG_BYTES_PER_JOB")]
@@ -99,7 +103,17 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     cancel_grace: Option<Duration>,
     max_log_bytes_per_job: Option<u64>,
+    #[serde(default)]
+    weights: std::collections::BTreeMap<String, u32>,
     log_level: Option<String>,
+}
+
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (t, w) = hodei_examples::parse_label(s)?;
+    let w: u32 = w
+        .parse()
+        .map_err(|_| format!("{s:?}: the weight must be a whole number"))?;
+    Ok((t, w))
 }
 
 struct Config {
@@ -146,6 +160,17 @@ fn configure(args: &Args) -> Result<Config, String> {
     }
     if let Some(d) = args.cancel_grace.or(file.cancel_grace) {
         engine.cancel_grace = d;
+    }
+    let mut weights = file.weights;
+    weights.extend(args.weights.iter().cloned());
+    for (tenant, w) in weights {
+        if w == 0 {
+            return Err(format!("weights.{tenant}: must be at least 1"));
+        }
+        let t = tenant
+            .parse()
+            .map_err(|e| format!("weights.{tenant}: {e}"))?;
+        engine.tenant_weights.push((t, w));
     }
     let mut store = StoreConfig::default();
     if let Some(n) = args.max_log_bytes_per_job.or(file.max_log_bytes_per_job) {

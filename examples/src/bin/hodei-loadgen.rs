@@ -1,0 +1,562 @@
+//! `hodei-loadgen`: drives a real `hodei-server` over gRPC with simulated
+//! agents and concurrent clients, and prints one JSON line of figures.
+//!
+//! It starts the `hodei-server` binary next to it (a separate process, so
+//! the server's RSS and CPU are its own) on a fresh data directory. Each
+//! simulated agent is a lightweight implementation of the worker protocol
+//! (a stream, no processes): it completes a job at once or after
+//! `--job-duration`. Latencies are measured from just before a client's
+//! Submit call to the agent receiving AssignJob, and to the server's
+//! ResultAck for the finished job (stored).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hodei_core::{JobSpec, Resources};
+use hodei_examples::parse_duration;
+use hodei_hwp::client::BearerToken;
+use hodei_hwp::proto::job_service_client::JobServiceClient;
+use hodei_hwp::proto::worker_service_client::WorkerServiceClient;
+use hodei_hwp::proto::{self, agent_message::Msg as Out, server_message::Msg as In};
+use hodei_hwp::spec_to_wire;
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Load generator for a Hodei server.
+#[derive(Debug, Parser)]
+#[command(name = "hodei-loadgen", version)]
+struct Args {
+    /// Simulated agents (N).
+    #[arg(long, default_value_t = 50)]
+    agents: usize,
+    /// Jobs to submit (M); 0 only connects agents and holds for --hold.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// Concurrent submitting clients (K).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Tenants the jobs are spread over (T).
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+    /// Tenant weights, comma-separated (t0,t1,...), e.g. 1,2,4.
+    #[arg(long, value_delimiter = ',')]
+    weights: Vec<u32>,
+    /// How long each job runs on its agent.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    job_duration: Duration,
+    /// Jobs each agent runs at once (its capacity, in job-sized slots).
+    #[arg(long, default_value_t = 10_000)]
+    slots: u32,
+    /// `redb` (durable) or `memory`.
+    #[arg(long, default_value = "redb")]
+    store: String,
+    /// The agents' heartbeat interval (the server's setting).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    heartbeat_interval: Duration,
+    /// With --jobs 0: how long to hold the agents connected.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    hold: Duration,
+    /// Submit every job before any agent connects (a backlog, to see how
+    /// dispatches are shared among tenants).
+    #[arg(long)]
+    backlog_first: bool,
+    /// Submissions per second in all (0: as fast as the clients go).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Agent streams per TCP connection.
+    #[arg(long, default_value_t = 100)]
+    agents_per_connection: usize,
+    /// The hodei-server binary [default: next to this one].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+}
+
+struct Server {
+    child: Child,
+    grpc: String,
+    http: String,
+    _dir: tempfile::TempDir,
+    join: String,
+    admin: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(a: &Args) -> anyhow::Result<Server> {
+    let bin = match &a.server_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("hodei-server"),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("hodei-loadgen-")
+        .tempdir()?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--store", &a.store, "--log-level", "error"])
+        .arg("--heartbeat-interval")
+        .arg(humantime::format_duration(a.heartbeat_interval).to_string())
+        .arg("--heartbeat-timeout")
+        .arg(humantime::format_duration(a.heartbeat_interval * 6).to_string());
+    for (i, w) in a.weights.iter().enumerate() {
+        cmd.arg("--weight").arg(format!("t{i}={w}"));
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let out = child.stdout.take().context("server stdout")?;
+    let mut lines = BufReader::new(out).lines();
+    let (mut grpc, mut http) = (None, None);
+    while grpc.is_none() || http.is_none() {
+        let Some(line) = lines.next() else {
+            bail!("the server exited before printing its addresses");
+        };
+        let line = line?;
+        if let Some(x) = line.strip_prefix("hodei-server: gRPC on ") {
+            grpc = Some(x.to_string());
+        }
+        if let Some(x) = line.strip_prefix("hodei-server: metrics on ") {
+            http = Some(
+                x.trim_end_matches("/metrics")
+                    .trim_start_matches("http://")
+                    .to_string(),
+            );
+        }
+    }
+    // Keep draining its stdout so it never blocks.
+    std::thread::spawn(move || for _ in lines {});
+    let read = |name: &str| -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(dir.path().join(name))?
+            .trim()
+            .to_string())
+    };
+    Ok(Server {
+        join: read("join.token")?,
+        admin: read("admin.token")?,
+        child,
+        grpc: grpc.context("grpc address")?,
+        http: http.context("metrics address")?,
+        _dir: dir,
+    })
+}
+
+fn metrics(addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+fn proc_stat(pid: u32) -> (f64, f64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+        / 1024.0;
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}
+
+/// What the run records, shared by clients and agents.
+struct Record {
+    start: Instant,
+    /// Per job: submit time, nanoseconds since `start` (0: not yet).
+    submitted: Vec<AtomicU64>,
+    /// Submit to AssignJob, microseconds.
+    assign_us: Mutex<Vec<u64>>,
+    /// Submit to ResultAck, microseconds.
+    finish_us: Mutex<Vec<u64>>,
+    completed: AtomicUsize,
+    last_finish_ns: AtomicU64,
+    dispatches: Mutex<Vec<String>>,
+}
+
+impl Record {
+    fn since_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn job_index(name: &str) -> Option<usize> {
+        name.strip_prefix("lg-")?.parse().ok()
+    }
+}
+
+async fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .connect()
+        .await?)
+}
+
+/// One simulated agent: its number, job slots and job duration.
+#[derive(Clone, Copy)]
+struct Sim {
+    i: usize,
+    slots: u32,
+    duration: Duration,
+}
+
+async fn sim_agent(
+    ch: Channel,
+    join: BearerToken,
+    Sim { i, slots, duration }: Sim,
+    rec: Arc<Record>,
+    mut stop: watch::Receiver<bool>,
+    welcomed: mpsc::Sender<()>,
+) -> anyhow::Result<()> {
+    let mut client = WorkerServiceClient::with_interceptor(ch, join);
+    let (tx, rx) = mpsc::channel::<proto::AgentMessage>(4096);
+    let msg = |m| proto::AgentMessage { msg: Some(m) };
+    let job = Resources::new(10, 1, 0);
+    tx.send(msg(Out::Register(proto::Register {
+        agent_version: "loadgen".into(),
+        worker_id: String::new(),
+        name: format!("sim-{i}"),
+        labels: Default::default(),
+        capacity: Some(proto::Resources {
+            cpu_millis: job.cpu_millis.saturating_mul(slots),
+            memory_mb: job.memory_mb * u64::from(slots),
+            gpus: 0,
+        }),
+        jobs: Vec::new(),
+    })))
+    .await?;
+    let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    let every = match inbound.message().await? {
+        Some(proto::ServerMessage {
+            msg: Some(In::Welcome(w)),
+        }) => Duration::from_millis(w.heartbeat_interval_ms.max(10)),
+        _ => bail!("agent {i}: no Welcome"),
+    };
+    let _ = welcomed.send(()).await;
+    // Job id -> its index, from assignment to ResultAck.
+    let mut running: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    // Heartbeats of all agents spread over the interval, not in step.
+    let first = tokio::time::Instant::now() + every.mul_f64(rand::random::<f64>());
+    let mut hb = tokio::time::interval_at(first, every);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = hb.tick() => {
+                let _ = tx.try_send(msg(Out::Heartbeat(proto::Heartbeat {
+                    cpu_percent: 1.0, memory_used_mb: 100, load_1m: 0.1, running_jobs: 0,
+                })));
+            }
+            m = inbound.message() => {
+                let Some(m) = m? else { break };
+                match m.msg {
+                    Some(In::AssignJob(a)) => {
+                        let now = rec.since_ns();
+                        let name = a.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                        if let Some(n) = Record::job_index(&name).filter(|n| *n < rec.submitted.len()) {
+                            let t = rec.submitted[n].load(Ordering::Relaxed);
+                            if t > 0 {
+                                rec.assign_us.lock().push(now.saturating_sub(t) / 1000);
+                            }
+                            running.insert(a.job_id.clone(), n);
+                        }
+                        rec.dispatches.lock().push(a.spec.map(|s| s.tenant).unwrap_or_default());
+                        let tx = tx.clone();
+                        let finish = move || {
+                            let _ = tx.try_send(msg(Out::JobStarted(proto::JobStarted {
+                                job_id: a.job_id.clone(), attempt: a.attempt, started_at_ms: 0,
+                            })));
+                            let _ = tx.try_send(msg(Out::JobFinished(proto::JobFinished {
+                                job_id: a.job_id, attempt: a.attempt,
+                                exit: Some(proto::ExitStatus { kind: Some(proto::exit_status::Kind::Code(0)) }),
+                                duration_ms: duration.as_millis() as u64, peak_memory_mb: 1,
+                                timed_out: false, log_batches: 0,
+                            })));
+                        };
+                        if duration.is_zero() {
+                            finish();
+                        } else {
+                            tokio::spawn(async move {
+                                tokio::time::sleep(duration).await;
+                                finish();
+                            });
+                        }
+                    }
+                    Some(In::ResultAck(r)) => {
+                        let now = rec.since_ns();
+                        rec.completed.fetch_add(1, Ordering::Relaxed);
+                        rec.last_finish_ns.fetch_max(now, Ordering::Relaxed);
+                        if let Some(n) = running.remove(&r.job_id) {
+                            let t = rec.submitted[n].load(Ordering::Relaxed);
+                            rec.finish_us.lock().push(now.saturating_sub(t) / 1000);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn percentiles(mut v: Vec<u64>) -> serde_json::Value {
+    if v.is_empty() {
+        return json!(null);
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    json!({ "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0), "n": v.len() })
+}
+
+async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
+    let server = start_server(&a)?;
+    let pid = server.child.id();
+    let url = server.grpc.clone();
+    let rec = Arc::new(Record {
+        start: Instant::now(),
+        submitted: (0..a.jobs).map(|_| AtomicU64::new(0)).collect(),
+        assign_us: Mutex::new(Vec::with_capacity(a.jobs)),
+        finish_us: Mutex::new(Vec::with_capacity(a.jobs)),
+        completed: AtomicUsize::new(0),
+        last_finish_ns: AtomicU64::new(0),
+        dispatches: Mutex::new(Vec::with_capacity(a.jobs)),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let join = BearerToken::new(&server.join)?;
+    let admin = BearerToken::new(&server.admin)?;
+
+    let connect_agents = |rec: Arc<Record>| {
+        let (url, join, stop_rx) = (url.clone(), join.clone(), stop_rx.clone());
+        let (n, per, slots, dur) = (
+            a.agents,
+            a.agents_per_connection.max(1),
+            a.slots,
+            a.job_duration,
+        );
+        async move {
+            let (wtx, mut wrx) = mpsc::channel(n.max(1));
+            let mut tasks = Vec::new();
+            let mut ch = None;
+            for i in 0..n {
+                if i % per == 0 {
+                    ch = Some(channel(&url).await?);
+                }
+                let Some(c) = ch.clone() else { continue };
+                tasks.push(tokio::spawn(sim_agent(
+                    c,
+                    join.clone(),
+                    Sim {
+                        i,
+                        slots,
+                        duration: dur,
+                    },
+                    Arc::clone(&rec),
+                    stop_rx.clone(),
+                    wtx.clone(),
+                )));
+            }
+            drop(wtx);
+            let mut up = 0;
+            while up < n && wrx.recv().await.is_some() {
+                up += 1;
+            }
+            anyhow::Ok((tasks, up))
+        }
+    };
+
+    let submit_all = |rec: Arc<Record>| {
+        let (url, admin) = (url.clone(), admin.clone());
+        let (m, k, t, rate) = (a.jobs, a.clients.max(1), a.tenants.max(1), a.rate);
+        async move {
+            let next = Arc::new(AtomicUsize::new(0));
+            let began = Instant::now();
+            let mut tasks = Vec::new();
+            let mut ch = None;
+            for i in 0..k {
+                if i % 16 == 0 {
+                    ch = Some(channel(&url).await?);
+                }
+                let Some(c) = ch.clone() else { continue };
+                let mut client = JobServiceClient::with_interceptor(c, admin.clone());
+                let (rec, next) = (Arc::clone(&rec), Arc::clone(&next));
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= m {
+                            return anyhow::Ok(());
+                        }
+                        if rate > 0 {
+                            let due = began + Duration::from_secs_f64(n as f64 / rate as f64);
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        let mut spec = JobSpec::argv(["true"]);
+                        spec.name = format!("lg-{n}");
+                        spec.tenant = format!("t{}", n % t).parse()?;
+                        spec.resources = Resources::new(10, 1, 0);
+                        rec.submitted[n].store(rec.since_ns().max(1), Ordering::Relaxed);
+                        client
+                            .submit(proto::SubmitRequest {
+                                spec: Some(spec_to_wire(&spec, true)),
+                            })
+                            .await?;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            anyhow::Ok(began.elapsed())
+        }
+    };
+
+    let m0 = metrics(&server.http)?;
+    let t0 = Instant::now();
+    let (agents, up, submit_time) = if a.backlog_first {
+        let st = submit_all(Arc::clone(&rec)).await?;
+        let (agents, up) = connect_agents(Arc::clone(&rec)).await?;
+        (agents, up, st)
+    } else {
+        let (agents, up) = connect_agents(Arc::clone(&rec)).await?;
+        let st = submit_all(Arc::clone(&rec)).await?;
+        (agents, up, st)
+    };
+    if up < a.agents {
+        bail!("only {up} of {} agents connected", a.agents);
+    }
+    // Wait for every job (bounded), or hold the agents.
+    let hold_end = Instant::now()
+        + if a.jobs == 0 {
+            a.hold
+        } else {
+            Duration::from_secs(600)
+        };
+    while Instant::now() < hold_end
+        && (a.jobs == 0 || rec.completed.load(Ordering::Relaxed) < a.jobs)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = t0.elapsed();
+    let m1 = metrics(&server.http)?;
+    let (rss, cpu) = proc_stat(pid);
+    let _ = stop_tx.send(true);
+    for t in agents {
+        let _ = t.await;
+    }
+    let d = |k: &str| m1.get(k).copied().unwrap_or(0.0) - m0.get(k).copied().unwrap_or(0.0);
+    let completed = rec.completed.load(Ordering::Relaxed);
+    let run_secs = if a.jobs > 0 {
+        rec.last_finish_ns.load(Ordering::Relaxed) as f64 / 1e9
+            - rec
+                .submitted
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed))
+                .filter(|s| *s > 0)
+                .min()
+                .unwrap_or(0) as f64
+                / 1e9
+    } else {
+        elapsed.as_secs_f64()
+    };
+    let mut shares = BTreeMap::new();
+    {
+        let d = rec.dispatches.lock();
+        // While every tenant still has a backlog: the first half.
+        let window = (d.len() / 2).max(1);
+        for t in d.iter().take(window) {
+            *shares.entry(t.clone()).or_insert(0usize) += 1;
+        }
+        let total: usize = shares.values().sum();
+        for v in shares.values_mut() {
+            *v = *v * 1000 / total.max(1);
+        }
+    }
+    let commits = d("hodei_store_commit_batch_size_count");
+    Ok(json!({
+        "agents": a.agents,
+        "jobs": a.jobs,
+        "clients": a.clients,
+        "tenants": a.tenants,
+        "weights": a.weights,
+        "store": a.store,
+        "job_duration_ms": a.job_duration.as_millis() as u64,
+        "rate": a.rate,
+        "completed": completed,
+        "submit_seconds": submit_time.as_secs_f64(),
+        "submitted_per_s": if a.jobs > 0 { a.jobs as f64 / submit_time.as_secs_f64() } else { 0.0 },
+        "completed_per_s": if a.jobs > 0 && run_secs > 0.0 { completed as f64 / run_secs } else { 0.0 },
+        "submit_to_assign_ms": percentiles(rec.assign_us.lock().clone()),
+        "submit_to_finish_ms": percentiles(rec.finish_us.lock().clone()),
+        "heartbeats_per_s": d("hodei_heartbeats_total") / elapsed.as_secs_f64(),
+        "server_peak_rss_mb": rss,
+        "server_cpu_seconds": cpu,
+        "elapsed_seconds": elapsed.as_secs_f64(),
+        "store_commits": commits,
+        "store_commit_batch_mean": if commits > 0.0 { d("hodei_store_commit_batch_size_sum") / commits } else { 0.0 },
+        "store_commit_batch_max": m1.get("hodei_store_commit_batch_size_max").copied().unwrap_or(0.0),
+        "dispatch_share_permille_first_half": shares,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hodei-loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hodei-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
