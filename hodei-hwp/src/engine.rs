@@ -56,7 +56,7 @@ impl Default for EngineConfig {
             heartbeat_timeout: Duration::from_secs(15),
             cancel_grace: Duration::from_secs(10),
             queue_depth: 4096,
-            agent_queue_depth: 256,
+            agent_queue_depth: 8192,
             tenant_weights: Vec::new(),
         }
     }
@@ -240,6 +240,7 @@ impl Engine {
             config,
             metrics,
             submitted_at: HashMap::new(),
+            attempt_updates: Vec::new(),
         };
         let task = tokio::spawn(async move {
             core.apply(actions).await;
@@ -435,7 +436,22 @@ struct Core<S> {
     metrics: Arc<Metrics>,
     /// When each job not yet started was submitted.
     submitted_at: HashMap<JobId, std::time::Instant>,
+    /// Attempt-record changes of the current round.
+    attempt_updates: Vec<(JobId, u32, AttemptUpdate)>,
 }
+
+/// A change to an attempt's record, applied at the end of a round.
+enum AttemptUpdate {
+    Started(Timestamp),
+    Finished {
+        at: Timestamp,
+        exit: ExitStatus,
+        peak_memory_mb: u64,
+    },
+}
+
+/// Commands handled in one round at most.
+const ROUND: usize = 1024;
 
 impl<S: Store> Core<S> {
     async fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
@@ -444,21 +460,76 @@ impl<S: Store> Core<S> {
                 .sched
                 .next_deadline()
                 .map(|d| d.saturating_since(SystemClock.now()));
-            let (actions, owed) = tokio::select! {
+            let mut actions = Vec::new();
+            let mut owed = Vec::new();
+            tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(c) => self.handle(c).await,
+                    Some(c) => {
+                        let (a, o) = self.handle(c).await;
+                        actions.extend(a);
+                        owed.extend(o);
+                        // Whatever else is already waiting joins this round:
+                        // its store writes go out together and share commits.
+                        for _ in 1..ROUND {
+                            let Ok(c) = rx.try_recv() else { break };
+                            let (a, o) = self.handle(c).await;
+                            actions.extend(a);
+                            owed.extend(o);
+                        }
+                    }
                     None => return,
                 },
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {
-                    (self.sched.tick(), None)
+                    actions = self.sched.tick();
                 }
             };
             self.apply(actions).await;
-            // Answered only now, so the caller reads what it caused.
-            if let Some((reply, result)) = owed {
+            self.flush_attempt_updates().await;
+            // Answered only now, so each caller reads what it caused.
+            for (reply, result) in owed {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Applies the attempt-record updates of this round: one read and one
+    /// write per attempt, all attempts at once.
+    async fn flush_attempt_updates(&mut self) {
+        if self.attempt_updates.is_empty() {
+            return;
+        }
+        let mut by_attempt: HashMap<(JobId, u32), Vec<AttemptUpdate>> = HashMap::new();
+        for (job, attempt, u) in self.attempt_updates.drain(..) {
+            by_attempt.entry((job, attempt)).or_default().push(u);
+        }
+        let store = &self.store;
+        let writes = by_attempt
+            .into_iter()
+            .map(|((job, attempt), updates)| async move {
+                let Ok(records) = store.attempts(job).await else {
+                    return;
+                };
+                if let Some(mut r) = records.into_iter().find(|r| r.attempt == attempt) {
+                    for u in updates {
+                        match u {
+                            AttemptUpdate::Started(at) => r.started_at = Some(at),
+                            AttemptUpdate::Finished {
+                                at,
+                                exit,
+                                peak_memory_mb,
+                            } => {
+                                r.finished_at = Some(at);
+                                r.exit = Some(exit);
+                                r.peak_memory_mb = Some(peak_memory_mb);
+                            }
+                        }
+                    }
+                    if let Err(e) = store.record_attempt(r).await {
+                        tracing::error!(%job, error = %e, "could not record attempt");
+                    }
+                }
+            });
+        futures::future::join_all(writes).await;
     }
 
     async fn handle(&mut self, c: Command) -> (Vec<Action>, Owed) {
@@ -577,8 +648,8 @@ impl<S: Store> Core<S> {
                     if let Some(t) = self.submitted_at.remove(&job) {
                         self.metrics.submit_to_start.observe(t.elapsed());
                     }
-                    self.update_attempt(job, attempt, |a| a.started_at = Some(at))
-                        .await;
+                    self.attempt_updates
+                        .push((job, attempt, AttemptUpdate::Started(at)));
                 }
                 r.unwrap_or_else(|e| {
                     tracing::warn!(%job, %worker, error = %e, "start report refused");
@@ -597,12 +668,15 @@ impl<S: Store> Core<S> {
                 let r = self.sched.job_finished(worker, job, attempt, outcome);
                 if r.is_ok() {
                     let now = SystemClock.now();
-                    self.update_attempt(job, attempt, |a| {
-                        a.finished_at = Some(now);
-                        a.exit = Some(exit);
-                        a.peak_memory_mb = Some(peak_memory_mb);
-                    })
-                    .await;
+                    self.attempt_updates.push((
+                        job,
+                        attempt,
+                        AttemptUpdate::Finished {
+                            at: now,
+                            exit,
+                            peak_memory_mb,
+                        },
+                    ));
                 }
                 let actions = r.unwrap_or_else(|e| {
                     tracing::warn!(%job, %worker, error = %e, "finish report refused");
@@ -614,44 +688,51 @@ impl<S: Store> Core<S> {
         (actions, None)
     }
 
-    async fn update_attempt(&self, job: JobId, attempt: u32, f: impl FnOnce(&mut AttemptRecord)) {
-        let Ok(records) = self.store.attempts(job).await else {
-            return;
-        };
-        if let Some(mut r) = records.into_iter().find(|r| r.attempt == attempt) {
-            f(&mut r);
-            if let Err(e) = self.store.record_attempt(r).await {
-                tracing::error!(%job, error = %e, "could not record attempt");
-            }
-        }
-    }
-
     /// Stores every state change in order, then publishes and sends.
     async fn apply(&mut self, actions: Vec<Action>) {
         if actions.is_empty() {
             return;
         }
         let now = SystemClock.now();
-        // Issued in order: the store's writer commits them in that order,
-        // and independent jobs share commits.
-        let writes = actions.iter().filter_map(|a| match a {
-            Action::Changed {
+        // One chain per job, so a job's changes are stored in order (a
+        // start and a finish can arrive in the same round); the chains run
+        // at once, so independent jobs share commits.
+        let mut chains: Vec<(JobId, Vec<(JobState, u32, Transition)>)> = Vec::new();
+        let mut chain_of: HashMap<JobId, usize> = HashMap::new();
+        for a in &actions {
+            if let Action::Changed {
                 job,
                 from,
                 attempt,
                 cause,
                 ..
-            } => {
+            } = a
+            {
                 let before = if *cause == Transition::Retry {
                     attempt - 1
                 } else {
                     *attempt
                 };
-                Some(self.store.transition(*job, *from, before, *cause, now))
+                let i = *chain_of.entry(*job).or_insert_with(|| {
+                    chains.push((*job, Vec::new()));
+                    chains.len() - 1
+                });
+                chains[i].1.push((*from, before, *cause));
             }
-            _ => None,
+        }
+        let store = &self.store;
+        let writes = chains.into_iter().map(|(job, steps)| async move {
+            let mut out = Vec::with_capacity(steps.len());
+            for (from, before, cause) in steps {
+                out.push(store.transition(job, from, before, cause, now).await);
+            }
+            out
         });
-        let results = futures::future::join_all(writes).await;
+        let results: Vec<_> = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         // The latest stored version of each job changed in this batch.
         let mut stored: HashMap<JobId, Job> = HashMap::with_capacity(results.len());
         for r in results {

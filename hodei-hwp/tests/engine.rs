@@ -125,7 +125,11 @@ fn a_job_runs_to_success_and_every_step_is_stored() {
         );
         assert_eq!(wire.secrets[0].value, "correct-horse");
         h.started(a.id, id, 1).await.unwrap();
+        // Applied: the state and the attempt's record are stored.
         h.finished(a.id, id, 1, ExitStatus::Code(0), false, 12)
+            .await
+            .unwrap()
+            .wait()
             .await
             .unwrap();
         wait_state(&mut sub, id, |s| *s == JobState::Succeeded).await;
