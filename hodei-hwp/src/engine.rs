@@ -450,6 +450,10 @@ enum AttemptUpdate {
     },
 }
 
+/// One stored state change: the state and attempt it expects, and the
+/// transition.
+type Step = (JobState, u32, Transition);
+
 /// Commands handled in one round at most.
 const ROUND: usize = 1024;
 
@@ -697,7 +701,7 @@ impl<S: Store> Core<S> {
         // One chain per job, so a job's changes are stored in order (a
         // start and a finish can arrive in the same round); the chains run
         // at once, so independent jobs share commits.
-        let mut chains: Vec<(JobId, Vec<(JobState, u32, Transition)>)> = Vec::new();
+        let mut chains: Vec<(JobId, Vec<Step>)> = Vec::new();
         let mut chain_of: HashMap<JobId, usize> = HashMap::new();
         for a in &actions {
             if let Action::Changed {
