@@ -440,6 +440,46 @@ struct Core<S> {
     attempt_updates: Vec<(JobId, u32, AttemptUpdate)>,
 }
 
+/// Applies the attempt-record updates of this round: one read and one
+/// write per attempt, all attempts at once.
+async fn flush_attempt_updates<S: Store>(store: Arc<S>, updates: Vec<(JobId, u32, AttemptUpdate)>) {
+    if updates.is_empty() {
+        return;
+    }
+    let mut by_attempt: HashMap<(JobId, u32), Vec<AttemptUpdate>> = HashMap::new();
+    for (job, attempt, u) in updates {
+        by_attempt.entry((job, attempt)).or_default().push(u);
+    }
+    let store = &store;
+    let writes = by_attempt
+        .into_iter()
+        .map(|((job, attempt), updates)| async move {
+            let Ok(records) = store.attempts(job).await else {
+                return;
+            };
+            if let Some(mut r) = records.into_iter().find(|r| r.attempt == attempt) {
+                for u in updates {
+                    match u {
+                        AttemptUpdate::Started(at) => r.started_at = Some(at),
+                        AttemptUpdate::Finished {
+                            at,
+                            exit,
+                            peak_memory_mb,
+                        } => {
+                            r.finished_at = Some(at);
+                            r.exit = Some(exit);
+                            r.peak_memory_mb = Some(peak_memory_mb);
+                        }
+                    }
+                }
+                if let Err(e) = store.record_attempt(r).await {
+                    tracing::error!(%job, error = %e, "could not record attempt");
+                }
+            }
+        });
+    futures::future::join_all(writes).await;
+}
+
 /// A change to an attempt's record, applied at the end of a round.
 enum AttemptUpdate {
     Started(Timestamp),
@@ -487,53 +527,14 @@ impl<S: Store> Core<S> {
                     actions = self.sched.tick();
                 }
             };
-            self.apply(actions).await;
-            self.flush_attempt_updates().await;
+            let updates = std::mem::take(&mut self.attempt_updates);
+            let store = Arc::clone(&self.store);
+            futures::future::join(self.apply(actions), flush_attempt_updates(store, updates)).await;
             // Answered only now, so each caller reads what it caused.
             for (reply, result) in owed {
                 let _ = reply.send(result);
             }
         }
-    }
-
-    /// Applies the attempt-record updates of this round: one read and one
-    /// write per attempt, all attempts at once.
-    async fn flush_attempt_updates(&mut self) {
-        if self.attempt_updates.is_empty() {
-            return;
-        }
-        let mut by_attempt: HashMap<(JobId, u32), Vec<AttemptUpdate>> = HashMap::new();
-        for (job, attempt, u) in self.attempt_updates.drain(..) {
-            by_attempt.entry((job, attempt)).or_default().push(u);
-        }
-        let store = &self.store;
-        let writes = by_attempt
-            .into_iter()
-            .map(|((job, attempt), updates)| async move {
-                let Ok(records) = store.attempts(job).await else {
-                    return;
-                };
-                if let Some(mut r) = records.into_iter().find(|r| r.attempt == attempt) {
-                    for u in updates {
-                        match u {
-                            AttemptUpdate::Started(at) => r.started_at = Some(at),
-                            AttemptUpdate::Finished {
-                                at,
-                                exit,
-                                peak_memory_mb,
-                            } => {
-                                r.finished_at = Some(at);
-                                r.exit = Some(exit);
-                                r.peak_memory_mb = Some(peak_memory_mb);
-                            }
-                        }
-                    }
-                    if let Err(e) = store.record_attempt(r).await {
-                        tracing::error!(%job, error = %e, "could not record attempt");
-                    }
-                }
-            });
-        futures::future::join_all(writes).await;
     }
 
     async fn handle(&mut self, c: Command) -> (Vec<Action>, Owed) {
@@ -732,28 +733,16 @@ impl<S: Store> Core<S> {
             }
             out
         });
-        let results: Vec<_> = futures::future::join_all(writes)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        // The latest stored version of each job changed in this batch.
-        let mut stored: HashMap<JobId, Job> = HashMap::with_capacity(results.len());
-        for r in results {
-            match r {
-                Ok(j) => {
-                    stored.insert(j.id, j);
-                }
-                Err(e) => tracing::error!(error = %e, "state change not stored"),
-            }
-        }
-        // One batch of writes for the attempts assigned, not one each.
+        // The attempts assigned are recorded alongside, in the same commit.
+        // Should a transition be refused, its record names an assignment
+        // that was never sent; the next assignment of that attempt
+        // overwrites it.
         let records = actions.iter().filter_map(|a| match a {
             Action::Assign {
                 job,
                 worker,
                 attempt,
-            } if stored.contains_key(job) => Some(self.store.record_attempt(AttemptRecord {
+            } => Some(store.record_attempt(AttemptRecord {
                 job: *job,
                 attempt: *attempt,
                 worker: *worker,
@@ -765,9 +754,24 @@ impl<S: Store> Core<S> {
             })),
             _ => None,
         });
-        for r in futures::future::join_all(records).await {
+        let (results, recorded) = futures::future::join(
+            futures::future::join_all(writes),
+            futures::future::join_all(records),
+        )
+        .await;
+        for r in recorded {
             if let Err(e) = r {
                 tracing::error!(error = %e, "could not record attempt");
+            }
+        }
+        // The latest stored version of each job changed in this batch.
+        let mut stored: HashMap<JobId, Job> = HashMap::with_capacity(results.len());
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(j) => {
+                    stored.insert(j.id, j);
+                }
+                Err(e) => tracing::error!(error = %e, "state change not stored"),
             }
         }
         for a in &actions {
