@@ -692,3 +692,31 @@ fn a_rejoining_worker_that_does_not_hold_its_jobs_gives_them_back() {
             .any(|a| matches!(a, Action::Assign { job, attempt: 1, .. } if *job == nid))
     );
 }
+
+#[test]
+fn a_backlog_built_with_no_workers_is_still_shared_by_weight() {
+    let mut h = harness(SchedulerConfig::default());
+    for (t, weight) in [("one", 1), ("two", 2), ("four", 4)] {
+        h.sched.set_weight(t.parse().unwrap(), weight);
+    }
+    let mut owner = std::collections::HashMap::new();
+    let mut reqs = Vec::new();
+    for t in ["one", "two", "four"] {
+        for _ in 0..1000 {
+            let j = job(t, 1000, 1);
+            owner.insert(j.id, t);
+            reqs.push(j);
+        }
+    }
+    // Nothing to run on yet: every job waits.
+    let (actions, refused) = h.sched.submit_many(reqs);
+    assert!(refused.is_empty());
+    assert!(assigns(&actions).is_empty());
+    let (_, actions) = worker(&mut h, 2, 700_000, 1_000_000, &[]);
+    let placed = assigns(&actions);
+    assert_eq!(placed.len(), 700);
+    let count = |t: &str| placed.iter().filter(|(j, _, _)| owner[j] == t).count();
+    assert!((98..=102).contains(&count("one")), "one: {}", count("one"));
+    assert!((196..=204).contains(&count("two")), "two: {}", count("two"));
+    assert!((392..=408).contains(&count("four")), "four: {}", count("four"));
+}
