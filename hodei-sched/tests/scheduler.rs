@@ -718,5 +718,9 @@ fn a_backlog_built_with_no_workers_is_still_shared_by_weight() {
     let count = |t: &str| placed.iter().filter(|(j, _, _)| owner[j] == t).count();
     assert!((98..=102).contains(&count("one")), "one: {}", count("one"));
     assert!((196..=204).contains(&count("two")), "two: {}", count("two"));
-    assert!((392..=408).contains(&count("four")), "four: {}", count("four"));
+    assert!(
+        (392..=408).contains(&count("four")),
+        "four: {}",
+        count("four")
+    );
 }

@@ -463,6 +463,13 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
     if up < a.agents {
         bail!("only {up} of {} agents connected", a.agents);
     }
+    // Holding agents only: count from when all are connected, so the rate
+    // is the steady one, not diluted by the connect ramp.
+    let (m0, t0) = if a.jobs == 0 {
+        (metrics(&server.http)?, Instant::now())
+    } else {
+        (m0, t0)
+    };
     // Wait for every job (bounded), or hold the agents.
     let hold_end = Instant::now()
         + if a.jobs == 0 {
