@@ -391,7 +391,7 @@ impl Core {
             result: None,
             result_sent: false,
         };
-        let refuse = if self.draining {
+        let refuse = if self.draining || self.server_drained {
             Some("the agent is draining".to_string())
         } else {
             spec.as_ref().err().map(|e| format!("bad spec: {e}"))
