@@ -994,9 +994,12 @@ impl<C: Clock> Scheduler<C> {
         if topology != self.seen_topology {
             self.seen_topology = topology;
             self.capacity_freed = true;
-            // Workers changed: jobs that fit nowhere get another look.
-            let retry = std::mem::take(&mut self.unplaceable);
-            self.ready_again.extend(retry);
+            // Workers changed: jobs that fit nowhere get another look,
+            // through the fair queue, so a backlog built while no worker
+            // could take it is still shared by weight.
+            for job in std::mem::take(&mut self.unplaceable) {
+                self.enqueue(job);
+            }
             if let Some((_, Some(w))) = self.head
                 && !self.cluster.is_healthy(w, now)
             {

@@ -708,10 +708,11 @@ fn a_backlog_built_with_no_workers_is_still_shared_by_weight() {
             reqs.push(j);
         }
     }
-    // Nothing to run on yet: every job waits.
-    let (actions, refused) = h.sched.submit_many(reqs);
-    assert!(refused.is_empty());
-    assert!(assigns(&actions).is_empty());
+    // Nothing to run on yet: every job waits. One at a time, as a server
+    // admits them.
+    for r in reqs {
+        assert!(assigns(&h.sched.submit(r).unwrap()).is_empty());
+    }
     let (_, actions) = worker(&mut h, 2, 700_000, 1_000_000, &[]);
     let placed = assigns(&actions);
     assert_eq!(placed.len(), 700);
