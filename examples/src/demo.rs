@@ -77,7 +77,7 @@ fn jobs(dir: &std::path::Path) -> (Vec<JobSpec>, String) {
         name: "API_TOKEN".into(),
         value: "tok-4f9a-demo-secret".into(),
     });
-    let urgent = job("urgent", "globex", 7, "echo 'priority 7: runs first'");
+    let urgent = job("urgent", "globex", 7, "echo 'hotfix deployed (priority 7)'");
     (
         vec![urgent, build, report, flaky, cancelled, secret],
         "long-sleep".into(),
