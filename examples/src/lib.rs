@@ -10,6 +10,23 @@ use std::time::Duration;
 pub mod cli;
 pub mod demo;
 
+/// A multi-threaded tokio runtime with `threads` workers (one per CPU when
+/// `None`); if it cannot start, says so on stderr as `program` and returns
+/// the exit code to end with.
+pub fn runtime(
+    program: &str,
+    threads: Option<usize>,
+) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().map_err(|e| {
+        eprintln!("{program}: cannot start the runtime: {e}");
+        std::process::ExitCode::FAILURE
+    })
+}
+
 /// Parses a duration such as `500ms`, `10s` or `5m` (for clap).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))

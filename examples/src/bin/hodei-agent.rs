@@ -202,16 +202,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // Jobs are child processes and pipes: a small runtime is plenty.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match hodei_examples::runtime("hodei-agent", Some(2)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("hodei-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let (tx, rx) = watch::channel(Shutdown::Run);

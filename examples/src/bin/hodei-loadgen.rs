@@ -546,15 +546,9 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match hodei_examples::runtime("hodei-loadgen", None) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("hodei-loadgen: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(run(args)) {
         Ok(v) => {

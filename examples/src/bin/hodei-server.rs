@@ -361,15 +361,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match hodei_examples::runtime("hodei-server", None) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("hodei-server: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         if config.durable {

@@ -365,16 +365,9 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match hodei_examples::runtime("hodei", Some(2)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("hodei: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(main_async(args)) {
         Ok(code) => code,
