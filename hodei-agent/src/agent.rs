@@ -201,6 +201,11 @@ struct Core {
     events: mpsc::Sender<JobEvent>,
 }
 
+/// The attempt an acknowledgement names (a malformed id names none).
+fn acked_key(job_id: &str, attempt: u32) -> Option<Key> {
+    Some((job_id.parse().ok()?, attempt))
+}
+
 fn msg(m: Out) -> proto::AgentMessage {
     proto::AgentMessage { msg: Some(m) }
 }
@@ -471,11 +476,17 @@ impl Core {
         }
     }
 
+    /// Forgets an attempt with nothing left to run, send or confirm.
+    fn forget_if_done(&mut self, key: Key) {
+        if self.attempts.get(&key).is_some_and(Attempt::done) {
+            self.attempts.remove(&key);
+        }
+    }
+
     fn log_ack(&mut self, ack: proto::LogAck) {
-        let Ok(job) = ack.job_id.parse::<JobId>() else {
+        let Some(key) = acked_key(&ack.job_id, ack.attempt) else {
             return;
         };
-        let key = (job, ack.attempt);
         let Some(a) = self.attempts.get_mut(&key) else {
             return;
         };
@@ -487,24 +498,19 @@ impl Core {
                 self.spill.release(w);
             }
         }
-        if a.done() {
-            self.attempts.remove(&key);
-        }
+        self.forget_if_done(key);
     }
 
     fn result_ack(&mut self, ack: proto::ResultAck) {
-        let Ok(job) = ack.job_id.parse::<JobId>() else {
+        let Some(key) = acked_key(&ack.job_id, ack.attempt) else {
             return;
         };
-        let key = (job, ack.attempt);
         if let Some(a) = self.attempts.get_mut(&key)
             && a.result_sent
         {
             a.result = None;
-            if a.done() {
-                self.attempts.remove(&key);
-            }
         }
+        self.forget_if_done(key);
     }
 
     /// Sends what is owed, in order per attempt, within the window. Returns

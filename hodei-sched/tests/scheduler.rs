@@ -501,16 +501,16 @@ fn recovered_running_jobs_wait_for_reattach_then_are_lost() {
     assert_eq!(h.sched.cluster().worker(w).unwrap().jobs, vec![aid]);
 }
 
-#[test]
-fn tenants_share_dispatches_by_weight() {
-    let mut h = harness(SchedulerConfig::default());
-    let (w, _) = worker(&mut h, 1, 1_000_000, 1_000_000, &[]);
+/// Tenants one, two and four, weighted 1:2:4, each with 1000 jobs.
+fn weighted_backlog(
+    h: &mut Harness,
+) -> (
+    std::collections::HashMap<JobId, &'static str>,
+    Vec<JobRequest>,
+) {
     for (t, weight) in [("one", 1), ("two", 2), ("four", 4)] {
         h.sched.set_weight(t.parse().unwrap(), weight);
     }
-    // Capacity for 700 jobs; each tenant submits 1000.
-    let cluster = h.sched.cluster().clone();
-    cluster.drain(w).unwrap();
     let mut owner = std::collections::HashMap::new();
     let mut reqs = Vec::new();
     for t in ["one", "two", "four"] {
@@ -520,12 +520,14 @@ fn tenants_share_dispatches_by_weight() {
             reqs.push(j);
         }
     }
-    let (_, refused) = h.sched.submit_many(reqs);
-    assert!(refused.is_empty());
-    let (w2, actions) = worker(&mut h, 2, 700_000, 1_000_000, &[]);
-    let placed = assigns(&actions);
-    assert_eq!(placed.len(), 700);
-    assert!(placed.iter().all(|(_, w, _)| *w == w2));
+    (owner, reqs)
+}
+
+/// 700 dispatches split 1:2:4 within ±2%.
+fn assert_split_1_2_4(
+    placed: &[(JobId, WorkerId, u32)],
+    owner: &std::collections::HashMap<JobId, &'static str>,
+) {
     let count = |t: &str| placed.iter().filter(|(j, _, _)| owner[j] == t).count();
     assert!((98..=102).contains(&count("one")), "one: {}", count("one"));
     assert!((196..=204).contains(&count("two")), "two: {}", count("two"));
@@ -534,6 +536,23 @@ fn tenants_share_dispatches_by_weight() {
         "four: {}",
         count("four")
     );
+}
+
+#[test]
+fn tenants_share_dispatches_by_weight() {
+    let mut h = harness(SchedulerConfig::default());
+    let (w, _) = worker(&mut h, 1, 1_000_000, 1_000_000, &[]);
+    // Capacity for 700 jobs; each tenant submits 1000.
+    let cluster = h.sched.cluster().clone();
+    cluster.drain(w).unwrap();
+    let (owner, reqs) = weighted_backlog(&mut h);
+    let (_, refused) = h.sched.submit_many(reqs);
+    assert!(refused.is_empty());
+    let (w2, actions) = worker(&mut h, 2, 700_000, 1_000_000, &[]);
+    let placed = assigns(&actions);
+    assert_eq!(placed.len(), 700);
+    assert!(placed.iter().all(|(_, w, _)| *w == w2));
+    assert_split_1_2_4(&placed, &owner);
 }
 
 #[test]
@@ -696,18 +715,7 @@ fn a_rejoining_worker_that_does_not_hold_its_jobs_gives_them_back() {
 #[test]
 fn a_backlog_built_with_no_workers_is_still_shared_by_weight() {
     let mut h = harness(SchedulerConfig::default());
-    for (t, weight) in [("one", 1), ("two", 2), ("four", 4)] {
-        h.sched.set_weight(t.parse().unwrap(), weight);
-    }
-    let mut owner = std::collections::HashMap::new();
-    let mut reqs = Vec::new();
-    for t in ["one", "two", "four"] {
-        for _ in 0..1000 {
-            let j = job(t, 1000, 1);
-            owner.insert(j.id, t);
-            reqs.push(j);
-        }
-    }
+    let (owner, reqs) = weighted_backlog(&mut h);
     // Nothing to run on yet: every job waits. One at a time, as a server
     // admits them.
     for r in reqs {
@@ -716,12 +724,5 @@ fn a_backlog_built_with_no_workers_is_still_shared_by_weight() {
     let (_, actions) = worker(&mut h, 2, 700_000, 1_000_000, &[]);
     let placed = assigns(&actions);
     assert_eq!(placed.len(), 700);
-    let count = |t: &str| placed.iter().filter(|(j, _, _)| owner[j] == t).count();
-    assert!((98..=102).contains(&count("one")), "one: {}", count("one"));
-    assert!((196..=204).contains(&count("two")), "two: {}", count("two"));
-    assert!(
-        (392..=408).contains(&count("four")),
-        "four: {}",
-        count("four")
-    );
+    assert_split_1_2_4(&placed, &owner);
 }
