@@ -58,14 +58,7 @@ pub fn init_logging(level: &str) -> Result<(), String> {
 /// Reads a secret (a token) from a file, trimmed; the file must not be
 /// readable by group or others.
 pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{}: readable by others; chmod 600 it",
-            path.display()
-        ));
-    }
+    tokens::check_private(path).map_err(|e| format!("{e:#}"))?;
     let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let s = s.trim().to_string();
     if s.is_empty() {
@@ -117,7 +110,8 @@ pub mod tokens {
             .with_context(|| format!("cannot create {}", dir.display()))
     }
 
-    fn check_private(path: &Path) -> anyhow::Result<()> {
+    /// Refuses a file that group or others may read.
+    pub(crate) fn check_private(path: &Path) -> anyhow::Result<()> {
         let mode = std::fs::metadata(path)
             .with_context(|| format!("{}", path.display()))?
             .permissions()
@@ -148,15 +142,9 @@ pub mod tokens {
                 Ok((t, true))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                check_private(path)?;
-                let t = std::fs::read_to_string(path)
-                    .with_context(|| format!("{}", path.display()))?
-                    .trim()
-                    .to_string();
-                if t.is_empty() {
-                    bail!("{}: empty", path.display());
-                }
-                Ok((t, false))
+                crate::read_secret_file(path)
+                    .map(|t| (t, false))
+                    .map_err(anyhow::Error::msg)
             }
             Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
         }
