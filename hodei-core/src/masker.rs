@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 /// What a masked run of bytes is replaced with.
 pub const MASK: &[u8] = b"***";
@@ -12,6 +12,18 @@ pub const MASK: &[u8] = b"***";
 /// (keeping track that it is open), so a never-ending chain of overlapping
 /// secrets cannot make it buffer without bound.
 const MAX_HELD: usize = 64 * 1024;
+
+/// Past this many pattern bytes the automaton is a contiguous NFA: a DFA
+/// for a 64 KiB secret and its encodings takes seconds to build and
+/// hundreds of megabytes.
+const DFA_MAX_PATTERN_BYTES: usize = 16 * 1024;
+
+/// Bytes matching ignores: a terminal turns `\n` into `\r\n`, encoders
+/// wrap base64 at 64 or 76 columns, and a job may print a multi-line secret
+/// line by line; none of that must let a secret through.
+fn is_break(b: u8) -> bool {
+    b == b'\n' || b == b'\r'
+}
 
 /// Why a masker could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +37,12 @@ pub struct MaskerError(#[from] aho_corasick::BuildError);
 /// occurrences that overlap one another; each maximal run of hidden bytes
 /// (overlapping or touching occurrences) becomes a single `***`. Input is
 /// arbitrary bytes; nothing assumes UTF-8.
+///
+/// **Line breaks are ignored** inside an occurrence, in the secret and in
+/// the output alike: `\r` and `\n` are skipped when matching, so a secret
+/// is found however it is broken across lines (a PEM key under a terminal,
+/// which prints `\r\n`; base64 wrapped at any width) and the breaks inside
+/// it are hidden with it.
 ///
 /// [`Masker::mask`] works on a whole buffer; [`Masker::stream`] gives a
 /// [`MaskStream`] that accepts output in chunks cut anywhere, even inside a
@@ -70,17 +88,28 @@ impl Masker {
         I: IntoIterator<Item = P>,
         P: AsRef<[u8]>,
     {
-        let patterns: Vec<Vec<u8>> = secrets
+        let mut patterns: Vec<Vec<u8>> = secrets
             .into_iter()
-            .map(|s| s.as_ref().to_vec())
-            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.as_ref()
+                    .iter()
+                    .copied()
+                    .filter(|&b| !is_break(b))
+                    .collect()
+            })
+            .filter(|s: &Vec<u8>| !s.is_empty())
             .collect();
+        patterns.sort_unstable();
+        patterns.dedup();
         if patterns.is_empty() {
             return Ok(Masker::none());
         }
         let max_len = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        let total: usize = patterns.iter().map(Vec::len).sum();
+        let kind = (total > DFA_MAX_PATTERN_BYTES).then_some(AhoCorasickKind::ContiguousNFA);
         let ac = AhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
+            .kind(kind)
             .build(&patterns)?;
         Ok(Masker {
             inner: Some(Arc::new(ac)),
@@ -109,7 +138,7 @@ impl Masker {
             return out;
         }
         let mut intervals = Vec::new();
-        self.intervals(input, 0, &mut intervals);
+        self.intervals(input, 0, &mut Scratch::default(), &mut intervals);
         let mut pos = 0;
         for (s, e) in intervals {
             out.extend_from_slice(&input[pos..s]);
@@ -128,18 +157,44 @@ impl Masker {
             covered: 0,
             run_open: false,
             intervals: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
     /// Appends the covered intervals of `buf` (sorted, merged when they
     /// overlap or touch) to `out`.
-    fn intervals(&self, buf: &[u8], covered_prefix: usize, out: &mut Vec<(usize, usize)>) {
+    fn intervals(
+        &self,
+        buf: &[u8],
+        covered_prefix: usize,
+        scratch: &mut Scratch,
+        out: &mut Vec<(usize, usize)>,
+    ) {
         out.clear();
         if covered_prefix > 0 {
             out.push((0, covered_prefix.min(buf.len())));
         }
         if let Some(ac) = &self.inner {
-            out.extend(ac.find_overlapping_iter(buf).map(|m| (m.start(), m.end())));
+            if buf.iter().copied().any(is_break) {
+                // Match on the text without line breaks, then map each match
+                // back: from its first byte to its last, breaks inside it
+                // included.
+                scratch.text.clear();
+                scratch.at.clear();
+                for (i, &b) in buf.iter().enumerate() {
+                    if !is_break(b) {
+                        scratch.text.push(b);
+                        scratch.at.push(i);
+                    }
+                }
+                let at = &scratch.at;
+                out.extend(
+                    ac.find_overlapping_iter(&scratch.text)
+                        .map(|m| (at[m.start()], at[m.end() - 1] + 1)),
+                );
+            } else {
+                out.extend(ac.find_overlapping_iter(buf).map(|m| (m.start(), m.end())));
+            }
         }
         // Overlapping matches are reported by end position; merging wants
         // them by start.
@@ -158,6 +213,14 @@ impl Masker {
     }
 }
 
+/// Buffers reused across calls: the text without line breaks and where
+/// each of its bytes stood.
+#[derive(Default)]
+struct Scratch {
+    text: Vec<u8>,
+    at: Vec<usize>,
+}
+
 /// Masks a byte stream arriving in chunks; made by [`Masker::stream`].
 ///
 /// It holds back at most the last `longest secret - 1` bytes (more only
@@ -172,6 +235,7 @@ pub struct MaskStream {
     /// The output ended with a mask whose run touches `held[0]`.
     run_open: bool,
     intervals: Vec<(usize, usize)>,
+    scratch: Scratch,
 }
 
 impl fmt::Debug for MaskStream {
@@ -205,16 +269,33 @@ impl MaskStream {
         self.held.len()
     }
 
+    /// Where in `held` the earliest secret a later chunk may complete can
+    /// start: before the last `longest - 1` bytes that are not line breaks,
+    /// and never holding back more than the bound allows.
+    fn safe_point(&self) -> usize {
+        let len = self.held.len();
+        let mut need = self.masker.max_len.saturating_sub(1);
+        let mut i = len;
+        while need > 0 && i > 0 {
+            i -= 1;
+            if !is_break(self.held[i]) {
+                need -= 1;
+            }
+        }
+        i.max(len.saturating_sub(MAX_HELD + self.masker.max_len))
+    }
+
     fn process(&mut self, out: &mut Vec<u8>, last: bool) {
         let len = self.held.len();
         let mut intervals = std::mem::take(&mut self.intervals);
         self.masker
-            .intervals(&self.held, self.covered, &mut intervals);
+            .intervals(&self.held, self.covered, &mut self.scratch, &mut intervals);
         let cut = if last {
             len
         } else {
-            // A secret completed by a later chunk starts at or after `safe`.
-            let safe = len.saturating_sub(self.masker.max_len.saturating_sub(1));
+            // A secret completed by a later chunk starts at or after `safe`:
+            // among the last `longest - 1` bytes that are not line breaks.
+            let safe = self.safe_point();
             // A run reaching `safe` may still grow: hold it back whole...
             let cut = intervals
                 .iter()
@@ -347,11 +428,50 @@ mod tests {
     }
 
     fn secret() -> impl Strategy<Value = Vec<u8>> {
-        // A small alphabet makes overlaps and near-misses common.
+        // A small alphabet makes overlaps and near-misses common. A secret
+        // of nothing but line breaks is ignored, so none is made.
         proptest::collection::vec(
-            prop_oneof![Just(b'a'), Just(b'b'), Just(b'c'), any::<u8>()],
+            prop_oneof![Just(b'a'), Just(b'b'), Just(b'c'), Just(b'\n'), any::<u8>()],
             1..12,
         )
+        .prop_filter("not only line breaks", |s| s.iter().any(|&b| !is_break(b)))
+    }
+
+    fn without_breaks(b: &[u8]) -> Vec<u8> {
+        b.iter().copied().filter(|&b| !is_break(b)).collect()
+    }
+
+    #[test]
+    fn a_secret_broken_across_lines_is_masked_with_its_breaks() {
+        let key = "-----BEGIN KEY-----\nMIIEabc\nMIIEdef\n-----END KEY-----";
+        let m = Masker::new([key]).unwrap();
+        // As a terminal prints it.
+        let tty = key.replace('\n', "\r\n");
+        assert_eq!(
+            m.mask(format!("key: {tty}\r\nok").as_bytes()),
+            b"key: ***\r\nok"
+        );
+        // Line by line, in chunks cut between the \r and the \n.
+        let text = format!("x{tty}y");
+        let cuts: Vec<usize> = (0..text.len()).step_by(3).collect();
+        assert_eq!(streamed(&m, text.as_bytes(), &cuts), b"x***y");
+        // Wrapped at any width.
+        let m = Masker::new(["0123456789abcdef"]).unwrap();
+        assert_eq!(m.mask(b"01234\n56789\nabcdef\n!"), b"***\n!");
+    }
+
+    #[test]
+    fn a_run_of_line_breaks_is_not_held_without_bound() {
+        let m = Masker::new(["secret-value"]).unwrap();
+        let mut s = m.stream();
+        let mut out = Vec::new();
+        s.push(b"s", &mut out);
+        for _ in 0..100 {
+            s.push(&[b'\n'; 4096], &mut out);
+            assert!(s.held() <= MAX_HELD + 12, "held {}", s.held());
+        }
+        s.finish(&mut out);
+        assert_eq!(out.len(), 1 + 100 * 4096);
     }
 
     proptest! {
@@ -364,13 +484,17 @@ mod tests {
                 proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'c'), Just(b'*'), any::<u8>()], 0..40),
                 0..20,
             ),
-            sprinkle in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..6),
+            sprinkle in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<prop::sample::Index>(), 0usize..3), 0..6),
         ) {
             // Build the input from chunks, with whole secrets inserted at
-            // random places so they straddle chunk boundaries.
+            // random places so they straddle chunk boundaries, some broken
+            // by a line break as a terminal or a wrapping encoder would.
             let mut input: Vec<u8> = chunks.concat();
-            for (at, which) in &sprinkle {
-                let s = which.get(&secrets);
+            for (at, which, split, brk) in &sprinkle {
+                let mut s = which.get(&secrets).clone();
+                let split = split.index(s.len() + 1);
+                let brk: &[u8] = [&b""[..], b"\n", b"\r\n"][*brk];
+                s.splice(split..split, brk.iter().copied());
                 let at = at.index(input.len() + 1);
                 input.splice(at..at, s.iter().copied());
             }
@@ -383,8 +507,11 @@ mod tests {
             // Output is the input with covered runs replaced by markers, so
             // an occurrence of a secret in the output that overlaps no
             // marker would be an uncovered occurrence in the input.
+            // Line breaks are ignored, so the check is on the output
+            // without them.
+            let flat = without_breaks(&one_shot);
             for s in &secrets {
-                prop_assert!(every_occurrence_overlaps_a_mask(&one_shot, s), "secret {:?} survived in {:?}", s, one_shot);
+                prop_assert!(every_occurrence_overlaps_a_mask(&flat, &without_breaks(s)), "secret {:?} survived in {:?}", s, one_shot);
             }
         }
     }

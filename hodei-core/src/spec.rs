@@ -573,10 +573,18 @@ impl JobSpec {
             }
             // The value itself is never quoted back: error messages travel
             // to logs and clients.
-            if s.value.len() < MIN_SECRET_LEN {
+            // Masking skips line breaks, so they do not count.
+            if s.value
+                .bytes()
+                .filter(|b| !matches!(b, b'\r' | b'\n'))
+                .count()
+                < MIN_SECRET_LEN
+            {
                 p.add(
                     format!("{field}.value"),
-                    format!("must be at least {MIN_SECRET_LEN} bytes to be masked safely"),
+                    format!(
+                        "must be at least {MIN_SECRET_LEN} bytes besides line breaks to be masked safely"
+                    ),
                 );
             } else if s.value.len() > MAX_SECRET_BYTES {
                 p.add(
