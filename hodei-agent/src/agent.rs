@@ -587,6 +587,10 @@ pub async fn run_agent(
     mut shutdown: watch::Receiver<Shutdown>,
 ) -> Result<Report, AgentError> {
     let sampler = Sampler::start(Duration::from_secs(2)).map_err(AgentError::Telemetry)?;
+    tracing::info!(
+        "jobs are contained by {}",
+        config.exec.containment.describe()
+    );
     let (events, mut event_rx) = mpsc::channel(EVENTS);
     let mut core = Core {
         spill: Spill::new(config.spill_dir.clone(), config.memory_limit),

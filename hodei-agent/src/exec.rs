@@ -10,6 +10,7 @@ use hodei_core::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::contain::{Cell, Containment};
 use crate::pty;
 use crate::secrets::secret_forms;
 
@@ -23,6 +24,8 @@ pub struct ExecConfig {
     pub timeout_grace: Duration,
     /// Bytes read from a pipe at a time.
     pub read_size: usize,
+    /// How every process of a job is kept in reach and stopped.
+    pub containment: Containment,
 }
 
 impl Default for ExecConfig {
@@ -31,6 +34,7 @@ impl Default for ExecConfig {
             linger: Duration::from_secs(2),
             timeout_grace: Duration::from_secs(10),
             read_size: 64 * 1024,
+            containment: Containment::detected(),
         }
     }
 }
@@ -64,8 +68,9 @@ pub struct Finished {
     pub exit: ExitStatus,
     /// From start to end.
     pub duration: Duration,
-    /// Peak resident memory of the main process seen while it ran (sampled),
-    /// MiB.
+    /// Peak memory of the job, MiB: its cgroup's `memory.peak` where the
+    /// memory controller is available, else the main process's peak
+    /// resident set, sampled.
     pub peak_memory_mb: u64,
     /// It ran past its timeout and was stopped.
     pub timed_out: bool,
@@ -75,14 +80,6 @@ pub struct Finished {
 
 fn now() -> Timestamp {
     SystemClock.now()
-}
-
-/// Sends SIGTERM or SIGKILL to a whole process group.
-fn signal_group(pgid: u32, signal: i32) {
-    // SAFETY: killpg only sends a signal; a stale group id fails with ESRCH.
-    unsafe {
-        libc::killpg(pgid as libc::pid_t, signal);
-    }
 }
 
 /// Peak resident set (VmHWM) of a live process, MiB.
@@ -137,14 +134,25 @@ async fn pump(
     }
 }
 
-/// Runs one attempt of `spec`: its own process group, a fresh temporary
-/// working directory (removed after) unless the spec names one, the
-/// environment it asks for (plus `PATH`, `HOME` and `TMPDIR`), secrets as
-/// it asks, and masked output on `out`. `cancel` carries a grace period:
-/// when it fires the group gets SIGTERM, then SIGKILL after the grace. The
-/// same happens at the spec's timeout. When the main process has ended,
-/// the output pipes get `linger` to close, and then the whole group is
-/// killed: no process outlives its job.
+/// Runs one attempt of `spec`: its own process group inside the
+/// configured [`Containment`], a fresh temporary working directory
+/// (removed after) unless the spec names one, the environment it asks for
+/// (plus `PATH`, `HOME` and `TMPDIR`), secrets as it asks, no descriptor
+/// but its standard ones, and masked output on `out`.
+///
+/// `cancel` carries a grace period: when it fires every process of the job
+/// gets SIGTERM, then SIGKILL after the grace. The same happens at the
+/// spec's timeout. When the main process has ended, the output pipes get
+/// `linger` to close; then every process of the job is killed (those that
+/// left its process group or session too), and the pipes get one more
+/// `linger` before reading stops: no process outlives its job and nothing
+/// can hold the attempt open. Writing stdin, draining output, the timeout
+/// and cancel run independently: none waits on another.
+///
+/// # Cancel safety
+///
+/// Dropping the future kills the main process (`kill_on_drop`) and the
+/// job's cell, which kills whatever is left in its cgroup.
 pub async fn run(
     spec: &JobSpec,
     config: &ExecConfig,
@@ -244,8 +252,25 @@ pub async fn run(
         cmd.stderr(Stdio::piped());
         cmd.process_group(0);
     }
+    // Built before the job starts: for a large secret it takes a while,
+    // and output must be drained from the first byte.
+    let masker = Masker::new(
+        spec.secrets
+            .iter()
+            .flat_map(|s| secret_forms(s.value.as_bytes())),
+    )
+    .unwrap_or_else(|_| Masker::none());
     cmd.kill_on_drop(true);
-    let spawned = cmd.spawn();
+    let mut cell = match config.containment.prepare(cmd.as_std_mut()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = out
+                .send(note(format!("cannot contain the job: {e}\n")))
+                .await;
+            return not_started(started.elapsed());
+        }
+    };
+    let spawned = cell.spawn(&mut cmd);
     // The parent's copies of the terminal's far end must close, or its
     // reader never sees the end.
     drop(cmd);
@@ -256,24 +281,25 @@ pub async fn run(
             return not_started(started.elapsed());
         }
     };
-    let pgid = child.id().unwrap_or(0);
-    if stdin_json && let Some(mut stdin) = child.stdin.take() {
-        let doc: serde_json::Map<String, serde_json::Value> = spec
-            .secrets
-            .iter()
-            .map(|s| (s.name.clone(), serde_json::Value::String(s.value.clone())))
-            .collect();
-        let bytes = serde_json::Value::Object(doc).to_string();
-        // A job that does not read its stdin is not an error.
-        let _ = stdin.write_all(bytes.as_bytes()).await;
-        drop(stdin);
-    }
-    let masker = Masker::new(
-        spec.secrets
-            .iter()
-            .flat_map(|s| secret_forms(s.value.as_bytes())),
-    )
-    .unwrap_or_else(|_| Masker::none());
+    let pid = child.id().unwrap_or(0);
+    // stdin is written by a task of its own: a job that prints before it
+    // reads must find its output drained, and the timeout and cancel
+    // below must not wait on the write.
+    let stdin_writer = match (stdin_json, child.stdin.take()) {
+        (true, Some(mut stdin)) => {
+            let doc: serde_json::Map<String, serde_json::Value> = spec
+                .secrets
+                .iter()
+                .map(|s| (s.name.clone(), serde_json::Value::String(s.value.clone())))
+                .collect();
+            let bytes = serde_json::Value::Object(doc).to_string();
+            Some(tokio::spawn(async move {
+                // A job that does not read its stdin is not an error.
+                let _ = stdin.write_all(bytes.as_bytes()).await;
+            }))
+        }
+        _ => None,
+    };
     let mut readers = Vec::new();
     if let Some(master) = terminal {
         readers.push(tokio::spawn(pump(
@@ -312,11 +338,11 @@ pub async fn run(
     let status = loop {
         tokio::select! {
             s = child.wait() => break s,
-            _ = sample.tick() => peak = peak.max(peak_rss_mb(pgid).unwrap_or(0)),
+            _ = sample.tick() => peak = peak.max(peak_rss_mb(pid).unwrap_or(0)),
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() && grace.is_none() => {
                 timed_out = true;
                 grace = Some(config.timeout_grace);
-                signal_group(pgid, libc::SIGTERM);
+                cell.signal_all(libc::SIGTERM);
                 let _ = out.send(note(format!("timed out after {:?}; stopping\n", spec.timeout.unwrap_or_default()))).await;
             }
             g = &mut cancel, if grace.is_none() && cancel_open => {
@@ -324,7 +350,7 @@ pub async fn run(
                     Ok(g) => {
                         cancelled = true;
                         grace = Some(g);
-                        signal_group(pgid, libc::SIGTERM);
+                        cell.signal_all(libc::SIGTERM);
                     }
                     // A dropped sender is not a cancel; stop listening.
                     Err(_) => cancel_open = false,
@@ -336,32 +362,58 @@ pub async fn run(
             match tokio::time::timeout(g, child.wait()).await {
                 Ok(s) => break s,
                 Err(_) => {
-                    signal_group(pgid, libc::SIGKILL);
+                    cell.signal_all(libc::SIGKILL);
                     break child.wait().await;
                 }
             }
         }
     };
-    // The main process is gone; grandchildren may still hold the pipes.
+    cell.main_exited();
+    if let Some(w) = stdin_writer {
+        w.abort();
+    }
+    // The main process is gone; descendants may still hold the pipes.
     let linger = tokio::time::sleep(config.linger);
     tokio::pin!(linger);
-    let mut all_closed = false;
     let wait_readers = async {
         for r in &mut readers {
             let _ = r.await;
         }
     };
-    tokio::select! {
-        _ = wait_readers => all_closed = true,
-        _ = &mut linger => {}
-    }
-    // Nothing outlives its job.
-    signal_group(pgid, libc::SIGKILL);
+    let all_closed = tokio::select! {
+        _ = wait_readers => true,
+        _ = &mut linger => false,
+    };
+    // Nothing outlives its job, whatever group or session it moved to.
+    let cell = tokio::task::spawn_blocking(move || {
+        cell.kill_all();
+        cell
+    })
+    .await
+    .ok();
     if !all_closed {
-        for r in readers {
-            let _ = r.await;
+        // Every process of the job is gone, so the pipes close now unless
+        // something outside the job holds them: that wait is bounded too.
+        let rest = async {
+            for r in &mut readers {
+                let _ = r.await;
+            }
+        };
+        if tokio::time::timeout(config.linger, rest).await.is_err() {
+            for r in &readers {
+                r.abort();
+            }
+            let _ = out
+                .send(note(
+                    "output still held open by a process outside the job; stopped reading\n".into(),
+                ))
+                .await;
         }
     }
+    if let Some(p) = cell.as_ref().and_then(Cell::peak_memory_mb) {
+        peak = p;
+    }
+    drop(cell);
     let exit = match status {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(c), _) => ExitStatus::Code(c),

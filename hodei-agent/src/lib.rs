@@ -15,6 +15,7 @@
 mod agent;
 mod batch;
 mod cap;
+mod contain;
 mod exec;
 mod outbox;
 mod pty;
@@ -24,6 +25,7 @@ mod telemetry;
 pub use agent::{AgentConfig, AgentError, Report, Shutdown, host_name, run_agent};
 pub use batch::{Batch, BatchConfig, batch};
 pub use cap::cap;
+pub use contain::{Containment, ContainmentMode};
 pub use exec::{ExecConfig, Finished, Output, Stream, run};
 pub use secrets::secret_forms;
 pub use telemetry::{Reading, Sampler, detect_capacity};

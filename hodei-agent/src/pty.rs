@@ -3,7 +3,7 @@
 //! they would interactively. Standard output and error both go to it.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 
 /// Both ends of a new terminal.
@@ -41,6 +41,14 @@ pub(crate) fn open() -> io::Result<Pty> {
     // SAFETY: openpty succeeded, so both are open descriptors owned by no
     // one else.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // openpty sets no close-on-exec: without it every process started
+    // meanwhile (another job) would hold this terminal open.
+    for fd in [&master, &slave] {
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     Ok(Pty { master, slave })
 }
 

@@ -408,3 +408,49 @@ fn drain_lets_running_jobs_finish_then_cancels_past_the_grace() {
         server.stop().await;
     });
 }
+
+/// A job whose descendant left its session and holds its stdout still ends
+/// when its main process does, the descendant is killed, and the worker's
+/// reservation is released for the next job.
+#[test]
+fn a_descendant_in_its_own_session_neither_hangs_the_job_nor_survives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (url, server, mut c) = setup(dir.path()).await;
+        let agent = Agent::start(&url, |cfg| {
+            // Room for one job at a time: the second job runs only once
+            // the first one's reservation is gone.
+            cfg.capacity = hodei_core::Resources::new(1000, 1024, 0);
+        });
+        let mut spec =
+            script("setsid sh -c 'echo \"pid $$\"; exec sleep 300' &\nsleep 0.2\necho main-done");
+        spec.resources = hodei_core::Resources::new(1000, 64, 0);
+        let first = submit(&mut c, &spec).await;
+        let mut next = script("echo second");
+        next.resources = hodei_core::Resources::new(1000, 64, 0);
+        let second = submit(&mut c, &next).await;
+        let done = wait_for(&mut c, first, &[JobStateKind::Succeeded]).await;
+        assert_eq!(kind(&done), JobStateKind::Succeeded);
+        wait_for(&mut c, second, &[JobStateKind::Succeeded]).await;
+        let (out, _, _) = logs(&mut c, first).await;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(out.contains("main-done"), "{out}");
+        let pid: i32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("pid "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        for _ in 0..100 {
+            if !alive(pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(pid), "descendant {pid} survived its job");
+        let report = agent.stop(Shutdown::Drain).await;
+        assert!(report.is_clean(), "{report:?}");
+        server.stop().await;
+    });
+}

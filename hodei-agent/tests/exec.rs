@@ -230,3 +230,122 @@ fn a_pty_job_sees_a_terminal_and_is_still_stopped_as_a_group() {
     assert!(f.cancelled);
     assert_eq!(f.exit, ExitStatus::Signal(15));
 }
+
+fn stdin_spec(script_text: &str) -> JobSpec {
+    let mut spec = script(script_text);
+    spec.secret_delivery = SecretDelivery::StdinJson;
+    // 64 KiB: far more than a pipe holds, so writing it blocks until the
+    // job reads.
+    spec.secrets = vec![Secret {
+        name: "BIG".into(),
+        value: "k".repeat(64 * 1024),
+    }];
+    spec
+}
+
+#[test]
+fn a_job_printing_before_reading_a_large_stdin_does_not_deadlock() {
+    let spec = stdin_spec("head -c 400000 /dev/zero | tr '\\0' 'x'\necho\nwc -c | tr -d ' '");
+    let (f, out) = exec(spec, None);
+    assert_eq!(f.exit, ExitStatus::Code(0));
+    let text = text(&out, Stream::Stdout);
+    assert_eq!(text.matches('x').count(), 400_000);
+    // The whole JSON document arrived: {"BIG":"kkk..."}.
+    assert!(
+        text.trim_end().ends_with(&(64 * 1024 + 10).to_string()),
+        "{}",
+        &text[text.len().saturating_sub(40)..]
+    );
+}
+
+#[test]
+fn a_timeout_fires_while_stdin_is_still_being_written() {
+    let mut spec = stdin_spec("head -c 400000 /dev/zero | tr '\\0' 'x'\nsleep 300");
+    spec.timeout = Some(Duration::from_millis(500));
+    let started = Instant::now();
+    let (f, _) = exec(spec, None);
+    assert!(f.timed_out);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_cancel_lands_while_stdin_is_still_being_written() {
+    let spec = stdin_spec("sleep 300");
+    let started = Instant::now();
+    let (f, _) = exec(spec, Some(Duration::from_millis(300)));
+    assert!(f.cancelled);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// A descriptor this process holds without close-on-exec, as one
+/// inherited from a parent would be.
+fn leak_a_descriptor() -> i32 {
+    // SAFETY: dup returns a new descriptor (without close-on-exec) or -1.
+    let fd = unsafe { libc::dup(2) };
+    assert!(fd > 2);
+    fd
+}
+
+fn open_fds(spec: JobSpec) -> Vec<String> {
+    let (f, out) = exec(spec, None);
+    assert_eq!(f.exit, ExitStatus::Code(0));
+    let mut fds: Vec<String> = text(&out, Stream::Stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn a_job_gets_only_its_standard_descriptors() {
+    let leaked = leak_a_descriptor();
+    // `ls` opens the directory itself: that is the one extra descriptor.
+    let fds = open_fds(JobSpec::argv(["ls", "/proc/self/fd"]));
+    assert_eq!(fds, ["0", "1", "2", "3"], "leaked {leaked}");
+    let mut spec = JobSpec::argv(["ls", "/proc/self/fd"]);
+    spec.pty = true;
+    let fds = open_fds(spec);
+    assert_eq!(
+        fds,
+        ["0", "1", "2", "3"],
+        "under a terminal, leaked {leaked}"
+    );
+    // SAFETY: closing the descriptor dup'ed above.
+    unsafe { libc::close(leaked) };
+}
+
+/// A PEM-like multi-line secret printed under a terminal (which turns each
+/// `\n` into `\r\n`) in every way a script might: as is, line by line,
+/// base64 wrapped at 76 and 64 columns, and URL-safe.
+#[test]
+fn a_multi_line_secret_is_masked_under_a_terminal() {
+    let key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\nMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3S\n-----END PRIVATE KEY-----";
+    let mut spec = script(
+        "printf '%s\\n' \"$KEY\"\n\
+         printf '%s\\n' \"$KEY\" | while IFS= read -r line; do echo \"$line\"; done\n\
+         printf 'prefix %s' \"$KEY\" | base64\n\
+         printf 'ab%s' \"$KEY\" | base64 -w 64\n\
+         printf '%s' \"$KEY\" | base64 -w 0 | tr '+/' '-_'; echo\n\
+         echo end",
+    );
+    spec.pty = true;
+    spec.secrets = vec![Secret {
+        name: "KEY".into(),
+        value: key.into(),
+    }];
+    let (f, out) = exec(spec, None);
+    assert_eq!(f.exit, ExitStatus::Code(0));
+    let text = text(&out, Stream::Stdout);
+    assert!(text.contains("\r\n"), "not a terminal: {text:?}");
+    assert!(text.contains("end"), "{text:?}");
+    for line in key.lines().skip(1).take(3) {
+        assert!(!text.contains(line), "{line} in {text:?}");
+    }
+    // No piece of any encoding of the body survives.
+    let flat: String = text.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+    for piece in ["TUlJRXZR", "RVZRSUJB", "BEWUpUVXQ5", "MIIEvQIB"] {
+        assert!(!flat.contains(piece), "{piece} in {text:?}");
+    }
+    assert!(text.matches("***").count() >= 5, "{text:?}");
+}

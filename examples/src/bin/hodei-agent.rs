@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hodei_agent::{AgentConfig, Shutdown, run_agent};
+use hodei_agent::{AgentConfig, Containment, ContainmentMode, Shutdown, run_agent};
 use hodei_core::Resources;
 use hodei_examples::{init_logging, parse_duration, parse_label, read_secret_file};
 use serde::Deserialize;
@@ -78,6 +78,11 @@ struct Args {
     /// [default: 5m].
     #[arg(long, value_parser = parse_duration, env = "HODEI_AGENT_FLUSH_TIMEOUT")]
     flush_timeout: Option<Duration>,
+    /// How a job's processes are contained: auto (a cgroup v2 per job
+    /// where the agent may create one, else the child subreaper), cgroup
+    /// or subreaper [default: auto].
+    #[arg(long, env = "HODEI_AGENT_CONTAINMENT")]
+    containment: Option<ContainmentMode>,
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, env = "HODEI_LOG")]
     log_level: Option<String>,
@@ -107,6 +112,7 @@ struct FileConfig {
     reconnect_max: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     flush_timeout: Option<Duration>,
+    containment: Option<String>,
     log_level: Option<String>,
 }
 
@@ -180,6 +186,15 @@ fn configure(args: Args) -> Result<(AgentConfig, String), String> {
     }
     if let Some(d) = args.flush_timeout.or(file.flush_timeout) {
         c.flush_timeout = d;
+    }
+    let mode = match (args.containment, file.containment) {
+        (Some(m), _) => m,
+        (None, Some(m)) => m.parse().map_err(|e| format!("containment: {e}"))?,
+        (None, None) => ContainmentMode::Auto,
+    };
+    // The default is already the detected one.
+    if mode != ContainmentMode::Auto {
+        c.exec.containment = Containment::new(mode).map_err(|e| format!("containment: {e}"))?;
     }
     let level = args
         .log_level
