@@ -116,8 +116,9 @@ pub enum Action {
 pub struct SchedulerConfig {
     /// How to choose among fitting workers.
     pub policy: Policy,
-    /// Jobs that may wait for capacity behind the head of the queue before
-    /// the queue stops handing out more (the backfill window).
+    /// How many jobs that wait for capacity a placement pass looks past,
+    /// in fair order, for jobs that fit elsewhere (the backfill window).
+    /// Those it looks past stay in the fair queue where they were.
     pub backfill_window: usize,
     /// Finished jobs remembered so later submissions can depend on them.
     pub remember_finished: usize,
@@ -151,7 +152,8 @@ pub struct SchedulerStats {
     pub tracked: usize,
     /// Jobs in the fair queue.
     pub queued: usize,
-    /// Jobs waiting for capacity in the backfill window.
+    /// Jobs the last placement pass found waiting for capacity (the head
+    /// holding a worker, and those looked past in the backfill window).
     pub blocked: usize,
     /// Jobs that no current worker could ever run.
     pub unplaceable: usize,
@@ -179,6 +181,9 @@ struct Tracked {
     /// Topology version at which it was last found to need other workers,
     /// or to be merely waiting for capacity.
     classified_at: Option<u64>,
+    /// The capacity epoch at which it was last found waiting for capacity:
+    /// until capacity changes, trying it again would find the same.
+    waited_at: Option<u64>,
     retrying: bool,
 }
 
@@ -188,6 +193,16 @@ enum Try {
     Wait,
     Never,
     OverQuota,
+}
+
+/// What a pass does with a job it tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// Placed, gone, the head, or set aside (over quota, unplaceable): out
+    /// of the fair queue.
+    Done,
+    /// No room now and not the head: it stays queued where it was.
+    WaitsForCapacity,
 }
 
 /// The scheduler: fair queuing across tenants, placement onto the
@@ -202,13 +217,19 @@ enum Try {
 /// and the host calls [`tick`](Scheduler::tick) then. Time comes from the
 /// [`Clock`], so tests run on virtual time.
 ///
-/// **Large jobs**: a job that fits no free capacity now becomes the head of
-/// a backfill window. The scheduler holds one worker for it (the fitting
-/// worker with the most free capacity) and places no other job there, so
-/// that worker drains and the head starts: it cannot starve. Jobs behind it
-/// that fit elsewhere keep being placed (backfill); jobs that fit nowhere
-/// wait in the window, and only when `backfill_window` of them wait does
-/// the queue stop handing out more, until capacity frees.
+/// **Fair from the first dispatch**: jobs leave the fair queue only when
+/// they are placed. A placement pass takes jobs in fair order; one that
+/// finds no room now is put back where it was ([`Wfq::unpop`]), its tenant
+/// refunded, so waiting for capacity costs no tenant its share: whatever
+/// the backlog, dispatches follow the weights within the bound
+/// [`Wfq`] documents.
+///
+/// **Large jobs**: the first job in fair order that finds no room becomes
+/// the head. The scheduler holds one worker for it (the fitting worker
+/// with the most free capacity) and places no other job there, so that
+/// worker drains and the head starts: it cannot starve. Jobs behind it that
+/// fit elsewhere keep being placed (backfill): a pass looks past up to
+/// `backfill_window` waiting jobs.
 ///
 /// **Quotas**: a tenant may be capped in what it holds at once; its jobs
 /// beyond the cap wait without blocking other tenants.
@@ -226,9 +247,16 @@ pub struct Scheduler<C: Clock> {
     index: HashMap<JobId, usize>,
     /// Queued jobs as (slot, id); the id guards against a reused slot.
     wfq: Wfq<TenantId, (usize, JobId)>,
-    /// The backfill window; its first job waiting for capacity is the head.
-    blocked: VecDeque<JobId>,
+    /// The first job found waiting for capacity, and the worker held for
+    /// it; out of the fair queue while it is the head.
     head: Option<(JobId, Option<WorkerId>)>,
+    /// Jobs the last pass found waiting for capacity.
+    blocked: usize,
+    /// Changes whenever placement could find more than before (capacity
+    /// freed, workers changed, the head moved).
+    epoch: u64,
+    /// Queued jobs (waiting for a worker) by tenant and priority.
+    queued: HashMap<(TenantId, u8), usize>,
     unplaceable: Vec<JobId>,
     ready_again: VecDeque<JobId>,
     quotas: HashMap<TenantId, Resources>,
@@ -278,8 +306,10 @@ impl<C: Clock> Scheduler<C> {
             jobs: Slab::new(),
             index: HashMap::default(),
             wfq: Wfq::new(),
-            blocked: VecDeque::new(),
             head: None,
+            blocked: 0,
+            epoch: 0,
+            queued: HashMap::default(),
             unplaceable: Vec::new(),
             ready_again: VecDeque::new(),
             quotas: HashMap::default(),
@@ -352,7 +382,7 @@ impl<C: Clock> Scheduler<C> {
         SchedulerStats {
             tracked: self.index.len(),
             queued: self.wfq.len(),
-            blocked: self.blocked.len(),
+            blocked: self.blocked,
             unplaceable: self.unplaceable.len(),
             over_quota: self.over_quota.values().map(VecDeque::len).sum(),
             retrying: self.retrying,
@@ -364,21 +394,29 @@ impl<C: Clock> Scheduler<C> {
         self.get(job).map(|t| t.life)
     }
 
-    /// Queue depth by (tenant, priority) in the fair queue.
+    /// Jobs waiting for a worker (Queued: in the fair queue, the head,
+    /// over their tenant's quota, or fitting no current worker) by tenant
+    /// and priority, sorted. Jobs waiting on dependencies or a retry
+    /// backoff are not counted.
     pub fn queue_depths(&self) -> Vec<(TenantId, u8, usize)> {
-        let mut v = Vec::new();
-        for (tenant, len) in self.wfq.flows() {
-            if len == 0 {
-                continue;
-            }
-            for p in 0..hodei_core::PRIORITY_LEVELS {
-                let n = self.wfq.flow_len_at(tenant, p);
-                if n > 0 {
-                    v.push((tenant.clone(), p, n));
-                }
-            }
-        }
+        let mut v: Vec<(TenantId, u8, usize)> = self
+            .queued
+            .iter()
+            .map(|((t, p), n)| (t.clone(), *p, *n))
+            .collect();
+        v.sort();
         v
+    }
+
+    /// Adds `delta` to the Queued count of the job in `slot`.
+    fn count_queued(&mut self, slot: usize, delta: isize) {
+        let Some(t) = self.jobs.get(slot) else { return };
+        let key = (t.req.tenant.clone(), t.req.priority);
+        let n = self.queued.entry(key.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.queued.remove(&key);
+        }
     }
 
     /// Why a queued job is not running, if the scheduler can say.
@@ -510,8 +548,12 @@ impl<C: Clock> Scheduler<C> {
             dependents: Vec::new(),
             reserved: false,
             classified_at: None,
+            waited_at: None,
             retrying: false,
         });
+        if state == JobState::Queued {
+            self.count_queued(slot, 1);
+        }
         self.index.insert(id, slot);
         match state {
             JobState::Pending if failed_dependency => self.cancel_tracked(id, out),
@@ -967,6 +1009,14 @@ impl<C: Clock> Scheduler<C> {
         let from = tr.life.state;
         let to = tr.life.transition(t)?;
         let attempt = tr.life.attempt;
+        match (from == JobState::Queued, to == JobState::Queued) {
+            (true, false) => self.count_queued(k, -1),
+            (false, true) => self.count_queued(k, 1),
+            _ => {}
+        }
+        let Some(tr) = self.jobs.get(k) else {
+            return Ok(to);
+        };
         out.push(Action::Changed {
             job,
             from,
@@ -1006,73 +1056,94 @@ impl<C: Clock> Scheduler<C> {
                 self.head = self.head.map(|(j, _)| (j, None));
             }
         }
-        if self.capacity_freed && !self.blocked.is_empty() {
-            let waiting = std::mem::take(&mut self.blocked);
-            for job in waiting {
-                self.place_one(job, now, out);
+        if std::mem::take(&mut self.capacity_freed) {
+            self.epoch += 1;
+            // The head goes first: a worker is being held for it.
+            if let Some((head, _)) = self.head {
+                self.place_one(head, now, out);
             }
         }
-        self.capacity_freed = false;
-        while self.blocked.len() < self.config.backfill_window.max(1) {
-            let job = match self.ready_again.pop_front() {
-                Some(j) => j,
-                None => match self.wfq.pop() {
-                    // A cancelled job leaves its entry behind; its slot may
-                    // hold another job by now.
-                    Some(d)
-                        if self
-                            .jobs
-                            .get(d.item.0)
-                            .is_some_and(|t| t.req.id == d.item.1) =>
-                    {
-                        d.item.1
-                    }
-                    Some(_) => continue,
-                    None => break,
-                },
+        // Jobs are taken in fair order; those that must wait go back where
+        // they were once the pass is over, their tenants refunded.
+        let mut looked_past = Vec::new();
+        let window = self.config.backfill_window.max(1);
+        while looked_past.len() < window {
+            if let Some(job) = self.ready_again.pop_front() {
+                if self.place_one(job, now, out) == Placement::WaitsForCapacity {
+                    self.enqueue(job);
+                }
+                continue;
+            }
+            let Some(d) = self.wfq.pop() else { break };
+            let (slot, job) = d.item;
+            // A cancelled job leaves its entry behind; its slot may hold
+            // another job by now.
+            let Some(t) = self.jobs.get(slot).filter(|t| t.req.id == job) else {
+                continue;
             };
-            self.place_one(job, now, out);
+            if self.head.is_some() && t.waited_at == Some(self.epoch) {
+                // Nothing changed since it last found no room.
+                looked_past.push(d);
+                continue;
+            }
+            if self.place_one(job, now, out) == Placement::WaitsForCapacity {
+                looked_past.push(d);
+            }
+        }
+        self.blocked = looked_past.len() + usize::from(self.head.is_some());
+        for d in looked_past.into_iter().rev() {
+            self.wfq.unpop(d);
         }
     }
 
-    fn place_one(&mut self, job: JobId, now: Timestamp, out: &mut Vec<Action>) {
-        match self.try_place(job, now, out) {
-            Try::Placed | Try::Gone => {
-                if self.head.is_some_and(|(h, _)| h == job) {
-                    self.head = None;
-                }
-            }
+    /// Tries to place `job`; a job that must wait for capacity becomes the
+    /// head if there is none, else it is reported so the caller keeps it
+    /// queued.
+    fn place_one(&mut self, job: JobId, now: Timestamp, out: &mut Vec<Action>) -> Placement {
+        let is_head = self.head.is_some_and(|(h, _)| h == job);
+        let tried = self.try_place(job, now, out);
+        if is_head && !matches!(tried, Try::Wait) {
+            self.head = None;
+            // Its worker is no longer held: others may fit there now.
+            self.epoch += 1;
+        }
+        match tried {
+            Try::Placed | Try::Gone => Placement::Done,
+            Try::Wait if is_head => Placement::Done,
             Try::Wait => {
-                self.blocked.push_back(job);
-                if self.head.is_none() {
-                    let target = self.get(job).and_then(|t| {
-                        self.cluster.reservation_target(&PlacementRequest {
-                            resources: t.req.resources,
-                            constraints: &t.req.constraints,
-                            policy: self.config.policy,
-                            exclude: None,
-                            now,
-                        })
-                    });
-                    self.head = Some((job, target));
+                let epoch = self.epoch;
+                if let Some(t) = self.get_mut(job) {
+                    t.waited_at = Some(epoch);
                 }
+                if self.head.is_some() {
+                    return Placement::WaitsForCapacity;
+                }
+                let target = self.get(job).and_then(|t| {
+                    self.cluster.reservation_target(&PlacementRequest {
+                        resources: t.req.resources,
+                        constraints: &t.req.constraints,
+                        policy: self.config.policy,
+                        exclude: None,
+                        now,
+                    })
+                });
+                self.head = Some((job, target));
+                // Other workers are no longer weighed against this one.
+                self.epoch += 1;
+                Placement::Done
             }
             Try::Never => {
-                if self.head.is_some_and(|(h, _)| h == job) {
-                    self.head = None;
-                }
                 self.unplaceable.push(job);
+                Placement::Done
             }
             Try::OverQuota => {
-                if self.head.is_some_and(|(h, _)| h == job) {
-                    self.head = None;
-                }
                 if let Some(t) = self.get(job) {
                     self.over_quota
                         .entry(t.req.tenant.clone())
                         .or_default()
                         .push_back(job);
                 }
+                Placement::Done
             }
         }
     }

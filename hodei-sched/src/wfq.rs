@@ -21,6 +21,8 @@ struct Flow<K, T> {
     /// backlogged.
     finish: u128,
     active: bool,
+    /// The sequence number of the flow's live heap entry; others are stale.
+    entry: u64,
     /// Priority levels, highest index first out; FIFO within a level.
     levels: Vec<VecDeque<(u64, T)>>,
     nonempty: u64,
@@ -53,6 +55,16 @@ pub struct Dequeued<K, T> {
     pub cost: u64,
     /// The item.
     pub item: T,
+    /// The flow's tag when it was taken: where it goes back on
+    /// [`Wfq::unpop`].
+    start: u128,
+    /// What taking it advanced the flow's tag by.
+    charged: u128,
+    /// Virtual time before it was taken.
+    prev_vtime: u128,
+    /// The heap entry it was taken from: put back under the same sequence
+    /// number, the flow keeps its place among flows with equal tags.
+    entry: u64,
 }
 
 /// Weighted fair queuing across flows, by start-time fair queuing (SFQ).
@@ -71,8 +83,16 @@ pub struct Dequeued<K, T> {
 /// dequeues, within `2 * w` items. A newly active flow is served within as
 /// many dequeues as there are active flows.
 ///
-/// **Cost**: `push` and `pop` are O(log a) for `a` active flows (a binary
-/// heap of active flows) plus O(1) inside a flow.
+/// **Looking past an item**: [`unpop`](Wfq::unpop) puts a taken item back
+/// where it was and refunds its flow, as if it had never been taken. A
+/// scheduler that takes items in fair order, keeps those it can place and
+/// puts back the rest charges each flow only for what was placed, so
+/// waiting costs no flow its place and the bound above holds for what is
+/// actually dispatched.
+///
+/// **Cost**: `push`, `pop` and `unpop` are O(log a) for `a` active flows (a
+/// binary heap of active flows, with stale entries skipped) plus O(1)
+/// inside a flow.
 ///
 /// Not thread-safe by itself: it is owned by one task (the scheduler's).
 ///
@@ -96,13 +116,16 @@ pub struct Wfq<K, T> {
     seq: u64,
     len: usize,
     default_weight: u32,
+    active_flows: usize,
+    /// Heap entries left behind by `unpop`, skipped when they surface.
+    stale: usize,
 }
 
 impl<K, T> fmt::Debug for Wfq<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wfq")
             .field("flows", &self.flows.len())
-            .field("active", &self.active.len())
+            .field("active", &self.active_flows)
             .field("len", &self.len)
             .finish()
     }
@@ -125,6 +148,8 @@ impl<K: Hash + Eq + Clone, T> Wfq<K, T> {
             seq: 0,
             len: 0,
             default_weight: 1,
+            active_flows: 0,
+            stale: 0,
         }
     }
 
@@ -143,6 +168,7 @@ impl<K: Hash + Eq + Clone, T> Wfq<K, T> {
             weight: self.default_weight,
             finish: 0,
             active: false,
+            entry: 0,
             levels: Vec::new(),
             nonempty: 0,
             len: 0,
@@ -183,31 +209,94 @@ impl<K: Hash + Eq + Clone, T> Wfq<K, T> {
             // An idle flow restarts at the current virtual time: no credit
             // for the time it was away.
             let start = f.finish.max(self.vtime);
+            // While active, `finish` is the tag of the flow's live entry.
+            f.finish = start;
             self.seq += 1;
+            f.entry = self.seq;
+            self.active_flows += 1;
             self.active.push(Reverse((start, self.seq, i)));
         }
     }
 
     /// Takes the next item in fair order.
     pub fn pop(&mut self) -> Option<Dequeued<K, T>> {
-        let Reverse((start, _, i)) = self.active.pop()?;
+        let (start, entry, i) = loop {
+            let Reverse((start, seq, i)) = self.active.pop()?;
+            let f = &self.flows[i];
+            if f.active && f.entry == seq {
+                break (start, seq, i);
+            }
+            self.stale -= 1;
+        };
         let f = &mut self.flows[i];
         let (priority, cost, item) = f.pop_highest()?;
         self.len -= 1;
+        let prev_vtime = self.vtime;
         self.vtime = start;
-        f.finish = start + (cost as u128 * SCALE / f.weight as u128).max(1);
+        let charged = (cost as u128 * SCALE / f.weight as u128).max(1);
+        f.finish = start + charged;
         if f.len > 0 {
             self.seq += 1;
+            f.entry = self.seq;
             self.active.push(Reverse((f.finish, self.seq, i)));
         } else {
             f.active = false;
+            self.active_flows -= 1;
         }
         Some(Dequeued {
             flow: f.key.clone(),
             priority,
             cost,
             item,
+            start,
+            charged,
+            prev_vtime,
+            entry,
         })
+    }
+
+    /// Puts back an item taken by [`pop`](Wfq::pop) and refunds its flow:
+    /// it is next out of its flow at its priority again, and the flow's tag
+    /// is what it would be had the item never been taken. Items put back
+    /// in the reverse order they were taken restore the queue exactly,
+    /// except for what was taken in between and kept.
+    pub fn unpop(&mut self, d: Dequeued<K, T>) {
+        let i = self.flow_index(&d.flow);
+        let f = &mut self.flows[i];
+        let p = (d.priority as usize).min(FLOW_LEVELS - 1);
+        if f.levels.len() <= p {
+            f.levels.resize_with(p + 1, VecDeque::new);
+        }
+        f.levels[p].push_front((d.cost.max(1), d.item));
+        f.nonempty |= 1u64 << p;
+        f.len += 1;
+        self.len += 1;
+        f.finish = if f.active {
+            self.stale += 1;
+            f.finish.saturating_sub(d.charged)
+        } else {
+            f.active = true;
+            self.active_flows += 1;
+            d.start
+        };
+        f.entry = d.entry;
+        self.active.push(Reverse((f.finish, d.entry, i)));
+        if self.stale > self.active_flows + 64 {
+            // Rebuild from the live entries: the heap stays O(active flows).
+            let live = self
+                .flows
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.active)
+                .map(|(i, f)| Reverse((f.finish, f.entry, i)));
+            self.active = live.collect();
+            self.stale = 0;
+        }
+        // Virtual time follows what was served: unwound only while this
+        // item was the last taken.
+        if self.vtime == d.start {
+            self.vtime = d.prev_vtime;
+        }
     }
 
     /// Items queued in all flows.
@@ -237,7 +326,7 @@ impl<K: Hash + Eq + Clone, T> Wfq<K, T> {
 
     /// Flows with at least one item queued.
     pub fn active_flows(&self) -> usize {
-        self.active.len()
+        self.active_flows
     }
 
     /// Every known flow with its queue length.
@@ -382,6 +471,42 @@ mod tests {
                 }
                 prop_assert_eq!(q.len(), model.iter().map(Vec::len).sum::<usize>());
             }
+        }
+
+        /// Taking items and putting them all back, in reverse, leaves the
+        /// queue exactly as it was: it then serves the same order as a
+        /// queue that was never touched.
+        #[test]
+        fn unpop_in_reverse_restores_the_queue_exactly(
+            ops in proptest::collection::vec((0u8..4, 0u8..3, 1u64..4, 0u8..6), 1..200),
+            weights in proptest::collection::vec(1u32..5, 4),
+        ) {
+            let mut touched = Wfq::new();
+            let mut plain = Wfq::new();
+            for (k, w) in weights.iter().enumerate() {
+                touched.set_weight(k as u8, *w);
+                plain.set_weight(k as u8, *w);
+            }
+            for (seq, (flow, prio, cost, op)) in ops.into_iter().enumerate() {
+                if op == 0 {
+                    // Both serve one item; they must agree.
+                    let a = touched.pop().map(|d| (d.flow, d.item));
+                    let b = plain.pop().map(|d| (d.flow, d.item));
+                    prop_assert_eq!(a, b);
+                } else if op == 1 {
+                    let taken: Vec<_> = std::iter::from_fn(|| touched.pop()).take(seq % 7 + 1).collect();
+                    for d in taken.into_iter().rev() {
+                        touched.unpop(d);
+                    }
+                } else {
+                    touched.push(flow, prio, cost, seq);
+                    plain.push(flow, prio, cost, seq);
+                }
+                prop_assert_eq!(touched.len(), plain.len());
+            }
+            let a: Vec<_> = std::iter::from_fn(|| touched.pop().map(|d| (d.flow, d.item))).collect();
+            let b: Vec<_> = std::iter::from_fn(|| plain.pop().map(|d| (d.flow, d.item))).collect();
+            prop_assert_eq!(a, b);
         }
     }
 }
