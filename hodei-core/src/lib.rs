@@ -48,6 +48,6 @@ pub use job::{ExitStatus, Job, JobState, Lifecycle, Transition, TransitionError}
 pub use masker::{MASK, MaskStream, Masker, MaskerError};
 pub use resources::Resources;
 pub use spec::{
-    Backoff, Command, Constraint, ConstraintOp, FieldError, JobSpec, MAX_TIMEOUT, MIN_SECRET_LEN,
-    PRIORITY_LEVELS, RetryPolicy, Secret, SecretDelivery, SpecErrors,
+    Backoff, Command, Constraint, ConstraintOp, FieldError, JobSpec, MAX_ERRORS_TEXT, MAX_TIMEOUT,
+    MIN_SECRET_LEN, PRIORITY_LEVELS, RetryPolicy, Secret, SecretDelivery, SpecErrors,
 };

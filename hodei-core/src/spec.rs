@@ -327,16 +327,44 @@ impl fmt::Display for FieldError {
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 pub struct SpecErrors(pub Vec<FieldError>);
 
+/// The longest text of a [`SpecErrors`]: the first problems, then how
+/// many more. Errors travel in gRPC metadata, which clients cap at 8 KiB.
+pub const MAX_ERRORS_TEXT: usize = 4 * 1024;
+
+/// The longest text of one problem within a [`SpecErrors`].
+const MAX_ONE_ERROR_TEXT: usize = 512;
+
 impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid job spec: ")?;
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
+        write!(f, "invalid job spec: {}", FieldError::join(&self.0))
+    }
+}
+
+impl FieldError {
+    /// The problems as one text, `field: message; ...`, bounded: the first
+    /// problems up to [`MAX_ERRORS_TEXT`] bytes (each cut at 512), then
+    /// `and N more`.
+    pub fn join(errors: &[FieldError]) -> String {
+        let mut text = String::new();
+        for (i, e) in errors.iter().enumerate() {
+            let mut one = e.to_string();
+            if one.len() > MAX_ONE_ERROR_TEXT {
+                let mut cut = MAX_ONE_ERROR_TEXT;
+                while !one.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                one.truncate(cut);
+                one.push_str("...");
             }
-            write!(f, "{e}")?;
+            let sep = if i > 0 { "; " } else { "" };
+            if i > 0 && text.len() + sep.len() + one.len() > MAX_ERRORS_TEXT {
+                text.push_str(&format!("; and {} more", errors.len() - i));
+                break;
+            }
+            text.push_str(sep);
+            text.push_str(&one);
         }
-        Ok(())
+        text
     }
 }
 
@@ -700,6 +728,26 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
+
+    #[test]
+    fn ten_thousand_problems_make_a_short_message_saying_how_many_more() {
+        let mut spec = JobSpec::argv(["true"]);
+        for i in 0..10_000 {
+            spec.env
+                .insert(format!("{i}-bad name {}", "x".repeat(i % 3000)), "v".into());
+        }
+        let err = spec.validate().unwrap_err();
+        assert!(err.errors().len() >= 10_000);
+        let text = err.to_string();
+        assert!(text.len() <= MAX_ERRORS_TEXT + 64, "{}", text.len());
+        assert!(text.starts_with("invalid job spec: env"), "{}", &text[..80]);
+        let more: usize = text
+            .rsplit_once("; and ")
+            .and_then(|(_, r)| r.strip_suffix(" more"))
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(more > 9_000, "{more}");
+    }
 
     #[test]
     fn a_minimal_spec_is_valid() {
