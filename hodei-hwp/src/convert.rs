@@ -17,13 +17,7 @@ pub struct WireError(pub Vec<FieldError>);
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        f.write_str(&FieldError::join(&self.0))
     }
 }
 

@@ -46,6 +46,11 @@ pub struct EngineConfig {
     /// Tenants' shares of dispatches under contention (weighted fair
     /// queuing); a tenant not listed weighs 1.
     pub tenant_weights: Vec<(hodei_core::TenantId, u32)>,
+    /// On shutdown, how long the server keeps its listeners open after it
+    /// reports itself not ready (gRPC health NOT_SERVING, `/readyz` 503)
+    /// and before it stops accepting: load balancers and clients see it
+    /// leave while in-flight work drains.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +63,7 @@ impl Default for EngineConfig {
             queue_depth: 4096,
             agent_queue_depth: 8192,
             tenant_weights: Vec::new(),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -94,6 +100,8 @@ type Owed = Option<(
 pub struct Registration {
     /// The worker id (kept across reconnects).
     pub worker: WorkerId,
+    /// The name the agent gave (its host name by default).
+    pub name: String,
     /// Its labels.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Its capacity.
@@ -153,6 +161,8 @@ pub struct EngineHandle<S> {
     cluster: Arc<ClusterState>,
     conns: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
+    /// Names workers registered with.
+    names: Arc<std::sync::RwLock<HashMap<WorkerId, String>>>,
 }
 
 impl<S> Clone for EngineHandle<S> {
@@ -164,6 +174,7 @@ impl<S> Clone for EngineHandle<S> {
             cluster: Arc::clone(&self.cluster),
             conns: Arc::clone(&self.conns),
             metrics: Arc::clone(&self.metrics),
+            names: Arc::clone(&self.names),
         }
     }
 }
@@ -227,6 +238,7 @@ impl Engine {
             cluster,
             conns: Arc::default(),
             metrics: Arc::clone(&metrics),
+            names: Arc::default(),
         };
         let mut core = Core {
             sched,
@@ -286,10 +298,17 @@ impl<S: Store> EngineHandle<S> {
     /// submission with the same idempotency key made) and, once it is
     /// durable, hands it to the scheduler. Returns the job and whether it
     /// is new.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::UnknownDependency`] for a dependency that does not
+    /// exist or belongs to another tenant (the two are not told apart, so
+    /// no tenant learns which ids another has); store errors; `Stopped`.
     pub async fn submit(&self, spec: JobSpec) -> Result<(Job, bool), EngineError> {
         for dep in &spec.dependencies {
-            if self.store.get_job(*dep).await?.is_none() {
-                return Err(EngineError::UnknownDependency(*dep));
+            match self.store.get_job(*dep).await? {
+                Some(d) if d.spec.tenant == spec.tenant => {}
+                _ => return Err(EngineError::UnknownDependency(*dep)),
             }
         }
         let begun = std::time::Instant::now();
@@ -345,6 +364,10 @@ impl<S: Store> EngineHandle<S> {
         let conn = self
             .conns
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(reg.worker, reg.name.clone());
         let (reply, rx) = oneshot::channel();
         self.send(Command::Connect {
             reg,
@@ -355,6 +378,16 @@ impl<S: Store> EngineHandle<S> {
         .await?;
         let welcome = rx.await.map_err(|_| EngineError::Stopped)??;
         Ok((conn, welcome))
+    }
+
+    /// The name a worker registered with (empty if it gave none).
+    pub fn worker_name(&self, worker: WorkerId) -> String {
+        self.names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&worker)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// An agent's stream ended. Its worker takes no new jobs; if it does

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use hodei_core::{Event, JobId, RecvError, Subscriber, TenantId, WorkerId};
+use hodei_core::{Event, JobId, Lifecycle, RecvError, Subscriber, TenantId, WorkerId};
 use hodei_store::{JobFilter, LogCursor, StateKind, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,7 +61,18 @@ async fn next_event<T>(
     next
 }
 
+/// INVALID_ARGUMENT naming the field. `why` may quote what the client
+/// sent: it is cut short so the message stays small.
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
+    let mut why = why.to_string();
+    if why.len() > 1024 {
+        let mut cut = 1024;
+        while !why.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        why.truncate(cut);
+        why.push_str("...");
+    }
     Status::invalid_argument(format!("{field}: {why}"))
 }
 
@@ -238,25 +249,32 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
             Some(seq) => self.engine.bus().subscribe_from(seq),
             None => self.engine.bus().subscribe(),
         };
-        let only: Option<JobId> = if r.job_id.is_empty() {
+        // Watching one job: the stream ends (OK) once it is final.
+        let only: Option<(JobId, u32)> = if r.job_id.is_empty() {
             None
         } else {
-            Some(self.visible(&p, "job_id", &r.job_id).await?.id)
+            let job = self.visible(&p, "job_id", &r.job_id).await?;
+            Some((job.id, job.spec.retry.max_attempts))
         };
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
-        if let (Some(id), true) = (only, r.include_current) {
+        if let Some((id, _)) = only {
             let job = self.visible(&p, "job_id", &id.to_string()).await?;
-            let now = state_to_wire(&job.state);
-            let _ = tx
-                .send(Ok(proto::JobEvent {
-                    job_id: id.to_string(),
-                    from: Some(now.clone()),
-                    to: Some(now),
-                    attempt: job.attempt,
-                    at_ms: job.updated_at.as_millis(),
-                    seq: 0,
-                }))
-                .await;
+            if r.include_current {
+                let now = state_to_wire(&job.state);
+                let _ = tx
+                    .send(Ok(proto::JobEvent {
+                        job_id: id.to_string(),
+                        from: Some(now.clone()),
+                        to: Some(now),
+                        attempt: job.attempt,
+                        at_ms: job.updated_at.as_millis(),
+                        seq: 0,
+                    }))
+                    .await;
+            }
+            if job.is_terminal() && r.from_seq.is_none() {
+                return Ok(Response::new(ReceiverStream::new(rx)));
+            }
         }
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
@@ -284,9 +302,18 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
                     attempt,
                     at,
                 } = &*event
-                    && only.is_none_or(|o| o == *job)
+                    && only.is_none_or(|(o, _)| o == *job)
                     && p.may_access(tenant)
                 {
+                    let last = only.is_some_and(|(_, max_attempts)| {
+                        Lifecycle {
+                            id: *job,
+                            state: *to,
+                            attempt: *attempt,
+                            max_attempts,
+                        }
+                        .is_terminal()
+                    });
                     let e = proto::JobEvent {
                         job_id: job.to_string(),
                         from: Some(state_to_wire(from)),
@@ -297,7 +324,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
                     };
                     // A full queue means a slow client: it waits, and the
                     // bus tells us if it falls too far behind.
-                    if tx.send(Ok(e)).await.is_err() {
+                    if tx.send(Ok(e)).await.is_err() || last {
                         return;
                     }
                 }
@@ -406,14 +433,25 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::ListWorkersRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
-        self.principal(&request)?;
-        let workers = self
-            .engine
-            .cluster()
-            .workers()
-            .into_iter()
-            .map(worker_to_wire)
-            .collect();
+        let p = self.principal(&request)?;
+        let mut workers = Vec::new();
+        for mut w in self.engine.cluster().workers() {
+            // A tenant sees which of its own jobs run where, never another
+            // tenant's job ids.
+            if p != Principal::Admin {
+                let mut own = Vec::with_capacity(w.jobs.len());
+                for id in w.jobs {
+                    match self.engine.store().get_job(id).await {
+                        Ok(Some(j)) if p.may_access(&j.spec.tenant) => own.push(id),
+                        Ok(_) => {}
+                        Err(e) => return Err(Status::internal(e.to_string())),
+                    }
+                }
+                w.jobs = own;
+            }
+            let name = self.engine.worker_name(w.id);
+            workers.push(worker_to_wire(w, name));
+        }
         Ok(Response::new(proto::ListWorkersResponse { workers }))
     }
 
@@ -438,11 +476,12 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
             .cluster()
             .worker(id)
             .ok_or_else(|| Status::not_found(format!("worker {id} not found")))?;
-        Ok(Response::new(worker_to_wire(w)))
+        let name = self.engine.worker_name(w.id);
+        Ok(Response::new(worker_to_wire(w, name)))
     }
 }
 
-fn worker_to_wire(w: hodei_sched::WorkerSnapshot) -> proto::Worker {
+fn worker_to_wire(w: hodei_sched::WorkerSnapshot, name: String) -> proto::Worker {
     let res = |r: hodei_core::Resources| proto::Resources {
         cpu_millis: r.cpu_millis,
         memory_mb: r.memory_mb,
@@ -450,7 +489,7 @@ fn worker_to_wire(w: hodei_sched::WorkerSnapshot) -> proto::Worker {
     };
     proto::Worker {
         id: w.id.to_string(),
-        name: w.labels.get("hostname").cloned().unwrap_or_default(),
+        name,
         labels: w.labels.into_iter().collect(),
         capacity: Some(res(w.capacity)),
         allocated: Some(res(w.allocated)),

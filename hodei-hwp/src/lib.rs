@@ -17,6 +17,7 @@ mod engine;
 mod job_service;
 mod metrics;
 mod server;
+pub mod status_guard;
 mod worker_service;
 
 pub use auth::{AuthError, Principal, Tokens};

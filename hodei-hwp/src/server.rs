@@ -6,6 +6,7 @@ use std::sync::Arc;
 use hodei_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::auth::Tokens;
@@ -13,6 +14,7 @@ use crate::engine::EngineHandle;
 use crate::job_service::JobApi;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
+use crate::status_guard::StatusGuardLayer;
 use crate::worker_service::{MAX_LOG_BATCH, WorkerApi};
 use crate::{EngineConfig, proto};
 
@@ -33,10 +35,17 @@ pub enum ServeError {
 }
 
 /// Serves `WorkerService`, `JobService`, `grpc.health.v1.Health` and
-/// server reflection on `listener` until `shutdown` resolves; then it stops
-/// accepting, ends every agent, Watch and Logs stream with UNAVAILABLE
-/// (agents reconnect to the next server and re-attach their jobs) and lets
-/// other calls in flight finish.
+/// server reflection on `listener` until `shutdown` resolves.
+///
+/// Shutdown goes in this order: gRPC health reports NOT_SERVING (for both
+/// services and the server as a whole); every agent, Watch and Logs stream
+/// ends with UNAVAILABLE (agents reconnect to the next server and re-attach
+/// their jobs); the listener stays open for `config.shutdown_delay`; then
+/// it stops accepting and lets calls in flight finish.
+///
+/// Every accepted connection has `TCP_NODELAY` set (small messages such as
+/// AssignJob must not wait on delayed acknowledgements), and every error
+/// message is bounded ([`status_guard`](crate::status_guard)).
 pub async fn serve<S: Store>(
     listener: TcpListener,
     engine: EngineHandle<S>,
@@ -56,11 +65,28 @@ pub async fn serve<S: Store>(
         .build_v1()?;
     let (stop, stopping) = watch::channel(false);
     let closer = engine.clone();
+    let delay = config.shutdown_delay;
     let shutdown = async move {
         shutdown.await;
+        health
+            .set_not_serving::<JobServiceServer<JobApi<S>>>()
+            .await;
+        health
+            .set_not_serving::<WorkerServiceServer<WorkerApi<S>>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = stop.send(true);
         closer.close_agents().await;
+        tokio::time::sleep(delay).await;
     };
+    // tonic applies its own TCP_NODELAY only to listeners it binds itself.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(conn)
+    });
     let workers = WorkerServiceServer::new(WorkerApi::new(
         engine.clone(),
         Arc::clone(&tokens),
@@ -74,12 +100,12 @@ pub async fn serve<S: Store>(
         // round trip per log batch.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
-        .tcp_nodelay(true)
+        .layer(StatusGuardLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(workers)
         .add_service(jobs)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

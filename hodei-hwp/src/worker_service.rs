@@ -104,6 +104,12 @@ fn registration(r: proto::Register) -> Result<Registration, Status> {
     }
     Ok(Registration {
         worker,
+        name: r
+            .name
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(253)
+            .collect(),
         labels: r.labels.into_iter().collect(),
         capacity,
         held,

@@ -37,6 +37,7 @@ async fn agent<S: Store>(
 ) -> (Agent, proto::Welcome) {
     let (tx, rx) = mpsc::channel(64);
     let reg = Registration {
+        name: "w".into(),
         worker: id,
         labels: Default::default(),
         capacity: Resources::new(4000, 8192, 0),

@@ -37,11 +37,18 @@ impl Server {
 }
 
 async fn start(path: &std::path::Path) -> Server {
-    let config = EngineConfig {
-        heartbeat_timeout: Duration::from_millis(800),
-        heartbeat_interval: Duration::from_millis(100),
-        ..EngineConfig::default()
-    };
+    start_with(
+        path,
+        EngineConfig {
+            heartbeat_timeout: Duration::from_millis(800),
+            heartbeat_interval: Duration::from_millis(100),
+            ..EngineConfig::default()
+        },
+    )
+    .await
+}
+
+async fn start_with(path: &std::path::Path, config: EngineConfig) -> Server {
     let store = Arc::new(RedbStore::open(path, StoreConfig::default()).unwrap());
     let (engine, engine_task) = Engine::start(store, config.clone()).await.unwrap();
     let mut tokens = Tokens::new();
@@ -623,4 +630,285 @@ fn health_and_reflection_answer_any_grpc_client() {
         }
         server.shutdown().await;
     });
+}
+
+/// The same question about a job of another tenant and about an id that
+/// does not exist gets the same answer, in every call that names a job.
+#[test]
+fn tenants_see_and_name_only_their_own_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let server = start(&dir.path().join("h.redb")).await;
+        let (mut a, _) = agent(&server.url, None, vec![]).await;
+        let mut admin = Client::connect(&server.url, ADMIN).await.unwrap();
+        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut globex = Client::connect(&server.url, GLOBEX).await.unwrap();
+        let (job, _) = acme.submit(&spec("acme")).await.unwrap();
+        let id: JobId = job.id.parse().unwrap();
+        let assigned = a.assignment().await;
+        assert_eq!(assigned.job_id, job.id);
+
+        // Workers: each tenant sees only its own jobs on them; the name
+        // the agent registered with is shown.
+        let jobs_seen = |w: &[proto::Worker]| w[0].jobs.clone();
+        let seen_by_globex = globex.workers().await.unwrap();
+        assert_eq!(seen_by_globex[0].name, "test-agent");
+        assert!(jobs_seen(&seen_by_globex).is_empty(), "{seen_by_globex:?}");
+        assert_eq!(
+            jobs_seen(&acme.workers().await.unwrap()),
+            vec![job.id.clone()]
+        );
+        assert_eq!(
+            jobs_seen(&admin.workers().await.unwrap()),
+            vec![job.id.clone()]
+        );
+
+        // Naming another tenant's job is answered as naming no job.
+        let unknown = JobId::new();
+        let same = |e1: tonic::Status, e2: tonic::Status| {
+            assert_eq!(e1.code(), e2.code(), "{e1:?} / {e2:?}");
+            assert_eq!(
+                e1.message().replace(&id.to_string(), "ID"),
+                e2.message().replace(&unknown.to_string(), "ID")
+            );
+        };
+        let dep_on = |target: JobId| {
+            let mut s = spec("globex");
+            s.dependencies = vec![target];
+            s
+        };
+        let e1 = globex.submit(&dep_on(id)).await.unwrap_err();
+        let e2 = globex.submit(&dep_on(unknown)).await.unwrap_err();
+        assert_eq!(e1.code(), Code::InvalidArgument);
+        same(e1, e2);
+        same(
+            globex.get(id).await.unwrap_err(),
+            globex.get(unknown).await.unwrap_err(),
+        );
+        same(
+            globex.cancel(id).await.unwrap_err(),
+            globex.cancel(unknown).await.unwrap_err(),
+        );
+        same(
+            globex.watch(Some(id), true).await.unwrap_err(),
+            globex.watch(Some(unknown), true).await.unwrap_err(),
+        );
+        same(
+            globex.logs(id, false).await.unwrap_err(),
+            globex.logs(unknown, false).await.unwrap_err(),
+        );
+        // Its own tenant may depend on it.
+        let mut mine = spec("acme");
+        mine.dependencies = vec![id];
+        acme.submit(&mine).await.unwrap();
+        server.shutdown().await;
+    });
+}
+
+/// Error messages stay far below what gRPC clients accept in metadata,
+/// and a request over the size limit is RESOURCE_EXHAUSTED naming it.
+#[test]
+fn errors_are_bounded_and_an_oversized_request_names_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let server = start(&dir.path().join("h.redb")).await;
+        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut s = spec("acme");
+        for i in 0..10_000 {
+            s.env
+                .insert(format!("{i} bad name {}", "=".repeat(40)), "v".into());
+        }
+        let err = acme.submit(&s).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().len() < 8 * 1024, "{}", err.message().len());
+        assert!(err.message().contains(" more"), "{}", err.message());
+        assert!(err.message().contains("env"), "{}", err.message());
+
+        let mut big = spec("acme");
+        big.env.insert("BIG".into(), "x".repeat(5 * 1024 * 1024));
+        let err = acme.submit(&big).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("4194304"), "{}", err.message());
+        // The connection is still good.
+        acme.submit(&spec("acme")).await.unwrap();
+        server.shutdown().await;
+    });
+}
+
+/// Watching one job ends with OK once the job is final, including a job
+/// already final when the watch begins; a failure with a retry left is not
+/// final.
+#[test]
+fn a_watch_of_one_job_ends_once_it_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let server = start(&dir.path().join("h.redb")).await;
+        let (mut a, _) = agent(&server.url, None, vec![]).await;
+        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut s = spec("acme");
+        s.retry.max_attempts = 2;
+        s.retry.backoff.initial = Duration::from_millis(10);
+        s.retry.jitter = 0.0;
+        let (job, _) = acme.submit(&s).await.unwrap();
+        let id: JobId = job.id.parse().unwrap();
+        let mut events = acme.watch(Some(id), true).await.unwrap();
+        for (attempt, code) in [(1, 1), (2, 0)] {
+            let got = a.assignment().await;
+            assert_eq!(got.attempt, attempt);
+            a.start(&job.id, attempt).await;
+            a.finish(&job.id, attempt, code, false).await;
+        }
+        let seen = timeout(WAIT, async {
+            let mut kinds = Vec::new();
+            while let Some(e) = events.message().await.unwrap() {
+                kinds.push(e.to.unwrap().kind);
+            }
+            kinds
+        })
+        .await
+        .expect("the watch did not end");
+        assert_eq!(
+            seen.last(),
+            Some(&(proto::JobStateKind::Succeeded as i32)),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&(proto::JobStateKind::Failed as i32)),
+            "{seen:?}"
+        );
+        // Already final: the current state, then the end.
+        let mut again = acme.watch(Some(id), true).await.unwrap();
+        let first = timeout(WAIT, again.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.to.unwrap().kind,
+            proto::JobStateKind::Succeeded as i32
+        );
+        assert!(
+            timeout(WAIT, again.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .is_none()
+        );
+        server.shutdown().await;
+    });
+}
+
+/// On shutdown, gRPC health says NOT_SERVING while the listener still
+/// accepts, before it closes.
+#[test]
+fn shutdown_reports_not_serving_before_the_listener_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let server = start_with(
+            &dir.path().join("h.redb"),
+            EngineConfig {
+                shutdown_delay: Duration::from_secs(2),
+                ..EngineConfig::default()
+            },
+        )
+        .await;
+        let url = server.url.clone();
+        let check = |service: &'static str| {
+            let url = url.clone();
+            async move {
+                let channel = tonic::transport::Endpoint::from_shared(url)
+                    .unwrap()
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let r = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<i32, String>(r.into_inner().status)
+            }
+        };
+        use tonic_health::pb::health_check_response::ServingStatus;
+        assert_eq!(check("").await.unwrap(), ServingStatus::Serving as i32);
+        let Server { stop, task, .. } = server;
+        stop.unwrap().send(()).unwrap();
+        let mut saw = false;
+        for _ in 0..100 {
+            // A fresh connection each time: the listener is still open.
+            if check("hodei.hwp.v1.JobService").await.unwrap() == ServingStatus::NotServing as i32 {
+                assert_eq!(check("").await.unwrap(), ServingStatus::NotServing as i32);
+                saw = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(saw, "never reported NOT_SERVING while accepting");
+        timeout(WAIT, task).await.unwrap().unwrap();
+        assert!(check("").await.is_err(), "still accepting after shutdown");
+    });
+}
+
+/// Every connection the server accepts has TCP_NODELAY: small messages
+/// (AssignJob, a Submit reply) must not wait on delayed acknowledgements.
+#[test]
+fn accepted_connections_have_tcp_nodelay() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let server = start(&dir.path().join("h.redb")).await;
+        let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+        let (_a, _) = agent(&server.url, None, vec![]).await;
+        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        acme.list(proto::ListRequest::default()).await.unwrap();
+        // This process holds both ends: find the server's side of each
+        // connection (local port = the server's, not the listener).
+        let mut accepted = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if let Some(nodelay) = server_side_nodelay(fd, port) {
+                accepted.push(nodelay);
+            }
+        }
+        assert!(
+            accepted.len() >= 2,
+            "found {} accepted sockets",
+            accepted.len()
+        );
+        assert!(accepted.iter().all(|n| *n), "{accepted:?}");
+        server.shutdown().await;
+    });
+}
+
+/// For a connected TCP socket whose local port is `port`: is TCP_NODELAY
+/// on? `None` for anything else (other sockets, the listener, files).
+fn server_side_nodelay(fd: i32, port: u16) -> Option<bool> {
+    // SAFETY: getsockname, getsockopt on a descriptor number with valid
+    // out pointers; a descriptor that is not a socket fails with ENOTSOCK.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockname(fd, (&raw mut addr).cast(), &mut len) != 0 {
+            return None;
+        }
+        if i32::from(addr.ss_family) != libc::AF_INET {
+            return None;
+        }
+        let sin: libc::sockaddr_in = std::ptr::read((&raw const addr).cast());
+        if u16::from_be(sin.sin_port) != port {
+            return None;
+        }
+        let get = |level, name| {
+            let mut v: libc::c_int = 0;
+            let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            (libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut l) == 0).then_some(v)
+        };
+        if get(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0 {
+            return None;
+        }
+        Some(get(libc::IPPROTO_TCP, libc::TCP_NODELAY)? != 0)
+    }
 }

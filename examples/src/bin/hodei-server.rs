@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use clap::{Parser, Subcommand};
 use hodei_examples::{init_logging, parse_duration, tokens};
 use hodei_hwp::{Engine, EngineConfig, EngineHandle, Principal, Tokens, serve};
@@ -62,6 +63,11 @@ struct Args {
     /// Between SIGTERM and SIGKILL when a job is cancelled [default: 10s].
     #[arg(long, value_parser = parse_duration, env = "HODEI_CANCEL_GRACE")]
     cancel_grace: Option<Duration>,
+    /// On SIGTERM, how long /readyz answers 503 and gRPC health reports
+    /// NOT_SERVING, listeners still open, before the server stops
+    /// accepting [default: 1s].
+    #[arg(long, value_parser = parse_duration, env = "HODEI_SHUTDOWN_DELAY")]
+    shutdown_delay: Option<Duration>,
     /// A tenant's weight in fair sharing, tenant=N; repeat for several
     /// (unlisted tenants weigh 1).
     #[arg(long = "weight", value_parser = parse_weight, env = "HODEI_WEIGHTS", value_delimiter = ',')]
@@ -102,6 +108,8 @@ struct FileConfig {
     heartbeat_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     cancel_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_delay: Option<Duration>,
     max_log_bytes_per_job: Option<u64>,
     #[serde(default)]
     weights: std::collections::BTreeMap<String, u32>,
@@ -161,6 +169,10 @@ fn configure(args: &Args) -> Result<Config, String> {
     if let Some(d) = args.cancel_grace.or(file.cancel_grace) {
         engine.cancel_grace = d;
     }
+    engine.shutdown_delay = args
+        .shutdown_delay
+        .or(file.shutdown_delay)
+        .unwrap_or(Duration::from_secs(1));
     let mut weights = file.weights;
     weights.extend(args.weights.iter().cloned());
     for (tenant, w) in weights {
@@ -278,21 +290,29 @@ async fn run<S: Store>(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
         .with_state(Arc::clone(&state));
-    let mut http_stop = stop_rx.clone();
+    // The HTTP listener closes last: /readyz says 503 while gRPC drains.
+    let (http_stop_tx, http_stop) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
+        axum::serve(
+            http.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.await;
+        })
+        .await
     });
     let mut grpc_stop = stop_rx.clone();
     let ready = Arc::clone(&state);
-    serve(grpc, engine, tokens, &config.engine, async move {
+    let served = serve(grpc, engine, tokens, &config.engine, async move {
         let _ = grpc_stop.wait_for(|s| *s).await;
         ready.stopping.store(true, Ordering::Release);
     })
-    .await?;
+    .await;
+    let _ = http_stop_tx.send(());
+    served?;
     http_task.await??;
     drop(state);
     // The engine ends once the last handle is gone; the store's writer
