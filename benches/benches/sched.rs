@@ -291,7 +291,6 @@ fn schedule_1m_jobs_5k_workers(c: &mut Criterion) {
                 let cluster = Arc::new(ClusterState::default());
                 let mut sched = Scheduler::new(
                     SchedulerConfig {
-                        seed: Some(1),
                         ..SchedulerConfig::default()
                     },
                     cluster,

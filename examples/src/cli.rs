@@ -118,15 +118,23 @@ pub fn kind(job: &proto::Job) -> JobStateKind {
         .unwrap_or(JobStateKind::Unspecified)
 }
 
-fn is_end(k: JobStateKind) -> bool {
-    matches!(
-        k,
-        JobStateKind::Succeeded
-            | JobStateKind::Failed
-            | JobStateKind::Cancelled
-            | JobStateKind::TimedOut
-            | JobStateKind::Lost
-    )
+/// The state as people read it: a failed attempt waiting for its retry
+/// says so, and when the next attempt is due.
+pub fn state_text(j: &proto::Job) -> String {
+    let name = state_name(kind(j));
+    if j.next_attempt_at_ms == 0 {
+        return name.to_string();
+    }
+    let now = SystemClock.now().0;
+    let wait = j.next_attempt_at_ms.saturating_sub(now);
+    if wait == 0 {
+        format!("{name}, retrying now")
+    } else {
+        format!(
+            "{name}, retry in {}",
+            humantime::format_duration(std::time::Duration::from_secs(wait.div_ceil(1000)))
+        )
+    }
 }
 
 /// How a job's exit reads: `0`, `signal 9`, `not started` or empty.
@@ -165,13 +173,14 @@ pub fn exit_code(job: &proto::Job) -> ExitCode {
     }
 }
 
-/// Waits (watching, not polling) until the job ends; returns it.
+/// Waits (watching, not polling) until the job is final: a failed attempt
+/// with retries left is not the end. Returns it.
 pub async fn wait_end(c: &mut Client, job: JobId) -> Result<proto::Job, Failure> {
     loop {
         let mut events = c.watch(Some(job), true).await?;
         loop {
             let j = c.get(job).await?;
-            if is_end(kind(&j)) {
+            if j.is_final {
                 return Ok(j);
             }
             match events.message().await {
@@ -253,6 +262,9 @@ pub fn job_json(j: &proto::Job) -> serde_json::Value {
         "tenant": spec.map(|s| s.tenant.clone()).unwrap_or_default(),
         "priority": spec.and_then(|s| s.priority),
         "state": state_name(kind(j)),
+        "final": j.is_final,
+        "awaiting_retry": j.next_attempt_at_ms != 0,
+        "next_attempt_at_ms": (j.next_attempt_at_ms != 0).then_some(j.next_attempt_at_ms),
         "attempt": j.attempt,
         "worker": j.state.as_ref().map(|s| s.worker_id.clone()).unwrap_or_default(),
         "exit": exit_text(j),
@@ -322,6 +334,16 @@ impl Output {
         }
     }
 
+    /// Where the next page of a listing starts: a last JSON line, or a
+    /// note for people.
+    pub fn next_page(&self, token: &str) {
+        if self.json {
+            println!("{}", json!({ "next_page_token": token }));
+        } else {
+            eprintln!("more: hodei list --page-token {token} (or --all)");
+        }
+    }
+
     /// Several jobs.
     pub fn jobs(&self, jobs: &[proto::Job]) {
         if self.json {
@@ -339,7 +361,7 @@ impl Output {
                     spec.map(|s| s.name.clone()).unwrap_or_default(),
                     spec.map(|s| s.tenant.clone()).unwrap_or_default(),
                     spec.and_then(|s| s.priority).unwrap_or(4).to_string(),
-                    state_name(kind(j)).to_string(),
+                    state_text(j),
                     j.attempt.to_string(),
                     exit_text(j),
                     age(j.created_at_ms),

@@ -477,3 +477,127 @@ fn the_demo_runs_and_masks_its_secret() {
     assert!(stdout.contains("cancelled"));
     assert!(stdout.contains("delivered: true"));
 }
+
+/// `submit --wait` waits through a retry to the final state; while the
+/// retry waits, status says so and when it is due; `workers` shows the
+/// agent's name; `list` pages with a token and `--all`.
+#[test]
+fn the_cli_waits_for_the_final_state_shows_retries_names_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path(), "127.0.0.1:0");
+    let _agent = s.agent("builder-7");
+    s.wait_workers(1);
+
+    let w = s.json(&["workers"]);
+    assert_eq!(w["name"], "builder-7");
+    let table = s.cli(&["workers"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("builder-7"));
+
+    // Fails once, succeeds on its second attempt after a 3 s backoff.
+    let mark = dir.path().join("mark");
+    let spec = dir.path().join("flaky.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "command = {{ script = \"if [ -f {m} ]; then echo second; else touch {m}; exit 1; fi\" }}\n\
+             [retry]\nmax_attempts = 2\njitter = 0.0\n\
+             [retry.backoff]\ninitial = \"3s\"\nmax = \"3s\"\nmultiplier = 1.0\n",
+            m = mark.display()
+        ),
+    )
+    .unwrap();
+    let waiting = Command::new(CLI)
+        .args(["--server", &s.grpc, "--token-file"])
+        .arg(dir.path().join("admin.token"))
+        .args(["--output", "json", "submit", "--wait", "--file"])
+        .arg(&spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Find it while it waits for its retry.
+    let mut seen_retry = false;
+    for _ in 0..200 {
+        let list = s.cli(&["list", "--output", "json"]);
+        let text = String::from_utf8_lossy(&list.stdout).into_owned();
+        if let Some(line) = text.lines().find(|l| l.contains("\"awaiting_retry\":true")) {
+            let j: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(j["state"], "failed");
+            assert_eq!(j["final"], false);
+            let due = j["next_attempt_at_ms"].as_u64().unwrap();
+            assert!(due > j["updated_at_ms"].as_u64().unwrap(), "{j}");
+            let id = j["id"].as_str().unwrap();
+            let human = String::from_utf8_lossy(&s.cli(&["status", id]).stdout).into_owned();
+            assert!(human.contains("failed, retry in"), "{human}");
+            seen_retry = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(seen_retry, "never saw the job waiting for its retry");
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let end: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(end["state"], "succeeded");
+    assert_eq!(end["attempt"], 2);
+    assert_eq!(end["final"], true);
+
+    // Paging: 5 more jobs, 2 per page.
+    for i in 0..5 {
+        submit(&s, &["--", "echo", &i.to_string()]);
+    }
+    let page = s.cli(&["list", "--limit", "2", "--output", "json"]);
+    let text = String::from_utf8_lossy(&page.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let token: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    let token = token["next_page_token"].as_str().unwrap().to_string();
+    let next = s.cli(&[
+        "list",
+        "--limit",
+        "2",
+        "--page-token",
+        &token,
+        "--output",
+        "json",
+    ]);
+    let next = String::from_utf8_lossy(&next.stdout).into_owned();
+    assert!(
+        !next.contains(lines[0]) && next.lines().count() >= 2,
+        "{next}"
+    );
+    let all = s.cli(&["list", "--limit", "2", "--all", "--output", "json"]);
+    let all = String::from_utf8_lossy(&all.stdout).into_owned();
+    let ids: std::collections::HashSet<&str> =
+        all.lines().filter(|l| l.contains("\"id\"")).collect();
+    assert_eq!(ids.len(), 6, "{all}");
+    assert!(!all.contains("next_page_token"));
+    let human = s.cli(&["list", "--limit", "2"]);
+    assert!(String::from_utf8_lossy(&human.stderr).contains("--page-token"));
+}
+
+/// After SIGTERM, /readyz answers 503 while the listeners are still open;
+/// then the server exits 0.
+#[test]
+fn after_sigterm_readyz_says_503_before_the_listeners_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start_server(dir.path(), "127.0.0.1:0");
+    assert_eq!(s.http_get("/readyz").0, 200);
+    s.proc.signal(libc::SIGTERM);
+    let mut saw_503 = false;
+    for _ in 0..200 {
+        let addr = s.http.trim_start_matches("http://").to_string();
+        if std::net::TcpStream::connect(&addr).is_err() {
+            break;
+        }
+        if s.http_get("/readyz").0 == 503 {
+            saw_503 = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(saw_503, "/readyz never said 503 before closing");
+    assert!(s.proc.wait_exit(Duration::from_secs(20)).success());
+}

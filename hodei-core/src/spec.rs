@@ -217,6 +217,17 @@ impl RetryPolicy {
         base.mul_f64(factor)
     }
 
+    /// The delay after attempt `attempt` (1-based) of `job`, jitter
+    /// included. The jitter is drawn from the job's id and the attempt, so
+    /// the scheduler and anyone showing the job agree on when its next
+    /// attempt is due, and jobs that failed together still spread out.
+    pub fn delay_for(&self, job: crate::JobId, attempt: u32) -> Duration {
+        use rand::SeedableRng;
+        let id = job.as_u128();
+        let seed = (id as u64) ^ ((id >> 64) as u64).rotate_left(17) ^ u64::from(attempt);
+        self.delay(attempt, &mut rand::rngs::SmallRng::seed_from_u64(seed))
+    }
+
     /// The delay after attempt `attempt` (1-based) before jitter.
     pub fn backoff_without_jitter(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(64) as i32;

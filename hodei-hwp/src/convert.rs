@@ -286,6 +286,14 @@ pub fn job_to_wire(job: &Job) -> proto::Job {
         attempt: job.attempt,
         created_at_ms: job.created_at.as_millis(),
         updated_at_ms: job.updated_at.as_millis(),
+        is_final: job.is_terminal(),
+        next_attempt_at_ms: if job.awaits_retry() {
+            // The scheduler draws the same delay from the same job and
+            // attempt, counted from the failure the job was stored with.
+            (job.updated_at + job.spec.retry.delay_for(job.id, job.attempt)).as_millis()
+        } else {
+            0
+        },
     }
 }
 

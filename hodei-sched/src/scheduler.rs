@@ -10,8 +10,6 @@ use hodei_core::{
     Bus, Clock, Constraint, Event, ExitStatus, JobId, JobSpec, JobState, Lifecycle, Resources,
     RetryPolicy, TenantId, Timestamp, Transition, WorkerId,
 };
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use slab::Slab;
 
@@ -128,8 +126,6 @@ pub struct SchedulerConfig {
     /// How long a recovered Assigned or Running job waits for its worker to
     /// reconnect and re-attach it before it is Lost.
     pub reattach_grace: Duration,
-    /// Seed for retry jitter; `None` seeds from the OS.
-    pub seed: Option<u64>,
 }
 
 impl Default for SchedulerConfig {
@@ -140,7 +136,6 @@ impl Default for SchedulerConfig {
             remember_finished: 100_000,
             timeout_grace: Duration::from_secs(30),
             reattach_grace: Duration::from_secs(60),
-            seed: None,
         }
     }
 }
@@ -279,7 +274,6 @@ pub struct Scheduler<C: Clock> {
     /// during the current placement pass: explaining scans every worker,
     /// so jobs of the same shape share one scan.
     explained: HashMap<(Resources, Vec<Constraint>), Option<Rejection>>,
-    rng: StdRng,
 }
 
 impl<C: Clock> fmt::Debug for Scheduler<C> {
@@ -293,10 +287,6 @@ impl<C: Clock> fmt::Debug for Scheduler<C> {
 impl<C: Clock> Scheduler<C> {
     /// A scheduler placing onto `cluster`, reading time from `clock`.
     pub fn new(config: SchedulerConfig, cluster: Arc<ClusterState>, clock: C) -> Self {
-        let rng = match config.seed {
-            Some(s) => StdRng::seed_from_u64(s),
-            None => StdRng::from_os_rng(),
-        };
         Scheduler {
             config,
             clock,
@@ -324,7 +314,6 @@ impl<C: Clock> Scheduler<C> {
             capacity_freed: false,
             retrying: 0,
             explained: HashMap::default(),
-            rng,
         }
     }
 
@@ -910,7 +899,7 @@ impl<C: Clock> Scheduler<C> {
             return Ok(());
         };
         if tr.life.awaits_retry() {
-            let delay = tr.req.retry.delay(tr.life.attempt, &mut self.rng);
+            let delay = tr.req.retry.delay_for(job, tr.life.attempt);
             tr.retrying = true;
             self.retrying += 1;
             let at = self.clock.now() + delay;

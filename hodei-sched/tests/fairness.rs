@@ -19,7 +19,6 @@ fn scheduler() -> Scheduler<ManualClock> {
     }));
     Scheduler::new(
         SchedulerConfig {
-            seed: Some(1),
             ..SchedulerConfig::default()
         },
         cluster,

@@ -25,14 +25,7 @@ fn harness(config: SchedulerConfig) -> Harness {
     let cluster = Arc::new(ClusterState::new(ClusterConfig {
         heartbeat_timeout: Duration::from_secs(10),
     }));
-    let sched = Scheduler::new(
-        SchedulerConfig {
-            seed: Some(7),
-            ..config
-        },
-        cluster,
-        clock.clone(),
-    );
+    let sched = Scheduler::new(SchedulerConfig { ..config }, cluster, clock.clone());
     Harness { clock, sched }
 }
 

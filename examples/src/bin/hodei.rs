@@ -66,9 +66,15 @@ enum Command {
         /// Only this tenant's jobs (admin tokens).
         #[arg(long)]
         tenant: Option<String>,
-        /// At most this many.
+        /// Jobs per page (at most 1000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Start at this page (the token the previous page ended with).
+        #[arg(long)]
+        page_token: Option<String>,
+        /// Every page, to the end.
+        #[arg(long, conflicts_with = "page_token")]
+        all: bool,
     },
     /// Prints a job's output; with -f, follows it until the job ends.
     Logs {
@@ -308,20 +314,33 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
             state,
             tenant,
             limit,
+            page_token,
+            all,
         } => {
             let state = match state.as_deref() {
                 None => JobStateKind::Unspecified,
                 Some(s) => cli::parse_state(s).map_err(Failure::usage)?,
             };
-            let r = c
-                .list(proto::ListRequest {
-                    state: state as i32,
-                    tenant: tenant.unwrap_or_default(),
-                    page_token: String::new(),
-                    page_size: limit.clamp(1, 1000),
-                })
-                .await?;
-            out.jobs(&r.jobs);
+            let mut token = page_token.unwrap_or_default();
+            loop {
+                let r = c
+                    .list(proto::ListRequest {
+                        state: state as i32,
+                        tenant: tenant.clone().unwrap_or_default(),
+                        page_token: token,
+                        page_size: limit.clamp(1, 1000),
+                    })
+                    .await?;
+                out.jobs(&r.jobs);
+                token = r.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+                if !all {
+                    out.next_page(&token);
+                    break;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { job, follow } => {
