@@ -79,6 +79,12 @@ struct Args {
     /// The hodei-server binary [default: next to this one].
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Instead of simulated agents: one real `hodei-agent` (next to this
+    /// binary) running each job (`true`) as a real process, the jobs
+    /// submitted one at a time; reports submit-to-start (Submit call to the
+    /// Running event on a Watch stream).
+    #[arg(long)]
+    real_agent: bool,
 }
 
 struct Server {
@@ -348,8 +354,65 @@ fn percentiles(mut v: Vec<u64>) -> serde_json::Value {
     json!({ "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0), "n": v.len() })
 }
 
+/// Submit-to-start with a real agent running real processes, one job at a
+/// time: the figure that shows whether small messages wait on delayed
+/// acknowledgements (TCP_NODELAY) or on anything else in the path.
+async fn run_real_agent(a: &Args, server: &Server) -> anyhow::Result<serde_json::Value> {
+    let bin = std::env::current_exe()?.with_file_name("hodei-agent");
+    let spill = tempfile::tempdir()?;
+    let token_file = spill.path().join("join.token");
+    std::fs::write(&token_file, &server.join)?;
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let mut agent = Command::new(&bin)
+        .args(["--server", &server.grpc, "--log-level", "error"])
+        .arg("--join-token-file")
+        .arg(&token_file)
+        .arg("--spill-dir")
+        .arg(spill.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let result = async {
+        let mut c = hodei_hwp::client::Client::connect(&server.grpc, &server.admin).await?;
+        let mut w = hodei_hwp::client::Client::connect(&server.grpc, &server.admin).await?;
+        for _ in 0..200 {
+            if c.workers().await?.iter().any(|w| w.status == "ready") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut events = w.watch(None, false).await?;
+        let mut took = Vec::with_capacity(a.jobs);
+        let running = hodei_hwp::proto::JobStateKind::Running as i32;
+        for _ in 0..a.jobs {
+            let t0 = Instant::now();
+            let (job, _) = c.submit(&hodei_core::JobSpec::argv(["true"])).await?;
+            loop {
+                let e = tokio::time::timeout(Duration::from_secs(30), events.message())
+                    .await
+                    .context("no Running event within 30 s")??
+                    .context("the watch ended")?;
+                if e.job_id == job.id && e.to.is_some_and(|s| s.kind == running) {
+                    took.push(t0.elapsed().as_micros() as u64);
+                    break;
+                }
+            }
+        }
+        anyhow::Ok(json!({ "real_agent_jobs": a.jobs, "submit_to_start_ms": percentiles(took) }))
+    }
+    .await;
+    // Every job has ended: nothing of the agent's is left to drain.
+    let _ = agent.kill();
+    let _ = agent.wait();
+    result
+}
+
 async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
     let server = start_server(&a)?;
+    if a.real_agent {
+        return run_real_agent(&a, &server).await;
+    }
     let pid = server.child.id();
     let url = server.grpc.clone();
     let rec = Arc::new(Record {
