@@ -22,7 +22,7 @@ const DFA_MAX_PATTERN_BYTES: usize = 16 * 1024;
 /// wrap base64 at 64 or 76 columns, and a job may print a multi-line secret
 /// line by line; none of that must let a secret through.
 fn is_break(b: u8) -> bool {
-    b == b'\n' || b == b'\r'
+    matches!(b, b'\n' | b'\r')
 }
 
 /// Why a masker could not be built.
@@ -175,22 +175,27 @@ impl Masker {
             out.push((0, covered_prefix.min(buf.len())));
         }
         if let Some(ac) = &self.inner {
-            if buf.iter().copied().any(is_break) {
+            if memchr::memchr2(b'\n', b'\r', buf).is_some() {
                 // Match on the text without line breaks, then map each match
                 // back: from its first byte to its last, breaks inside it
                 // included.
                 scratch.text.clear();
-                scratch.at.clear();
-                for (i, &b) in buf.iter().enumerate() {
-                    if !is_break(b) {
-                        scratch.text.push(b);
-                        scratch.at.push(i);
-                    }
+                scratch.breaks.clear();
+                let mut from = 0;
+                for at in memchr::memchr2_iter(b'\n', b'\r', buf) {
+                    scratch.text.extend_from_slice(&buf[from..at]);
+                    // Where the break would sit in the text without breaks.
+                    scratch.breaks.push(scratch.text.len());
+                    from = at + 1;
                 }
-                let at = &scratch.at;
+                scratch.text.extend_from_slice(&buf[from..]);
+                let breaks = &scratch.breaks;
+                // A byte at `f` in the text without breaks stood after every
+                // break placed at or before `f`.
+                let original = |f: usize| f + breaks.partition_point(|&b| b <= f);
                 out.extend(
                     ac.find_overlapping_iter(&scratch.text)
-                        .map(|m| (at[m.start()], at[m.end() - 1] + 1)),
+                        .map(|m| (original(m.start()), original(m.end() - 1) + 1)),
                 );
             } else {
                 out.extend(ac.find_overlapping_iter(buf).map(|m| (m.start(), m.end())));
@@ -213,12 +218,12 @@ impl Masker {
     }
 }
 
-/// Buffers reused across calls: the text without line breaks and where
-/// each of its bytes stood.
+/// Buffers reused across calls: the text without line breaks, and where
+/// in it each break stood.
 #[derive(Default)]
 struct Scratch {
     text: Vec<u8>,
-    at: Vec<usize>,
+    breaks: Vec<usize>,
 }
 
 /// Masks a byte stream arriving in chunks; made by [`Masker::stream`].
