@@ -152,6 +152,17 @@ async fn logs(c: &mut Client, job: JobId) -> (Vec<u8>, Vec<u8>, usize) {
     (out, system, n)
 }
 
+/// `pid` is gone within 5 s (for the kernel to tear it down).
+async fn assert_gone(pid: i32) {
+    for _ in 0..100 {
+        if !alive(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("process {pid} survived its job");
+}
+
 fn alive(pid: i32) -> bool {
     // Zombies are not alive: look at the state.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -306,13 +317,7 @@ fn a_timeout_ends_the_job_and_a_lingering_grandchild_does_not_hang_it() {
             .trim()
             .parse()
             .unwrap();
-        for _ in 0..100 {
-            if !alive(pid) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(!alive(pid), "the grandchild survived");
+        assert_gone(pid).await;
         let done = wait_for(
             &mut c,
             slow,
@@ -442,13 +447,7 @@ fn a_descendant_in_its_own_session_neither_hangs_the_job_nor_survives_it() {
             .trim()
             .parse()
             .unwrap();
-        for _ in 0..100 {
-            if !alive(pid) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(!alive(pid), "descendant {pid} survived its job");
+        assert_gone(pid).await;
         let report = agent.stop(Shutdown::Drain).await;
         assert!(report.is_clean(), "{report:?}");
         server.stop().await;

@@ -2,7 +2,7 @@
 //! create one (a delegated or writable cgroup v2 subtree).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod escape;
+mod common;
 
 use hodei_agent::{Containment, ContainmentMode, ExecConfig};
 
@@ -10,7 +10,7 @@ fn config() -> Option<ExecConfig> {
     match Containment::new(ContainmentMode::Cgroup) {
         Ok(c) => {
             assert_eq!(c.mode(), ContainmentMode::Cgroup);
-            Some(escape::config(c))
+            Some(common::config(c))
         }
         Err(e) => {
             // Not every machine delegates a cgroup: say so, loudly.
@@ -23,35 +23,35 @@ fn config() -> Option<ExecConfig> {
 #[test]
 fn setsid_descendant_holding_stdout() {
     if let Some(c) = config() {
-        escape::a_setsid_descendant_holding_stdout(&c);
+        common::a_setsid_descendant_holding_stdout(&c);
     }
 }
 
 #[test]
 fn double_forking_daemon() {
     if let Some(c) = config() {
-        escape::a_double_forking_daemon(&c);
+        common::a_double_forking_daemon(&c);
     }
 }
 
 #[test]
 fn cancel_reaches_every_session() {
     if let Some(c) = config() {
-        escape::cancel_reaches_every_session(&c);
+        common::cancel_reaches_every_session(&c);
     }
 }
 
 #[test]
 fn timeout_reaches_every_session() {
     if let Some(c) = config() {
-        escape::a_timeout_reaches_every_session(&c);
+        common::a_timeout_reaches_every_session(&c);
     }
 }
 
 #[test]
 fn one_jobs_cleanup_spares_another_job() {
     if let Some(c) = config() {
-        escape::one_jobs_cleanup_spares_another_job(&c);
+        common::one_jobs_cleanup_spares_another_job(&c);
     }
 }
 
@@ -60,9 +60,9 @@ fn the_job_cgroup_is_removed_after_the_job() {
     let Some(c) = config() else { return };
     let spec =
         hodei_core::JobSpec::script("echo \"cg $(cut -d: -f3 /proc/self/cgroup | tail -n1)\"");
-    let (f, out, _) = escape::exec(&c, spec, None);
+    let (f, out, _) = common::exec(&c, spec, None);
     assert_eq!(f.exit, hodei_core::ExitStatus::Code(0));
-    let text = escape::stdout(&out);
+    let text = common::stdout(&out);
     let cg = text
         .lines()
         .find_map(|l| l.strip_prefix("cg "))

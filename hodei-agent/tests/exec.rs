@@ -2,11 +2,12 @@
 //! cancellation and processes that try to outlive their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use hodei_agent::{ExecConfig, Finished, Output, Stream, run};
+use hodei_agent::{ExecConfig, Finished, Output, Stream};
 use hodei_core::{ExitStatus, JobSpec, Secret, SecretDelivery};
-use tokio::sync::{mpsc, oneshot};
 
 fn config() -> ExecConfig {
     ExecConfig {
@@ -18,39 +19,8 @@ fn config() -> ExecConfig {
 
 /// Runs `spec`, collecting output; `cancel_after` cancels with a 200 ms grace.
 fn exec(spec: JobSpec, cancel_after: Option<Duration>) -> (Finished, Vec<Output>) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let (tx, mut rx) = mpsc::channel(16);
-        let (cancel_tx, cancel_rx) = oneshot::channel();
-        let collect = tokio::spawn(async move {
-            let mut v = Vec::new();
-            while let Some(o) = rx.recv().await {
-                v.push(o);
-            }
-            v
-        });
-        let canceller = tokio::spawn(async move {
-            if let Some(after) = cancel_after {
-                tokio::time::sleep(after).await;
-                let _ = cancel_tx.send(Duration::from_millis(200));
-            } else {
-                // Keep the sender alive for the whole run.
-                std::future::pending::<()>().await;
-            }
-        });
-        let finished = tokio::time::timeout(
-            Duration::from_secs(30),
-            run(&spec, &config(), tx, cancel_rx),
-        )
-        .await
-        .expect("the run hung");
-        canceller.abort();
-        (finished, collect.await.unwrap())
-    })
+    let (f, out, _) = common::exec(&config(), spec, cancel_after);
+    (f, out)
 }
 
 fn text(out: &[Output], stream: Stream) -> String {

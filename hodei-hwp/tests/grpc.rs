@@ -208,6 +208,14 @@ fn spec(tenant: &str) -> JobSpec {
     s
 }
 
+/// `s` with a second attempt after 10 ms.
+fn retried_once(mut s: JobSpec) -> JobSpec {
+    s.retry.max_attempts = 2;
+    s.retry.backoff.initial = Duration::from_millis(10);
+    s.retry.jitter = 0.0;
+    s
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -313,10 +321,7 @@ fn a_silent_agent_s_job_is_retried_elsewhere_and_stale_reports_are_refused() {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
         let mut c = Client::connect(&server.url, ACME).await.unwrap();
-        let mut s = spec("acme");
-        s.retry.max_attempts = 2;
-        s.retry.backoff.initial = Duration::from_millis(10);
-        s.retry.jitter = 0.0;
+        let s = retried_once(spec("acme"));
         let (job, _) = c.submit(&s).await.unwrap();
         let id: JobId = job.id.parse().unwrap();
         a.assignment().await;
@@ -745,10 +750,7 @@ fn a_watch_of_one_job_ends_once_it_is_final() {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
         let mut acme = Client::connect(&server.url, ACME).await.unwrap();
-        let mut s = spec("acme");
-        s.retry.max_attempts = 2;
-        s.retry.backoff.initial = Duration::from_millis(10);
-        s.retry.jitter = 0.0;
+        let s = retried_once(spec("acme"));
         let (job, _) = acme.submit(&s).await.unwrap();
         let id: JobId = job.id.parse().unwrap();
         let mut events = acme.watch(Some(id), true).await.unwrap();

@@ -362,7 +362,10 @@ async fn run_real_agent(a: &Args, server: &Server) -> anyhow::Result<serde_json:
     let spill = tempfile::tempdir()?;
     let token_file = spill.path().join("join.token");
     std::fs::write(&token_file, &server.join)?;
-    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let mut agent = Command::new(&bin)
         .args(["--server", &server.grpc, "--log-level", "error"])
         .arg("--join-token-file")

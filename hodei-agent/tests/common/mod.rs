@@ -1,5 +1,6 @@
-//! Jobs whose processes try to outlive them, run under one containment
-//! mode; each test binary picks the mode.
+//! Running jobs through the executor in tests, and jobs whose processes
+//! try to outlive them, run under one containment mode; each test binary
+//! picks the mode.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
