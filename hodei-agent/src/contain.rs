@@ -143,6 +143,13 @@ impl Containment {
 
     /// A cgroup v2 per job, below the agent's own cgroup.
     ///
+    /// Where the memory controller is available and this process is alone
+    /// in its cgroup (a systemd unit with `Delegate=yes`), the process moves
+    /// itself into a leaf `hodei-agent-<pid>` so the controller can be
+    /// enabled for the jobs' cgroups (cgroup v2 allows no processes in a
+    /// cgroup that delegates controllers). Otherwise it stays where it is
+    /// and jobs go without `memory.peak`.
+    ///
     /// # Errors
     ///
     /// When cgroup v2 is not mounted, or the agent's cgroup is not
