@@ -50,4 +50,5 @@ pub use resources::Resources;
 pub use spec::{
     Backoff, Command, Constraint, ConstraintOp, FieldError, JobSpec, MAX_ERRORS_TEXT, MAX_TIMEOUT,
     MIN_SECRET_LEN, PRIORITY_LEVELS, RetryPolicy, Secret, SecretDelivery, SpecErrors,
+    label_key_problem, label_value_problem,
 };

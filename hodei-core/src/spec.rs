@@ -414,7 +414,10 @@ fn is_env_name(s: &str) -> bool {
 }
 
 /// Label keys: 1 to 63 of `A-Za-z0-9-_./`, starting alphanumeric.
-fn label_key_problem(s: &str) -> Option<String> {
+/// What is wrong with `s` as a label key, if anything: the one rule for
+/// keys, whether a worker registers the label or a job's constraint names
+/// it, so every label a worker can have is one a job can select.
+pub fn label_key_problem(s: &str) -> Option<String> {
     if s.is_empty() || s.len() > MAX_LABEL_KEY {
         return Some(format!("must be 1 to {MAX_LABEL_KEY} bytes"));
     }
@@ -426,7 +429,9 @@ fn label_key_problem(s: &str) -> Option<String> {
         .map(|c| format!("contains {c:?}; allowed: letters, digits, '-', '_', '.', '/'"))
 }
 
-fn label_value_problem(s: &str) -> Option<String> {
+/// What is wrong with `s` as a label value, if anything (the same rule for
+/// workers and constraints).
+pub fn label_value_problem(s: &str) -> Option<String> {
     if s.len() > MAX_LABEL_VALUE {
         return Some(format!("must be at most {MAX_LABEL_VALUE} bytes"));
     }

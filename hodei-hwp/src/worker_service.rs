@@ -78,16 +78,17 @@ fn registration(r: proto::Register) -> Result<Registration, Status> {
         return Err(invalid("register.labels", format!("at most {MAX_LABELS}")));
     }
     for (k, v) in &r.labels {
-        if k.is_empty() || k.len() > 63 || k.chars().any(char::is_control) {
+        // The same rule as for a job's constraints and labels.
+        if let Some(why) = hodei_core::label_key_problem(k) {
             return Err(invalid(
                 &format!("register.labels.{k}"),
-                "key must be 1 to 63 printable bytes",
+                format!("key {why}"),
             ));
         }
-        if v.len() > 253 || v.chars().any(char::is_control) {
+        if let Some(why) = hodei_core::label_value_problem(v) {
             return Err(invalid(
                 &format!("register.labels.{k}"),
-                "value must be at most 253 printable bytes",
+                format!("value {why}"),
             ));
         }
     }

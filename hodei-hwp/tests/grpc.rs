@@ -914,3 +914,70 @@ fn server_side_nodelay(fd: i32, port: u16) -> Option<bool> {
         Some(get(libc::IPPROTO_TCP, libc::TCP_NODELAY)? != 0)
     }
 }
+
+/// A worker's labels follow the same rule as the constraints that select
+/// them: one a job could never name is refused at registration.
+#[test]
+fn a_worker_label_no_job_could_select_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let server = start(&dir.path().join("h.redb")).await;
+        for (key, value) in [("bad key", "v"), ("-leading", "v"), ("zone", "a\u{7}b")] {
+            let mut c = connect_agent(&server.url, JOIN).await.unwrap();
+            let (tx, out) = mpsc::channel(4);
+            let mut reg = register(None, vec![]);
+            if let Some(In::Register(r)) = reg.msg.as_mut() {
+                r.labels.insert(key.into(), value.into());
+            }
+            tx.send(reg).await.unwrap();
+            let err = match c
+                .connect(tokio_stream::wrappers::ReceiverStream::new(out))
+                .await
+            {
+                Err(e) => e,
+                Ok(resp) => {
+                    let mut rx = resp.into_inner();
+                    timeout(WAIT, rx.message()).await.unwrap().unwrap_err()
+                }
+            };
+            assert_eq!(err.code(), Code::InvalidArgument, "{key}: {err:?}");
+            assert!(
+                err.message().contains("register.labels."),
+                "{}",
+                err.message()
+            );
+        }
+        // A label a constraint can name is accepted, and selects the worker.
+        let mut c = connect_agent(&server.url, JOIN).await.unwrap();
+        let (tx, out) = mpsc::channel(4);
+        let mut reg = register(None, vec![]);
+        if let Some(In::Register(r)) = reg.msg.as_mut() {
+            r.labels.insert("disk.kind/ssd".into(), "yes".into());
+        }
+        tx.send(reg).await.unwrap();
+        let mut rx = c
+            .connect(tokio_stream::wrappers::ReceiverStream::new(out))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = timeout(WAIT, rx.message()).await.unwrap().unwrap().unwrap();
+        assert!(matches!(first.msg, Some(Out::Welcome(_))));
+        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut s = spec("acme");
+        s.constraints.push(hodei_core::Constraint {
+            key: "disk.kind/ssd".into(),
+            op: hodei_core::ConstraintOp::In,
+            values: vec!["yes".into()],
+        });
+        acme.submit(&s).await.unwrap();
+        let assigned = loop {
+            let m = timeout(WAIT, rx.message()).await.unwrap().unwrap().unwrap();
+            if let Some(Out::AssignJob(a)) = m.msg {
+                break a;
+            }
+        };
+        assert!(!assigned.job_id.is_empty());
+        drop(tx);
+        server.shutdown().await;
+    });
+}

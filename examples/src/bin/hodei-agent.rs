@@ -150,6 +150,15 @@ fn configure(args: Args) -> Result<(AgentConfig, String), String> {
     }
     c.labels = file.labels;
     c.labels.extend(args.labels);
+    // The server's rule: a label a job could never select is refused here.
+    for (k, v) in &c.labels {
+        if let Some(why) = hodei_core::label_key_problem(k) {
+            return Err(format!("labels.{k}: key {why}"));
+        }
+        if let Some(why) = hodei_core::label_value_problem(v) {
+            return Err(format!("labels.{k}: value {why}"));
+        }
+    }
     let detected = c.capacity;
     c.capacity = Resources::new(
         args.cpu_millis
