@@ -65,9 +65,12 @@ impl std::str::FromStr for ContainmentMode {
 }
 
 /// The containment an agent uses for every job; cheap to clone.
+///
+/// The one made by [`Containment::detected`] (the default) chooses its
+/// mechanism on first use, so building a configuration does no I/O.
 #[derive(Clone, Debug)]
 pub struct Containment {
-    inner: Arc<Inner>,
+    inner: Arc<OnceLock<Inner>>,
 }
 
 #[derive(Debug)]
@@ -103,9 +106,36 @@ static SUBREAPER: AtomicBool = AtomicBool::new(false);
 
 static CELL_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// `Auto`: a cgroup where one can be created, else the subreaper.
+fn detect() -> Inner {
+    match CgroupRoot::create() {
+        Ok(root) => Inner::Cgroup(root),
+        Err(e) => {
+            tracing::debug!("no cgroup for jobs ({e}); using the child subreaper");
+            if let Err(e) = become_subreaper() {
+                // Neither works: jobs still run, kept to their process group
+                // and the /proc tree of their main process.
+                tracing::warn!("no containment available ({e}); jobs may leave processes behind");
+            }
+            Inner::Subreaper
+        }
+    }
+}
+
 impl Containment {
-    /// The containment for `mode`: with `Auto`, a cgroup where one can be
-    /// created, else the subreaper.
+    fn ready(inner: Inner) -> Containment {
+        let cell = OnceLock::new();
+        let _ = cell.set(inner);
+        Containment {
+            inner: Arc::new(cell),
+        }
+    }
+
+    fn inner(&self) -> &Inner {
+        self.inner.get_or_init(detect)
+    }
+
+    /// The containment for `mode`; `Auto` is [`Containment::detected`].
     ///
     /// # Errors
     ///
@@ -115,28 +145,17 @@ impl Containment {
         match mode {
             ContainmentMode::Cgroup => Self::cgroup(),
             ContainmentMode::Subreaper => Self::subreaper(),
-            ContainmentMode::Auto => Self::cgroup().or_else(|e| {
-                tracing::debug!("no cgroup for jobs ({e}); using the child subreaper");
-                Self::subreaper()
-            }),
+            ContainmentMode::Auto => Ok(Self::detected()),
         }
     }
 
-    /// The process-wide containment chosen with `Auto`, detected once.
+    /// The process-wide containment chosen with `Auto`: a cgroup where one
+    /// can be created, else the subreaper, decided on first use.
     pub fn detected() -> Containment {
         static DETECTED: OnceLock<Containment> = OnceLock::new();
         DETECTED
-            .get_or_init(|| {
-                Self::new(ContainmentMode::Auto).unwrap_or_else(|e| {
-                    // Neither works: jobs still run, kept to their process
-                    // group and the /proc tree of their main process.
-                    tracing::warn!(
-                        "no containment available ({e}); jobs may leave behind processes"
-                    );
-                    Containment {
-                        inner: Arc::new(Inner::Subreaper),
-                    }
-                })
+            .get_or_init(|| Containment {
+                inner: Arc::new(OnceLock::new()),
             })
             .clone()
     }
@@ -155,10 +174,7 @@ impl Containment {
     /// When cgroup v2 is not mounted, or the agent's cgroup is not
     /// writable (not delegated to it).
     pub fn cgroup() -> io::Result<Containment> {
-        let root = CgroupRoot::create()?;
-        Ok(Containment {
-            inner: Arc::new(Inner::Cgroup(root)),
-        })
+        Ok(Self::ready(Inner::Cgroup(CgroupRoot::create()?)))
     }
 
     /// The agent process as child subreaper, with a sweep of `/proc`.
@@ -168,14 +184,12 @@ impl Containment {
     /// When `prctl(PR_SET_CHILD_SUBREAPER)` fails.
     pub fn subreaper() -> io::Result<Containment> {
         become_subreaper()?;
-        Ok(Containment {
-            inner: Arc::new(Inner::Subreaper),
-        })
+        Ok(Self::ready(Inner::Subreaper))
     }
 
     /// Which mechanism this is, in words for the agent's start-up log.
     pub fn describe(&self) -> String {
-        match &*self.inner {
+        match self.inner() {
             Inner::Cgroup(r) => format!(
                 "cgroup v2 per job under {} (memory.peak {})",
                 r.parent.display(),
@@ -191,7 +205,7 @@ impl Containment {
 
     /// The mode in use (never `Auto`).
     pub fn mode(&self) -> ContainmentMode {
-        match &*self.inner {
+        match self.inner() {
             Inner::Cgroup(_) => ContainmentMode::Cgroup,
             Inner::Subreaper => ContainmentMode::Subreaper,
         }
@@ -200,7 +214,7 @@ impl Containment {
     /// Prepares a cell for one attempt and arranges for `cmd`'s process
     /// to start inside it, with no descriptors but its standard ones.
     pub(crate) fn prepare(&self, cmd: &mut std::process::Command) -> io::Result<Cell> {
-        let cgroup = match &*self.inner {
+        let cgroup = match self.inner() {
             Inner::Cgroup(root) => Some(root.cell()?),
             Inner::Subreaper => None,
         };
@@ -228,7 +242,7 @@ impl Containment {
         Ok(Cell {
             cgroup,
             main: None,
-            memory: matches!(&*self.inner, Inner::Cgroup(r) if r.memory),
+            memory: matches!(self.inner(), Inner::Cgroup(r) if r.memory),
         })
     }
 }
@@ -601,30 +615,24 @@ impl Cell {
     }
 
     /// Kills every process of the job and waits (bounded) until none is
-    /// left. Blocking: call from a blocking-capable context.
+    /// left; call once the main process has been reaped. Blocking: call
+    /// from a blocking-capable context.
     pub(crate) fn kill_all(&self) {
         if let Some(c) = &self.cgroup {
             kill_cgroup(&c.dir);
             if !wait_empty(&c.dir, Duration::from_secs(5)) {
                 tracing::warn!(cgroup = %c.dir.display(), "job processes outlived cgroup.kill for 5 s");
             }
-        } else {
-            for _ in 0..200 {
-                let members = self.members();
-                let alive: Vec<u32> = members
-                    .into_iter()
-                    .filter(|&p| Some(p) != self.main || is_running(p))
-                    .collect();
-                if alive.is_empty() {
-                    break;
-                }
-                for p in alive {
-                    signal(p, libc::SIGKILL);
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
         }
+        // Subreaper mode: once the main process has exited, everything it
+        // left was re-parented to this process and is a stray.
         sweep_strays();
+    }
+
+    /// True where [`peak_memory_mb`](Cell::peak_memory_mb) will answer:
+    /// sampling the main process is then wasted work.
+    pub(crate) fn reports_memory(&self) -> bool {
+        self.memory && self.cgroup.is_some()
     }
 
     /// The job's peak memory from its cgroup, MiB, where the memory
@@ -641,17 +649,6 @@ impl Cell {
             live_mains().lock().remove(&pid);
         }
     }
-}
-
-/// A process that exists and is not a zombie.
-fn is_running(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
-        })
-        .unwrap_or(false)
 }
 
 impl Drop for Cell {

@@ -134,6 +134,13 @@ async fn pump(
     }
 }
 
+/// Waits for every output reader to end.
+async fn join_all(readers: &mut [tokio::task::JoinHandle<()>]) {
+    for r in readers {
+        let _ = r.await;
+    }
+}
+
 /// Runs one attempt of `spec`: its own process group inside the
 /// configured [`Containment`], a fresh temporary working directory
 /// (removed after) unless the spec names one, the environment it asks for
@@ -338,7 +345,7 @@ pub async fn run(
     let status = loop {
         tokio::select! {
             s = child.wait() => break s,
-            _ = sample.tick() => peak = peak.max(peak_rss_mb(pid).unwrap_or(0)),
+            _ = sample.tick(), if !cell.reports_memory() => peak = peak.max(peak_rss_mb(pid).unwrap_or(0)),
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() && grace.is_none() => {
                 timed_out = true;
                 grace = Some(config.timeout_grace);
@@ -375,13 +382,8 @@ pub async fn run(
     // The main process is gone; descendants may still hold the pipes.
     let linger = tokio::time::sleep(config.linger);
     tokio::pin!(linger);
-    let wait_readers = async {
-        for r in &mut readers {
-            let _ = r.await;
-        }
-    };
     let all_closed = tokio::select! {
-        _ = wait_readers => true,
+        () = join_all(&mut readers) => true,
         _ = &mut linger => false,
     };
     // Nothing outlives its job, whatever group or session it moved to.
@@ -394,12 +396,10 @@ pub async fn run(
     if !all_closed {
         // Every process of the job is gone, so the pipes close now unless
         // something outside the job holds them: that wait is bounded too.
-        let rest = async {
-            for r in &mut readers {
-                let _ = r.await;
-            }
-        };
-        if tokio::time::timeout(config.linger, rest).await.is_err() {
+        if tokio::time::timeout(config.linger, join_all(&mut readers))
+            .await
+            .is_err()
+        {
             for r in &readers {
                 r.abort();
             }

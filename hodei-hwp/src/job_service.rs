@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use hodei_core::{Event, JobId, Lifecycle, RecvError, Subscriber, TenantId, WorkerId};
+use hodei_core::{Event, FieldError, JobId, Lifecycle, RecvError, Subscriber, TenantId, WorkerId};
 use hodei_store::{JobFilter, LogCursor, StateKind, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,18 +62,12 @@ async fn next_event<T>(
 }
 
 /// INVALID_ARGUMENT naming the field. `why` may quote what the client
-/// sent: it is cut short so the message stays small.
+/// sent: it goes through the one bounded field-error text.
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
-    let mut why = why.to_string();
-    if why.len() > 1024 {
-        let mut cut = 1024;
-        while !why.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        why.truncate(cut);
-        why.push_str("...");
-    }
-    Status::invalid_argument(format!("{field}: {why}"))
+    Status::invalid_argument(FieldError::join(&[FieldError {
+        field: field.to_string(),
+        message: why.to_string(),
+    }]))
 }
 
 fn engine_status(e: EngineError) -> Status {
@@ -249,21 +243,22 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
             Some(seq) => self.engine.bus().subscribe_from(seq),
             None => self.engine.bus().subscribe(),
         };
-        // Watching one job: the stream ends (OK) once it is final.
-        let only: Option<(JobId, u32)> = if r.job_id.is_empty() {
+        // Watching one job: the stream ends (OK) once it is final. Read
+        // once, after subscribing, so nothing between the two is missed.
+        let watched = if r.job_id.is_empty() {
             None
         } else {
-            let job = self.visible(&p, "job_id", &r.job_id).await?;
-            Some((job.id, job.spec.retry.max_attempts))
+            Some(self.visible(&p, "job_id", &r.job_id).await?)
         };
+        let only: Option<(JobId, u32)> =
+            watched.as_ref().map(|j| (j.id, j.spec.retry.max_attempts));
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
-        if let Some((id, _)) = only {
-            let job = self.visible(&p, "job_id", &id.to_string()).await?;
+        if let Some(job) = watched {
             if r.include_current {
                 let now = state_to_wire(&job.state);
                 let _ = tx
                     .send(Ok(proto::JobEvent {
-                        job_id: id.to_string(),
+                        job_id: job.id.to_string(),
                         from: Some(now.clone()),
                         to: Some(now),
                         attempt: job.attempt,

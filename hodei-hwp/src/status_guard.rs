@@ -108,7 +108,8 @@ fn guard(headers: &mut http::HeaderMap) {
         return;
     };
     let status = headers.get("grpc-status").map(|s| s.as_bytes().to_vec());
-    let text = percent_decode(&message);
+    // grpc-message is percent-encoded.
+    let text = percent_encoding::percent_decode(&message).decode_utf8_lossy();
     if status.as_deref() == Some(b"11") && text.contains(OVERSIZE) {
         let numbers: Vec<&str> = text
             .split(|c: char| !c.is_ascii_digit())
@@ -142,27 +143,6 @@ fn guard(headers: &mut http::HeaderMap) {
             headers.insert("grpc-message", v);
         }
     }
-}
-
-/// `grpc-message` is percent-encoded.
-fn percent_decode(b: &[u8]) -> String {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -201,10 +201,7 @@ fn configure(args: Args) -> Result<(AgentConfig, String), String> {
         (None, Some(m)) => m.parse().map_err(|e| format!("containment: {e}"))?,
         (None, None) => ContainmentMode::Auto,
     };
-    // The default is already the detected one.
-    if mode != ContainmentMode::Auto {
-        c.exec.containment = Containment::new(mode).map_err(|e| format!("containment: {e}"))?;
-    }
+    c.exec.containment = Containment::new(mode).map_err(|e| format!("containment: {e}"))?;
     let level = args
         .log_level
         .or(file.log_level)
