@@ -2,10 +2,13 @@
 //! queue depths that count exactly the jobs waiting for a worker.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::assigns;
 use hodei_core::{JobId, JobSpec, ManualClock, Resources, TenantId, Timestamp, WorkerId};
 use hodei_sched::{
     Action, AttemptOutcome, ClusterConfig, ClusterState, JobRequest, Scheduler, SchedulerConfig,
@@ -34,20 +37,6 @@ fn job(tenant: &str, priority: u8) -> JobRequest {
     JobRequest::from_spec(JobId::new(), &spec)
 }
 
-fn assigned(actions: &[Action]) -> Vec<(JobId, WorkerId, u32)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Assign {
-                job,
-                worker,
-                attempt,
-            } => Some((*job, *worker, *attempt)),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A worker with room for `slots` jobs at a time.
 fn worker(s: &mut Scheduler<ManualClock>, slots: u32) -> (WorkerId, Vec<Action>) {
     let id = WorkerId::new();
@@ -73,7 +62,7 @@ fn drain(
         let actions = s
             .job_finished(w, job, attempt, AttemptOutcome::Succeeded)
             .unwrap();
-        for a in assigned(&actions) {
+        for a in assigns(&actions) {
             order.push(a.0);
             running.push_back(a);
         }
@@ -118,14 +107,14 @@ fn weights_hold_from_the_first_dispatch_with_a_busy_worker() {
     s.set_weight("light".parse().unwrap(), 1);
     s.set_weight("heavy".parse().unwrap(), 4);
     let (w, _) = worker(&mut s, 1);
-    let busy = assigned(&s.submit(job("filler", 0)).unwrap());
+    let busy = assigns(&s.submit(job("filler", 0)).unwrap());
     assert_eq!(busy.len(), 1);
     let mut owner = HashMap::new();
     for (t, name) in ["light", "heavy"].iter().enumerate() {
         for _ in 0..40 {
             let j = job(name, 0);
             owner.insert(j.id, t);
-            assert!(assigned(&s.submit(j).unwrap()).is_empty());
+            assert!(assigns(&s.submit(j).unwrap()).is_empty());
         }
     }
     let order = drain(&mut s, busy.into());
@@ -160,7 +149,7 @@ proptest! {
         let (_, _) = worker(&mut s, slots);
         let mut running = std::collections::VecDeque::new();
         for _ in 0..slots {
-            running.extend(assigned(&s.submit(job("filler", 0)).unwrap()));
+            running.extend(assigns(&s.submit(job("filler", 0)).unwrap()));
         }
         prop_assert_eq!(running.len(), slots as usize);
         let mut owner = HashMap::new();
@@ -168,7 +157,7 @@ proptest! {
             let t = t % weights.len();
             let j = job(&names[t], prio);
             owner.insert(j.id, t);
-            prop_assert!(assigned(&s.submit(j).unwrap()).is_empty());
+            prop_assert!(assigns(&s.submit(j).unwrap()).is_empty());
         }
         let order = drain(&mut s, running);
         prop_assert_eq!(order.len(), owner.len());
@@ -191,7 +180,7 @@ fn queue_depth_counts_every_job_waiting_for_a_worker() {
     let mut s = scheduler();
     assert!(depths(&s).is_empty());
     let (_, _) = worker(&mut s, 1);
-    let running = assigned(&s.submit(job("acme", 1)).unwrap());
+    let running = assigns(&s.submit(job("acme", 1)).unwrap());
     assert_eq!(running.len(), 1);
     assert!(depths(&s).is_empty(), "a running job is not waiting");
     let a: Vec<JobRequest> = (0..2).map(|_| job("acme", 3)).collect();

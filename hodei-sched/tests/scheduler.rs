@@ -2,10 +2,13 @@
 //! lost workers, large jobs, quotas, timeouts and fairness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::assigns;
 use hodei_core::{
     Backoff, Bus, Clock, Constraint, Event, ExitStatus, JobId, JobSpec, JobState, ManualClock,
     Resources, RetryPolicy, TenantId, Timestamp, Transition, WorkerId,
@@ -69,20 +72,6 @@ fn run_to_end(
 ) -> Vec<Action> {
     h.sched.job_started(w, id, attempt).unwrap();
     h.sched.job_finished(w, id, attempt, outcome).unwrap()
-}
-
-fn assigns(actions: &[Action]) -> Vec<(JobId, WorkerId, u32)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Assign {
-                job,
-                worker,
-                attempt,
-            } => Some((*job, *worker, *attempt)),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]
