@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod audit;
+mod batch;
 mod codec;
 mod error;
 mod mem;
@@ -35,6 +36,7 @@ mod redb_store;
 mod store;
 
 pub use audit::{AuditEntry, AuditRecord, ChainCheck, verify_chain};
+pub use batch::{AttemptPatch, Batch, Commit, Outcomes, Written};
 pub use codec::{FORMAT_VERSION, decode, encode};
 pub use error::StoreError;
 pub use mem::MemStore;

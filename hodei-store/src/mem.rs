@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::batch::Pending;
 use crate::error::StoreError;
-use crate::ops::{self, Reply, Table, Tables, TablesMut, Visit, WriteOp};
+use crate::ops::{self, Table, Tables, TablesMut, Visit, WriteOp};
 use crate::store::{StoreConfig, impl_store};
 
 #[derive(Default)]
@@ -81,9 +82,13 @@ impl MemStore {
         }
     }
 
-    async fn write(&self, op: WriteOp) -> Result<Reply, StoreError> {
+    async fn send(&self, op: WriteOp) -> Result<Pending, StoreError> {
         let mut maps = self.maps.lock();
-        ops::apply(&mut *maps, op, self.config.max_log_bytes_per_job)
+        Ok(Pending::Ready(ops::apply(
+            &mut *maps,
+            op,
+            self.config.max_log_bytes_per_job,
+        )))
     }
 
     fn read<T>(

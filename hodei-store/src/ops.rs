@@ -9,6 +9,7 @@
 use hodei_core::{Job, JobId, JobState, TenantId, Timestamp, Transition};
 
 use crate::audit::{AuditEntry, AuditRecord, ChainCheck, verify_chain};
+use crate::batch::AttemptPatch;
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::model::{
@@ -105,6 +106,15 @@ pub(crate) enum WriteOp {
         chunk: LogChunk,
     },
     Audit(AuditEntry),
+    /// A change to an attempt record, read and written in the transaction.
+    Patch {
+        job: JobId,
+        attempt: u32,
+        patch: AttemptPatch,
+    },
+    /// Writes applied in order in one transaction, each with its own
+    /// outcome.
+    Batch(Vec<WriteOp>),
 }
 
 /// What a write returns.
@@ -115,6 +125,19 @@ pub(crate) enum Reply {
     Unit,
     Log(LogAppend),
     Audit(AuditRecord),
+    Batch(Vec<Result<Reply, StoreError>>),
+}
+
+/// A refusal of one write that leaves the rest of its transaction sound
+/// (as opposed to a storage failure, which fails the transaction).
+pub(crate) fn is_logical(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::UnknownJob(_)
+            | StoreError::Conflict { .. }
+            | StoreError::Duplicate(_)
+            | StoreError::Transition(_)
+    )
 }
 
 pub(crate) fn unexpected(reply: Reply) -> StoreError {
@@ -223,6 +246,29 @@ pub(crate) fn apply(
             chunk,
         } => append_log(t, job, attempt, seq, chunk, max_log_bytes).map(Reply::Log),
         WriteOp::Audit(e) => append_audit(t, e).map(Reply::Audit),
+        WriteOp::Patch {
+            job,
+            attempt,
+            patch,
+        } => {
+            let key = attempt_key(job, attempt);
+            if let Some(v) = t.get(Table::Attempts, &key)? {
+                let mut r: AttemptRecord = decode("attempt", &v)?;
+                patch.apply(&mut r);
+                t.put(Table::Attempts, &key, &encode("attempt", &r)?)?;
+            }
+            Ok(Reply::Unit)
+        }
+        WriteOp::Batch(ops) => {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                match apply(t, op, max_log_bytes) {
+                    Err(e) if !is_logical(&e) => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            Ok(Reply::Batch(out))
+        }
     }
 }
 
@@ -346,6 +392,21 @@ fn audit_head(t: &dyn Tables) -> Result<(u64, [u8; 32]), StoreError> {
     match t.get(Table::Meta, AUDIT_HEAD_KEY)? {
         Some(v) => decode("audit head", &v),
         None => Ok((0, [0; 32])),
+    }
+}
+
+/// The job a tenant stored under an idempotency key, if any.
+pub(crate) fn find_idempotent(
+    t: &dyn Tables,
+    tenant: &TenantId,
+    key: &str,
+) -> Result<Option<Job>, StoreError> {
+    match t.get(Table::Idempotency, &idem_key(tenant, key))? {
+        Some(v) => match id_from(&v) {
+            Some(id) => get_job(t, id),
+            None => Ok(None),
+        },
+        None => Ok(None),
     }
 }
 

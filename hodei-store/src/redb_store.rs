@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch::Pending;
 use crate::error::StoreError;
 use crate::model::AttemptRecord;
 use crate::ops::{self, Reply, STORE_FORMAT, Table, Tables, TablesMut, Visit, WriteOp};
@@ -419,13 +420,15 @@ impl RedbStore {
         &self.inner.stats
     }
 
-    async fn write(&self, op: WriteOp) -> Result<Reply, StoreError> {
+    /// Queues `op` for the writer; the writer applies requests in the
+    /// order they were queued.
+    async fn send(&self, op: WriteOp) -> Result<Pending, StoreError> {
         let tx = self.inner.tx.lock().clone().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
         tx.send(Request { op, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(Pending::Waiting(rx))
     }
 
     fn read<T>(
@@ -437,16 +440,6 @@ impl RedbStore {
             f(&Reader(&txn, &self.inner.segment))
         })
     }
-}
-
-fn logical(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::UnknownJob(_)
-            | StoreError::Conflict { .. }
-            | StoreError::Duplicate(_)
-            | StoreError::Transition(_)
-    )
 }
 
 fn writer_loop(
@@ -543,7 +536,7 @@ fn commit_batch(
             let op = std::mem::replace(&mut req.op, WriteOp::Attempt(placeholder()));
             let r = ops::apply(&mut w, op, max_log);
             if let Err(e) = &r
-                && !logical(e)
+                && !ops::is_logical(e)
             {
                 // Dropping the transaction aborts it: nothing of the batch
                 // is written or acknowledged.

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 
-use hodei_core::{Job, JobId, JobState, Timestamp, Transition};
+use hodei_core::{Job, JobId, JobState, TenantId, Timestamp, Transition};
+
+use crate::batch::{Batch, Commit};
 
 use crate::audit::{AuditEntry, AuditRecord, ChainCheck};
 use crate::error::StoreError;
@@ -48,6 +50,31 @@ pub trait Store: Send + Sync + 'static {
     /// same tenant already stored a job with that key, returns that job
     /// instead and writes nothing.
     fn insert_job(&self, job: Job) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
+
+    /// Queues `batch` behind every write this store took before it, and
+    /// returns once it is queued, not once it is durable: the [`Commit`]
+    /// resolves then, with each write's outcome. A caller that queues
+    /// batches one after another from one task may queue the next while
+    /// the last is still being written (pipelining): they are applied in
+    /// the order queued.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Closed`] if the store is shutting down.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelled while it waits for room in the queue, the batch is not
+    /// queued; once it returns, the batch is written whether or not the
+    /// [`Commit`] is awaited.
+    fn enqueue(&self, batch: Batch) -> impl Future<Output = Result<Commit, StoreError>> + Send;
+
+    /// The job `tenant` stored under the idempotency key `key`, if any.
+    fn find_idempotent(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
 
     /// A job by id.
     fn get_job(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
@@ -125,7 +152,32 @@ pub trait Store: Send + Sync + 'static {
 /// says how it writes and reads raw tables.
 macro_rules! impl_store {
     ($ty:ty) => {
+        impl $ty {
+            async fn write(
+                &self,
+                op: $crate::ops::WriteOp,
+            ) -> Result<$crate::ops::Reply, $crate::error::StoreError> {
+                self.send(op).await?.wait().await
+            }
+        }
+
         impl $crate::store::Store for $ty {
+            async fn enqueue(
+                &self,
+                batch: $crate::batch::Batch,
+            ) -> Result<$crate::batch::Commit, $crate::error::StoreError> {
+                let op = $crate::ops::WriteOp::Batch(batch.ops);
+                self.send(op).await.map($crate::batch::Commit::new)
+            }
+
+            async fn find_idempotent(
+                &self,
+                tenant: &hodei_core::TenantId,
+                key: &str,
+            ) -> Result<Option<hodei_core::Job>, $crate::error::StoreError> {
+                self.read(|t| $crate::ops::find_idempotent(t, tenant, key))
+            }
+
             async fn insert_job(
                 &self,
                 job: hodei_core::Job,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use hodei_core::{ExitStatus, Job, JobId, JobSpec, JobState, Timestamp, Transition, WorkerId};
 use hodei_store::{
-    AttemptRecord, AuditEntry, ChainCheck, JobFilter, LogAppend, LogChunk, LogCursor, LogStream,
-    MemStore, RedbStore, StateKind, Store, StoreConfig, StoreError,
+    AttemptPatch, AttemptRecord, AuditEntry, Batch, ChainCheck, JobFilter, LogAppend, LogChunk,
+    LogCursor, LogStream, MemStore, RedbStore, StateKind, Store, StoreConfig, StoreError, Written,
 };
 
 fn config() -> StoreConfig {
@@ -375,6 +375,159 @@ async fn concurrent_writers_all_land<S: Store + Clone>(s: S) {
     }
 }
 
+/// A batch lands in one piece, in order, each write with its own outcome;
+/// a job can be stored already past Queued.
+async fn batches_keep_order_and_their_own_outcomes<S: Store>(s: S) {
+    let w = WorkerId::new();
+    let mut placed = job("acme", Some("k1"));
+    placed
+        .transition(Transition::Assign { worker: w }, Timestamp(2))
+        .unwrap();
+    let other = job("acme", None);
+    s.insert_job(other.clone()).await.unwrap();
+
+    let mut b = Batch::new();
+    let i_insert = b.insert_job(placed.clone()).unwrap();
+    let i_record = b.record_attempt(AttemptRecord {
+        job: placed.id,
+        attempt: 1,
+        worker: w,
+        assigned_at: Timestamp(2),
+        started_at: None,
+        finished_at: None,
+        exit: None,
+        peak_memory_mb: None,
+    });
+    // Refused (wrong expected state): fails alone.
+    let i_refused = b.transition(
+        other.id,
+        JobState::Running {
+            worker: w,
+            attempt: 1,
+        },
+        1,
+        Transition::Cancel,
+        Timestamp(3),
+    );
+    let i_cancel = b.transition(
+        other.id,
+        JobState::Queued,
+        1,
+        Transition::Cancel,
+        Timestamp(3),
+    );
+    let i_patch = b.patch_attempt(placed.id, 1, AttemptPatch::Started { at: Timestamp(4) });
+    assert_eq!(b.len(), 5);
+    let out = s.enqueue(b).await.unwrap().await.unwrap();
+    assert_eq!(out.len(), 5);
+    match &out[i_insert] {
+        Ok(Written::Inserted(i)) => {
+            assert!(i.is_new());
+            assert_eq!(
+                i.job().state,
+                JobState::Assigned {
+                    worker: w,
+                    attempt: 1
+                }
+            );
+        }
+        other => panic!("insert: {other:?}"),
+    }
+    assert_eq!(out[i_record].as_ref().unwrap(), &Written::Done);
+    assert!(matches!(out[i_refused], Err(StoreError::Conflict { .. })));
+    match &out[i_cancel] {
+        Ok(Written::Job(j)) => assert_eq!(j.state, JobState::Cancelled),
+        other => panic!("cancel: {other:?}"),
+    }
+    assert_eq!(out[i_patch].as_ref().unwrap(), &Written::Done);
+    let rec = s.attempts(placed.id).await.unwrap();
+    assert_eq!(rec[0].started_at, Some(Timestamp(4)));
+    assert_eq!(
+        s.get_job(placed.id).await.unwrap().unwrap().state,
+        JobState::Assigned {
+            worker: w,
+            attempt: 1
+        }
+    );
+    // Stored assigned, it is active: recovery returns it.
+    assert!(s.recover().await.unwrap().iter().any(|j| j.id == placed.id));
+    assert_eq!(
+        s.find_idempotent(&"acme".parse().unwrap(), "k1")
+            .await
+            .unwrap()
+            .map(|j| j.id),
+        Some(placed.id)
+    );
+    assert_eq!(
+        s.find_idempotent(&"globex".parse().unwrap(), "k1")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.find_idempotent(&"acme".parse().unwrap(), "k2")
+            .await
+            .unwrap(),
+        None
+    );
+    // Patching an attempt with no record writes nothing.
+    let mut b = Batch::new();
+    b.patch_attempt(other.id, 7, AttemptPatch::Started { at: Timestamp(9) });
+    s.enqueue(b).await.unwrap().await.unwrap();
+    assert!(s.attempts(other.id).await.unwrap().is_empty());
+}
+
+/// Batches queued one after another without waiting are applied in the
+/// order queued: each step's compare-and-set finds the state the one
+/// before it left.
+async fn queued_batches_apply_in_order<S: Store>(s: S) {
+    let w = WorkerId::new();
+    let mut commits = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let j = job("acme", None);
+        ids.push(j.id);
+        let mut b = Batch::new();
+        b.insert_job(j.clone()).unwrap();
+        commits.push(s.enqueue(b).await.unwrap());
+        let mut b = Batch::new();
+        b.transition(
+            j.id,
+            JobState::Queued,
+            1,
+            Transition::Assign { worker: w },
+            Timestamp(2),
+        );
+        commits.push(s.enqueue(b).await.unwrap());
+        let mut b = Batch::new();
+        b.transition(
+            j.id,
+            JobState::Assigned {
+                worker: w,
+                attempt: 1,
+            },
+            1,
+            Transition::Start { attempt: 1 },
+            Timestamp(3),
+        );
+        commits.push(s.enqueue(b).await.unwrap());
+    }
+    for c in commits {
+        for r in c.await.unwrap() {
+            r.unwrap();
+        }
+    }
+    for id in ids {
+        assert_eq!(
+            s.get_job(id).await.unwrap().unwrap().state,
+            JobState::Running {
+                worker: w,
+                attempt: 1
+            }
+        );
+    }
+}
+
 fn run<S, F, Fut>(make: impl Fn() -> S, test: F)
 where
     F: FnOnce(S) -> Fut,
@@ -413,4 +566,6 @@ conformance!(
     audit_chain_holds,
     recovery_returns_unfinished_jobs,
     concurrent_writers_all_land,
+    batches_keep_order_and_their_own_outcomes,
+    queued_batches_apply_in_order,
 );
