@@ -474,6 +474,53 @@ impl<C: Clock> Scheduler<C> {
         (out, refused)
     }
 
+    /// Takes back a job [`submit`](Scheduler::submit) accepted but the host
+    /// could not store: it leaves as if it had never been submitted, with
+    /// no state change to store. If it was placed (its assignment must not
+    /// have been sent), the room it held is freed and filled again.
+    ///
+    /// Meant for the job of the last submission whose first write failed:
+    /// nothing else can depend on a job never stored.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::UnknownJob`] if the job is not tracked.
+    pub fn withdraw(&mut self, job: JobId) -> Result<Vec<Action>, SchedError> {
+        let k = *self.index.get(&job).ok_or(SchedError::UnknownJob(job))?;
+        self.run(|s, _| {
+            let Some(t) = s.jobs.get(k) else {
+                return Ok(());
+            };
+            let (state, reserved, retrying) = (t.life.state, t.reserved, t.retrying);
+            let (tenant, res) = (t.req.tenant.clone(), t.req.resources);
+            let deps = t.req.dependencies.clone();
+            if let Some(worker) = state.worker()
+                && reserved
+            {
+                s.release(worker, job, &tenant, res);
+            }
+            if state == JobState::Queued {
+                s.count_queued(k, -1);
+            }
+            if s.head.is_some_and(|(h, _)| h == job) {
+                s.head = None;
+                s.epoch += 1;
+            }
+            if retrying {
+                s.retrying -= 1;
+            }
+            for dep in deps {
+                if let Some(d) = s.get_mut(dep) {
+                    d.dependents.retain(|x| *x != job);
+                }
+            }
+            // What still names it (a fair-queue entry, a quota or
+            // unplaceable list, a timer) finds no job and is skipped.
+            s.forget(job);
+            Ok(())
+        })
+    }
+
     /// Takes over a job recovered from a store, in the lifecycle it had.
     ///
     /// Queued and Pending jobs queue again; Assigned and Running ones wait

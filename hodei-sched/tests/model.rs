@@ -45,6 +45,10 @@ enum Op {
     Advance {
         ms: u64,
     },
+    /// A submission whose store write failed: submitted, then withdrawn.
+    Withdrawn {
+        cpu: u32,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -57,7 +61,14 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<prop::sample::Index>(), any::<bool>()).prop_map(|(which, ok)| Op::Finish { which, ok }),
         1 => any::<prop::sample::Index>().prop_map(|which| Op::Cancel { which }),
         1 => (1u64..3000).prop_map(|ms| Op::Advance { ms }),
+        1 => prop_oneof![Just(500u32), Just(3000)].prop_map(|cpu| Op::Withdrawn { cpu }),
     ]
+}
+
+fn action_job(a: &Action) -> JobId {
+    match a {
+        Action::Changed { job, .. } | Action::Assign { job, .. } | Action::Stop { job, .. } => *job,
+    }
 }
 
 struct Run {
@@ -227,6 +238,34 @@ proptest! {
                     if let Ok(actions) = r.sched.cancel(job) {
                         r.take(actions);
                     }
+                }
+                Op::Withdrawn { cpu } => {
+                    let mut spec = JobSpec::argv(["true"]);
+                    spec.resources = Resources::new(cpu, 64, 0);
+                    let req = JobRequest::from_spec(JobId::new(), &spec);
+                    let id = req.id;
+                    r.resources.insert(id, spec.resources);
+                    r.state.insert(id, JobState::Queued);
+                    let actions = r.sched.submit(req).unwrap();
+                    // Its own actions are never carried out: the host
+                    // stores nothing of it and sends nothing.
+                    let (own, others): (Vec<Action>, Vec<Action>) =
+                        actions.into_iter().partition(|a| action_job(a) == id);
+                    r.take(others);
+                    drop(own);
+                    let actions = r.sched.withdraw(id).unwrap();
+                    prop_assert!(r.sched.lifecycle(id).is_none(), "a withdrawn job is still tracked");
+                    prop_assert!(
+                        actions.iter().all(|a| action_job(a) != id),
+                        "a withdrawn job still acts"
+                    );
+                    prop_assert!(
+                        r.sched.cluster().workers().iter().all(|w| !w.jobs.contains(&id)),
+                        "a withdrawn job still holds a reservation"
+                    );
+                    r.state.remove(&id);
+                    r.take(actions);
+                    prop_assert!(r.sched.withdraw(id).is_err());
                 }
                 Op::Advance { ms } => {
                     r.clock.advance(Duration::from_millis(ms));
