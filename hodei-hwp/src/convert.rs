@@ -8,6 +8,7 @@ use hodei_core::{
     JobState, Resources, RetryPolicy, Secret, SecretDelivery, TenantId,
 };
 
+use crate::engine::ToAgent;
 use crate::proto;
 
 /// Every problem found in a wire message, each naming its field. Becomes
@@ -297,6 +298,40 @@ pub fn job_to_wire(job: &Job) -> proto::Job {
     }
 }
 
+/// An engine message for an agent, as the wire carries it; [`ToAgent::Close`]
+/// ends the stream with UNAVAILABLE, so the agent reconnects.
+pub fn to_agent_wire(m: ToAgent) -> Result<proto::ServerMessage, tonic::Status> {
+    use proto::server_message::Msg;
+    let msg = match m {
+        ToAgent::Welcome(w) => Msg::Welcome(proto::Welcome {
+            worker_id: w.worker.to_string(),
+            heartbeat_interval_ms: w.heartbeat_interval.as_millis() as u64,
+            abandoned_jobs: w.abandoned.iter().map(JobId::to_string).collect(),
+        }),
+        ToAgent::Assign { job, attempt, spec } => Msg::AssignJob(proto::AssignJob {
+            job_id: job.to_string(),
+            attempt,
+            spec: Some(spec_to_wire(&spec, true)),
+        }),
+        ToAgent::Cancel {
+            job,
+            attempt,
+            grace,
+        } => Msg::CancelJob(proto::CancelJob {
+            job_id: job.to_string(),
+            attempt,
+            grace_ms: grace.as_millis() as u64,
+        }),
+        ToAgent::Drain => Msg::Drain(proto::Drain {}),
+        ToAgent::Close => {
+            return Err(tonic::Status::unavailable(
+                "the server is shutting down; reconnect and re-attach",
+            ));
+        }
+    };
+    Ok(proto::ServerMessage { msg: Some(msg) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,3 +455,4 @@ mod tests {
         }
     }
 }
+

@@ -21,9 +21,12 @@ pub mod status_guard;
 mod worker_service;
 
 pub use auth::{AuthError, Principal, Tokens};
-pub use convert::{WireError, job_to_wire, spec_from_wire, spec_to_wire, state_to_wire};
+pub use convert::{
+    WireError, job_to_wire, spec_from_wire, spec_to_wire, state_to_wire, to_agent_wire,
+};
 pub use engine::{
-    AgentSender, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration,
+    AgentLink, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration, ToAgent,
+    Welcome,
 };
 pub use job_service::JobApi;
 pub use metrics::{Histogram, Metrics, Snapshot};

@@ -16,7 +16,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Tokens;
-use crate::engine::{AgentSender, EngineHandle, Registration};
+use crate::convert::to_agent_wire;
+use crate::engine::{AgentLink, EngineHandle, Registration, ToAgent};
+
+/// The sending half of an agent's stream; an `Err` ends the stream with
+/// that status.
+type AgentSender = mpsc::Sender<Result<proto::ServerMessage, Status>>;
+
+/// The engine's messages for one agent, encoded onto its stream.
+struct WireLink(AgentSender);
+
+impl AgentLink for WireLink {
+    fn try_send(&self, m: ToAgent) -> bool {
+        self.0.try_send(to_agent_wire(m)).is_ok()
+    }
+}
 use crate::proto::{self, agent_message::Msg as In, server_message::Msg as Out};
 
 /// The longest log batch accepted.
@@ -358,7 +372,7 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
         let (tx, rx) = mpsc::channel(self.queue_depth.max(1));
         let (conn, _welcome) = self
             .engine
-            .connect(reg, tx.clone())
+            .connect(reg, Box::new(WireLink(tx.clone())))
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let api = WorkerApi {

@@ -9,8 +9,7 @@ use std::time::Duration;
 use hodei_core::{
     Event, ExitStatus, JobId, JobSpec, JobState, Resources, Secret, Subscriber, WorkerId,
 };
-use hodei_hwp::proto::server_message::Msg;
-use hodei_hwp::{Engine, EngineConfig, EngineHandle, Registration, proto};
+use hodei_hwp::{Engine, EngineConfig, EngineHandle, Registration, ToAgent, Welcome};
 use hodei_store::{MemStore, RedbStore, Store, StoreConfig};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -26,7 +25,7 @@ fn config() -> EngineConfig {
 
 struct Agent {
     id: WorkerId,
-    rx: mpsc::Receiver<Result<proto::ServerMessage, tonic::Status>>,
+    rx: mpsc::Receiver<ToAgent>,
     conn: u64,
 }
 
@@ -34,8 +33,8 @@ async fn agent<S: Store>(
     h: &EngineHandle<S>,
     id: WorkerId,
     held: Vec<(JobId, u32)>,
-) -> (Agent, proto::Welcome) {
-    let (tx, rx) = mpsc::channel(64);
+) -> (Agent, Welcome) {
+    let (tx, mut rx) = mpsc::channel(64);
     let reg = Registration {
         name: "w".into(),
         worker: id,
@@ -43,25 +42,24 @@ async fn agent<S: Store>(
         capacity: Resources::new(4000, 8192, 0),
         held,
     };
-    let (conn, welcome) = h.connect(reg, tx).await.unwrap();
+    let (conn, welcome) = h.connect(reg, Box::new(tx)).await.unwrap();
+    // The welcome comes first on the connection too.
+    assert_eq!(rx.try_recv().unwrap(), ToAgent::Welcome(welcome.clone()));
     (Agent { id, rx, conn }, welcome)
 }
 
 impl Agent {
-    async fn next(&mut self) -> Msg {
+    async fn next(&mut self) -> ToAgent {
         timeout(WAIT, self.rx.recv())
             .await
             .expect("no message from the server")
             .expect("stream closed")
-            .expect("stream ended with an error")
-            .msg
-            .unwrap()
     }
 
-    async fn assignment(&mut self) -> (JobId, u32, proto::JobSpec) {
+    async fn assignment(&mut self) -> (JobId, u32, JobSpec) {
         loop {
-            if let Msg::AssignJob(a) = self.next().await {
-                return (a.job_id.parse().unwrap(), a.attempt, a.spec.unwrap());
+            if let ToAgent::Assign { job, attempt, spec } = self.next().await {
+                return (job, attempt, *spec);
             }
         }
     }
@@ -104,7 +102,7 @@ fn a_job_runs_to_success_and_every_step_is_stored() {
         let (h, _task) = Engine::start(Arc::clone(&store), config()).await.unwrap();
         let mut sub = h.bus().subscribe();
         let (mut a, welcome) = agent(&h, WorkerId::new(), vec![]).await;
-        assert_eq!(welcome.worker_id, a.id.to_string());
+        assert_eq!(welcome.worker, a.id);
         let mut s = spec();
         s.secrets.push(Secret {
             name: "TOKEN".into(),
@@ -176,8 +174,8 @@ fn cancel_reaches_the_agent_and_late_reports_change_nothing() {
         wait_state(&mut sub, id, |s| matches!(s, JobState::Running { .. })).await;
         h.cancel(job.id).await.unwrap();
         loop {
-            if let Msg::CancelJob(c) = a.next().await {
-                assert_eq!((c.job_id, c.attempt), (id.to_string(), 1));
+            if let ToAgent::Cancel { job, attempt, .. } = a.next().await {
+                assert_eq!((job, attempt), (id, 1));
                 break;
             }
         }
@@ -260,11 +258,7 @@ fn after_a_restart_running_jobs_reattach_and_queued_ones_run() {
         let mut sub = h.bus().subscribe();
         // The agent comes back still running its job.
         let (mut a, welcome) = agent(&h, worker, vec![(running, 1)]).await;
-        assert!(
-            welcome.abandoned_jobs.is_empty(),
-            "{:?}",
-            welcome.abandoned_jobs
-        );
+        assert!(welcome.abandoned.is_empty(), "{:?}", welcome.abandoned);
         h.finished(worker, running, 1, ExitStatus::Code(0), false, 1)
             .await
             .unwrap();
@@ -273,5 +267,223 @@ fn after_a_restart_running_jobs_reattach_and_queued_ones_run() {
         let (id, attempt, _) = a.assignment().await;
         assert_eq!((id, attempt), (queued, 1));
         let _ = a.conn;
+    });
+}
+
+#[test]
+fn a_job_that_finds_room_is_stored_assigned_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store =
+            Arc::new(RedbStore::open(dir.path().join("h.redb"), StoreConfig::default()).unwrap());
+        let (h, _task) = Engine::start(Arc::clone(&store), config()).await.unwrap();
+        let mut sub = h.bus().subscribe();
+        let (mut a, _) = agent(&h, WorkerId::new(), vec![]).await;
+        for _ in 0..5 {
+            let before = store.write_stats().commits();
+            let (job, created) = h.submit(spec()).await.unwrap();
+            assert!(created);
+            // The answer comes once the job is stored, already placed.
+            assert_eq!(
+                job.state,
+                JobState::Assigned {
+                    worker: a.id,
+                    attempt: 1
+                }
+            );
+            assert_eq!(
+                store.write_stats().commits() - before,
+                1,
+                "one commit per placed submission"
+            );
+            let (id, attempt, _) = a.assignment().await;
+            assert_eq!((id, attempt), (job.id, 1));
+            let rec = store.attempts(id).await.unwrap();
+            assert_eq!((rec.len(), rec[0].worker), (1, a.id));
+        }
+        // Published once each, after they were stored, in order.
+        let mut seen = Vec::new();
+        while let Ok(Ok(e)) = timeout(Duration::from_millis(200), sub.recv()).await {
+            match &*e {
+                Event::JobSubmitted { job, .. } => seen.push((*job, "submitted")),
+                Event::JobChanged { job, to, .. } => seen.push((*job, to.name())),
+                _ => {}
+            }
+        }
+        assert_eq!(seen.len(), 10, "{seen:?}");
+        for pair in seen.chunks(2) {
+            assert_eq!(pair[0].0, pair[1].0);
+            assert_eq!((pair[0].1, pair[1].1), ("submitted", "assigned"));
+        }
+    });
+}
+
+#[test]
+fn repeated_keys_in_flight_make_one_job() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(RedbStore::open(dir.path().join("h.redb"), StoreConfig::default()).unwrap());
+        let (h, _task) = Engine::start(Arc::clone(&store), config()).await.unwrap();
+        let (_a, _) = agent(&h, WorkerId::new(), vec![]).await;
+        for round in 0..5 {
+            let mut s = spec();
+            s.idempotency_key = Some(format!("key-{round}"));
+            let tasks: Vec<_> = (0..16)
+                .map(|_| {
+                    let (h, s) = (h.clone(), s.clone());
+                    tokio::spawn(async move { h.submit(s).await.unwrap() })
+                })
+                .collect();
+            let mut ids = std::collections::HashSet::new();
+            let mut created = 0;
+            for t in tasks {
+                let (job, new) = t.await.unwrap();
+                ids.insert(job.id);
+                created += usize::from(new);
+            }
+            assert_eq!((ids.len(), created), (1, 1));
+        }
+        let all = store
+            .list_jobs(hodei_store::JobFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.jobs.len(), 5);
+    });
+}
+
+/// A store whose batches can be made to fail, as a full disk would.
+#[derive(Clone, Default)]
+struct Failing {
+    inner: MemStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for Failing {
+    async fn enqueue(
+        &self,
+        batch: hodei_store::Batch,
+    ) -> Result<hodei_store::Commit, hodei_store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(hodei_store::StoreError::Storage(
+                "injected: no space left on device".into(),
+            ));
+        }
+        self.inner.enqueue(batch).await
+    }
+    async fn find_idempotent(
+        &self,
+        t: &hodei_core::TenantId,
+        k: &str,
+    ) -> Result<Option<hodei_core::Job>, hodei_store::StoreError> {
+        self.inner.find_idempotent(t, k).await
+    }
+    async fn insert_job(
+        &self,
+        job: hodei_core::Job,
+    ) -> Result<hodei_store::Inserted, hodei_store::StoreError> {
+        self.inner.insert_job(job).await
+    }
+    async fn get_job(&self, id: JobId) -> Result<Option<hodei_core::Job>, hodei_store::StoreError> {
+        self.inner.get_job(id).await
+    }
+    async fn list_jobs(
+        &self,
+        f: hodei_store::JobFilter,
+    ) -> Result<hodei_store::Page, hodei_store::StoreError> {
+        self.inner.list_jobs(f).await
+    }
+    async fn transition(
+        &self,
+        id: JobId,
+        e: JobState,
+        a: u32,
+        t: hodei_core::Transition,
+        now: hodei_core::Timestamp,
+    ) -> Result<hodei_core::Job, hodei_store::StoreError> {
+        self.inner.transition(id, e, a, t, now).await
+    }
+    async fn record_attempt(
+        &self,
+        r: hodei_store::AttemptRecord,
+    ) -> Result<(), hodei_store::StoreError> {
+        self.inner.record_attempt(r).await
+    }
+    async fn attempts(
+        &self,
+        job: JobId,
+    ) -> Result<Vec<hodei_store::AttemptRecord>, hodei_store::StoreError> {
+        self.inner.attempts(job).await
+    }
+    async fn append_log(
+        &self,
+        job: JobId,
+        attempt: u32,
+        seq: u64,
+        c: hodei_store::LogChunk,
+    ) -> Result<hodei_store::LogAppend, hodei_store::StoreError> {
+        self.inner.append_log(job, attempt, seq, c).await
+    }
+    async fn read_logs(
+        &self,
+        job: JobId,
+        from: hodei_store::LogCursor,
+        limit: usize,
+    ) -> Result<hodei_store::LogPage, hodei_store::StoreError> {
+        self.inner.read_logs(job, from, limit).await
+    }
+    async fn append_audit(
+        &self,
+        e: hodei_store::AuditEntry,
+    ) -> Result<hodei_store::AuditRecord, hodei_store::StoreError> {
+        self.inner.append_audit(e).await
+    }
+    async fn audit_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<hodei_store::AuditRecord>, hodei_store::StoreError> {
+        self.inner.audit_records(from, limit).await
+    }
+    async fn verify_audit(&self) -> Result<hodei_store::ChainCheck, hodei_store::StoreError> {
+        self.inner.verify_audit().await
+    }
+    async fn recover(&self) -> Result<Vec<hodei_core::Job>, hodei_store::StoreError> {
+        self.inner.recover().await
+    }
+}
+
+#[test]
+fn a_submission_that_cannot_be_stored_fails_and_leaves_nothing_behind() {
+    rt().block_on(async {
+        let store = Arc::new(Failing::default());
+        let (h, _task) = Engine::start(Arc::clone(&store), config()).await.unwrap();
+        let (mut a, _) = agent(&h, WorkerId::new(), vec![]).await;
+        let mut sub = h.bus().subscribe();
+        // Each job takes the whole worker.
+        let mut whole = spec();
+        whole.resources = Resources::new(4000, 8192, 0);
+        whole.idempotency_key = Some("k".into());
+        store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = h.submit(whole.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("no space left"), "{err}");
+        store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Nothing was stored, sent or published, and the room it held is
+        // free: the same submission goes through and is placed.
+        assert!(a.rx.try_recv().is_err());
+        assert!(store.inner.recover().await.unwrap().is_empty());
+        let (job, created) = h.submit(whole).await.unwrap();
+        assert!(created);
+        assert_eq!(a.assignment().await.0, job.id);
+        let first = timeout(WAIT, sub.recv()).await.unwrap().unwrap();
+        assert!(
+            matches!(&*first, Event::JobSubmitted { job: j, .. } if *j == job.id),
+            "{first:?}"
+        );
+        let snap = h.snapshot().await.unwrap();
+        assert_eq!(snap.stats.tracked, 1);
     });
 }

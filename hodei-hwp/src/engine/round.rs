@@ -1,0 +1,375 @@
+//! One round's effects: persist (one batch), then, once its commit lands,
+//! publish and deliver.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+
+use futures::stream::FuturesOrdered;
+use hodei_core::{
+    Clock, Event, Job, JobId, JobState, SystemClock, TenantId, Timestamp, Transition, WorkerId,
+};
+use hodei_sched::Action;
+use hodei_store::{
+    AttemptPatch, AttemptRecord, Batch, Inserted, Outcomes, Store, StoreError, Written,
+};
+
+use super::agent::ToAgent;
+use super::core::Core;
+use super::{EngineError, Reply, SubmitReply};
+
+/// A submission the scheduler took in this round, stored with it.
+pub(super) struct NewJob {
+    pub(super) job: Job,
+    /// The state it entered in (before the round's changes).
+    pub(super) entered: JobState,
+    pub(super) reply: SubmitReply,
+}
+
+/// What a round gathers before it is stored.
+#[derive(Default)]
+pub(super) struct Round {
+    pub(super) actions: Vec<Action>,
+    pub(super) new_jobs: Vec<NewJob>,
+    pub(super) patches: Vec<(JobId, u32, AttemptPatch)>,
+    pub(super) replies: Vec<(Reply, Result<(), EngineError>)>,
+}
+
+impl Round {
+    pub(super) fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+            && self.new_jobs.is_empty()
+            && self.patches.is_empty()
+            && self.replies.is_empty()
+    }
+}
+
+/// A new job in a queued batch.
+struct Inserting {
+    /// Its write in the batch.
+    write: usize,
+    id: JobId,
+    tenant: TenantId,
+    key: Option<String>,
+    entered: JobState,
+    reply: SubmitReply,
+}
+
+/// A round queued for the store: what is left to do once it lands.
+pub(super) struct Awaiting {
+    actions: Vec<Action>,
+    inserts: Vec<Inserting>,
+    /// Each stored state change: its write in the batch and its job.
+    transitions: Vec<(usize, JobId)>,
+    replies: Vec<(Reply, Result<(), EngineError>)>,
+    now: Timestamp,
+}
+
+/// A round whose commit ended, well or not.
+pub(super) struct Landed {
+    round: Awaiting,
+    outcome: Result<Outcomes, StoreError>,
+}
+
+/// Rounds in flight, landing in the order they were queued.
+pub(super) type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = Landed> + Send>>>;
+
+impl<S: Store> Core<S> {
+    /// Queues everything the current round changed as one batch, behind
+    /// the rounds already in flight, without waiting for it to land.
+    pub(super) async fn persist(&mut self) {
+        let round = std::mem::take(&mut self.round);
+        let now = SystemClock.now();
+        let mut batch = Batch::new();
+        let mut new_jobs = round.new_jobs;
+        let fresh: HashMap<JobId, usize> = new_jobs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.job.id, i))
+            .collect();
+        let mut transitions = Vec::new();
+        for a in &round.actions {
+            let Action::Changed {
+                job,
+                from,
+                attempt,
+                cause,
+                ..
+            } = a
+            else {
+                continue;
+            };
+            if let Some(&i) = fresh.get(job) {
+                // A new job is stored as this round left it: a job placed
+                // at once goes in already assigned, in one write.
+                if let Err(e) = new_jobs[i].job.transition(*cause, now) {
+                    tracing::error!(%job, error = %e, "new job's change refused");
+                }
+                continue;
+            }
+            let before = if *cause == Transition::Retry {
+                attempt.saturating_sub(1)
+            } else {
+                *attempt
+            };
+            transitions.push((batch.transition(*job, *from, before, *cause, now), *job));
+        }
+        let mut inserts = Vec::with_capacity(new_jobs.len());
+        for n in new_jobs.drain(..) {
+            let (id, tenant, key) = (
+                n.job.id,
+                n.job.spec.tenant.clone(),
+                n.job.spec.idempotency_key.clone(),
+            );
+            match batch.insert_job(n.job) {
+                Ok(write) => inserts.push(Inserting {
+                    write,
+                    id,
+                    tenant,
+                    key,
+                    entered: n.entered,
+                    reply: n.reply,
+                }),
+                Err(e) => {
+                    let _ = n.reply.send(Err(e.into()));
+                    self.withdraw(id, &tenant, key);
+                }
+            }
+        }
+        // The attempts assigned are recorded in the same commit. Should a
+        // transition be refused, its record names an assignment that was
+        // never sent; the next assignment of that attempt overwrites it.
+        for a in &round.actions {
+            if let Action::Assign {
+                job,
+                worker,
+                attempt,
+            } = a
+            {
+                batch.record_attempt(AttemptRecord {
+                    job: *job,
+                    attempt: *attempt,
+                    worker: *worker,
+                    assigned_at: now,
+                    started_at: None,
+                    finished_at: None,
+                    exit: None,
+                    peak_memory_mb: None,
+                });
+            }
+        }
+        for (job, attempt, patch) in round.patches {
+            batch.patch_attempt(job, attempt, patch);
+        }
+        let awaiting = Awaiting {
+            actions: round.actions,
+            inserts,
+            transitions,
+            replies: round.replies,
+            now,
+        };
+        if batch.is_empty() {
+            // Nothing to store: it lands right after the rounds before it.
+            self.in_flight
+                .push_back(Box::pin(std::future::ready(Landed {
+                    round: awaiting,
+                    outcome: Ok(Vec::new()),
+                })));
+            return;
+        }
+        match self.store.enqueue(batch).await {
+            Ok(commit) => self.in_flight.push_back(Box::pin(async move {
+                Landed {
+                    round: awaiting,
+                    outcome: commit.await,
+                }
+            })),
+            Err(e) => self
+                .in_flight
+                .push_back(Box::pin(std::future::ready(Landed {
+                    round: awaiting,
+                    outcome: Err(e),
+                }))),
+        }
+    }
+
+    /// A round's commit ended: answer its new jobs, publish what was
+    /// stored, deliver its messages, answer its callers.
+    pub(super) fn land(&mut self, landed: Landed) {
+        let Landed { round, outcome } = landed;
+        let mut failed = None;
+        let mut outcomes: Vec<Option<Result<Written, StoreError>>> = match outcome {
+            Ok(v) => v.into_iter().map(Some).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "round not stored: nothing of it takes effect");
+                failed = Some(e.to_string());
+                Vec::new()
+            }
+        };
+        let mut take = |i: usize| outcomes.get_mut(i).and_then(Option::take);
+        // The latest stored version of each job the round changed.
+        let mut stored: HashMap<JobId, Job> = HashMap::new();
+        let mut refused = Vec::new();
+        for n in round.inserts {
+            let waiters = self.key_waiters.remove(&n.id).unwrap_or_default();
+            if let Some(k) = &n.key {
+                self.pending_keys.remove(&(n.tenant.clone(), k.clone()));
+            }
+            match take(n.write) {
+                Some(Ok(Written::Inserted(Inserted::Created(job)))) => {
+                    self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.job_entered(&n.entered);
+                    self.bus.publish(Event::JobSubmitted {
+                        job: job.id,
+                        tenant: job.spec.tenant.clone(),
+                        at: job.created_at,
+                    });
+                    let _ = n.reply.send(Ok((job.clone(), true)));
+                    for w in waiters {
+                        let _ = w.send(Ok((job.clone(), false)));
+                    }
+                    stored.insert(job.id, job);
+                }
+                Some(Ok(Written::Inserted(Inserted::Existing(job)))) => {
+                    // Another writer took the key: that job is the answer.
+                    refused.push((n.id, n.tenant, None));
+                    let _ = n.reply.send(Ok((job.clone(), false)));
+                    for w in waiters {
+                        let _ = w.send(Ok((job.clone(), false)));
+                    }
+                }
+                other => {
+                    let why = match other {
+                        Some(Err(e)) => e.to_string(),
+                        _ => failed
+                            .clone()
+                            .unwrap_or_else(|| "the store did not commit it".to_string()),
+                    };
+                    tracing::error!(job = %n.id, error = %why, "new job not stored");
+                    let err = || EngineError::Store(StoreError::Storage(why.clone()));
+                    let _ = n.reply.send(Err(err()));
+                    for w in waiters {
+                        let _ = w.send(Err(err()));
+                    }
+                    refused.push((n.id, n.tenant, None));
+                }
+            }
+        }
+        for (id, tenant, key) in refused {
+            self.withdraw(id, &tenant, key);
+        }
+        for (write, job) in round.transitions {
+            match take(write) {
+                Some(Ok(Written::Job(j))) => {
+                    stored.insert(j.id, j);
+                }
+                Some(Err(e)) => tracing::error!(%job, error = %e, "state change not stored"),
+                _ => {}
+            }
+        }
+        for r in outcomes.into_iter().flatten() {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "attempt record not stored");
+            }
+        }
+        self.publish(&round.actions, &stored, round.now);
+        self.deliver_all(round.actions, &stored);
+        for (reply, result) in round.replies {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Takes a job that was never stored back out of the scheduler; what
+    /// fills its room goes out with the next round.
+    fn withdraw(&mut self, job: JobId, tenant: &TenantId, key: Option<String>) {
+        if let Some(k) = key {
+            self.pending_keys.remove(&(tenant.clone(), k));
+        }
+        self.submitted_at.remove(&job);
+        match self.sched.withdraw(job) {
+            Ok(actions) => self.round.actions.extend(actions),
+            Err(e) => tracing::error!(%job, error = %e, "could not withdraw job"),
+        }
+    }
+
+    fn publish(&mut self, actions: &[Action], stored: &HashMap<JobId, Job>, now: Timestamp) {
+        for a in actions {
+            if let Action::Changed {
+                job,
+                from,
+                to,
+                attempt,
+                ..
+            } = a
+                && let Some(j) = stored.get(job)
+            {
+                self.metrics.job_moved(from, to);
+                if j.is_terminal() {
+                    self.submitted_at.remove(job);
+                }
+                self.bus.publish(Event::JobChanged {
+                    job: *job,
+                    tenant: j.spec.tenant.clone(),
+                    from: *from,
+                    to: *to,
+                    attempt: *attempt,
+                    at: now,
+                });
+            }
+        }
+    }
+
+    fn deliver_all(&mut self, actions: Vec<Action>, stored: &HashMap<JobId, Job>) {
+        let mut lost: Vec<WorkerId> = Vec::new();
+        for a in actions {
+            match a {
+                Action::Assign {
+                    job,
+                    worker,
+                    attempt,
+                } => {
+                    let Some(j) = stored.get(&job) else {
+                        continue;
+                    };
+                    let m = ToAgent::Assign {
+                        job,
+                        attempt,
+                        spec: Box::new(j.spec.clone()),
+                    };
+                    if !self.deliver(worker, m) && !lost.contains(&worker) {
+                        lost.push(worker);
+                    }
+                }
+                Action::Stop {
+                    job,
+                    worker,
+                    attempt,
+                } => {
+                    let m = ToAgent::Cancel {
+                        job,
+                        attempt,
+                        grace: self.config.cancel_grace,
+                    };
+                    // An agent that cannot be told will be lost by its
+                    // heartbeats; the attempt already ended here.
+                    let _ = self.deliver(worker, m);
+                }
+                Action::Changed { .. } => {}
+            }
+        }
+        for worker in lost {
+            tracing::warn!(%worker, "agent unreachable or too far behind; its jobs will be retried");
+            self.agents.remove(&worker);
+            if let Ok(more) = self.sched.worker_lost(worker) {
+                self.round.actions.extend(more);
+            }
+        }
+    }
+
+    fn deliver(&self, worker: WorkerId, m: ToAgent) -> bool {
+        self.agents
+            .get(&worker)
+            .is_some_and(|(_, link)| link.try_send(m))
+    }
+}
