@@ -253,6 +253,8 @@ pub struct WriteStats {
     writes: AtomicU64,
     commit_micros: AtomicU64,
     largest_batch: AtomicU64,
+    /// Commits still to fail on purpose (fault injection; zero otherwise).
+    faults: AtomicU64,
 }
 
 impl WriteStats {
@@ -420,6 +422,15 @@ impl RedbStore {
         &self.inner.stats
     }
 
+    /// Makes the next `n` commits fail as a failing disk would: each
+    /// batch is applied, then aborted instead of committed, and every
+    /// write in it gets a storage error. For tests of what survives a
+    /// failed write (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_commits(&self, n: u64) {
+        self.inner.stats.faults.store(n, Ordering::Relaxed);
+    }
+
     /// Queues `op` for the writer; the writer applies requests in the
     /// order they were queued.
     async fn send(&self, op: WriteOp) -> Result<Pending, StoreError> {
@@ -481,7 +492,7 @@ fn writer_loop(
         let committed = batch.len();
         let started = Instant::now();
         let outcome = contain(path, || {
-            commit_batch(db, segment, &mut batch, config.max_log_bytes_per_job)
+            commit_batch(db, segment, &mut batch, config.max_log_bytes_per_job, &stats.faults)
         });
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
@@ -524,6 +535,7 @@ fn commit_batch(
     segment: &Segment,
     batch: &mut [Request],
     max_log: u64,
+    faults: &AtomicU64,
 ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
     let mut txn = db.begin_write().map_err(StoreError::storage)?;
     txn.set_durability(Durability::Immediate)
@@ -548,6 +560,13 @@ fn commit_batch(
         if w.appended {
             segment.file.sync_data().map_err(StoreError::storage)?;
         }
+    }
+    if faults
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        // Dropping the transaction aborts it, as a failed commit would.
+        return Err(StoreError::Storage("injected write failure".into()));
     }
     txn.commit().map_err(StoreError::storage)?;
     Ok(results)
