@@ -605,6 +605,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
         "elapsed_seconds": elapsed.as_secs_f64(),
         "store_commits": commits,
         "store_commit_batch_mean": if commits > 0.0 { d("hodei_store_commit_batch_size_sum") / commits } else { 0.0 },
+        "store_commit_mean_ms": if commits > 0.0 { d("hodei_store_commit_seconds_sum") * 1000.0 / commits } else { 0.0 },
         "store_commit_batch_max": m1.get("hodei_store_commit_batch_size_max").copied().unwrap_or(0.0),
         "dispatch_share_permille_first_half": shares,
     }))
