@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use hodei_core::{Clock, ExitStatus, JobId, JobSpec, Resources, SystemClock, TenantId};
+use hodei_core::{Clock, ExitStatus, JobId, JobSpec, LogStream, Resources, SystemClock, TenantId};
 use hodei_hwp::client::connect_agent;
 use hodei_hwp::proto::{self, agent_message::Msg as Out, server_message::Msg as In};
 use hodei_hwp::spec_from_wire;
@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::batch::{Batch, BatchConfig, batch};
 use crate::cap::cap;
-use crate::exec::{ExecConfig, Finished, Stream, run};
+use crate::exec::{ExecConfig, Finished, run};
 use crate::outbox::{Spill, Waiting};
 use crate::telemetry::Sampler;
 
@@ -214,25 +214,6 @@ fn now_ms() -> u64 {
     SystemClock.now().0
 }
 
-fn wire_stream(s: Stream) -> i32 {
-    match s {
-        Stream::Stdout => proto::LogStream::Stdout as i32,
-        Stream::Stderr => proto::LogStream::Stderr as i32,
-        Stream::System => proto::LogStream::System as i32,
-    }
-}
-
-fn wire_exit(e: ExitStatus) -> proto::ExitStatus {
-    use proto::exit_status::Kind;
-    proto::ExitStatus {
-        kind: Some(match e {
-            ExitStatus::Code(c) => Kind::Code(c),
-            ExitStatus::Signal(s) => Kind::Signal(s),
-            ExitStatus::NotStarted => Kind::NotStarted(true),
-        }),
-    }
-}
-
 /// Full jitter: a delay drawn uniformly below an exponentially growing cap,
 /// so many agents cut off together do not come back together.
 fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
@@ -421,7 +402,7 @@ impl Core {
                 tracing::warn!(job = %attempt.id, %reason, "assignment refused");
                 let note = Batch {
                     seq: 0,
-                    stream: Stream::System,
+                    stream: LogStream::System,
                     at: SystemClock.now(),
                     data: format!("hodei-agent: not started: {reason}\n").into_bytes(),
                 };
@@ -430,7 +411,7 @@ impl Core {
                 attempt.result = Some(proto::JobFinished {
                     job_id: attempt.id.clone(),
                     attempt: key.1,
-                    exit: Some(wire_exit(ExitStatus::NotStarted)),
+                    exit: Some(hodei_hwp::exit_to_wire(&ExitStatus::NotStarted)),
                     duration_ms: 0,
                     peak_memory_mb: 0,
                     timed_out: false,
@@ -462,7 +443,7 @@ impl Core {
                     a.result = Some(proto::JobFinished {
                         job_id: a.id.clone(),
                         attempt: key.1,
-                        exit: Some(wire_exit(f.exit)),
+                        exit: Some(hodei_hwp::exit_to_wire(&f.exit)),
                         duration_ms: f.duration.as_millis() as u64,
                         peak_memory_mb: f.peak_memory_mb,
                         timed_out: f.timed_out,
@@ -549,7 +530,7 @@ impl Core {
                     job_id: a.id.clone(),
                     attempt,
                     seq: w.seq,
-                    stream: wire_stream(w.stream),
+                    stream: hodei_hwp::log_stream_to_wire(w.stream),
                     at_ms: w.at.0,
                     data,
                 }));

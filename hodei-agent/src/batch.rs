@@ -6,7 +6,9 @@ use hodei_core::Timestamp;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::exec::{Output, Stream};
+use hodei_core::LogStream;
+
+use crate::exec::Output;
 
 /// When a batch is cut.
 #[derive(Clone, Copy, Debug)]
@@ -35,7 +37,7 @@ pub struct Batch {
     /// Its number within the attempt, from 0, with no gaps across streams.
     pub seq: u64,
     /// The stream.
-    pub stream: Stream,
+    pub stream: LogStream,
     /// When its first byte was read.
     pub at: Timestamp,
     /// The bytes.
@@ -43,7 +45,7 @@ pub struct Batch {
 }
 
 struct Open {
-    stream: Stream,
+    stream: LogStream,
     at: Timestamp,
     since: Instant,
     data: Vec<u8>,
@@ -145,7 +147,7 @@ mod tests {
             .unwrap()
     }
 
-    fn out(stream: Stream, data: &[u8]) -> Output {
+    fn out(stream: LogStream, data: &[u8]) -> Output {
         Output {
             stream,
             at: Timestamp(7),
@@ -174,7 +176,7 @@ mod tests {
     #[test]
     fn ten_thousand_short_lines_make_at_most_a_hundred_batches() {
         let lines: Vec<Output> = (0..10_000)
-            .map(|i| out(Stream::Stdout, format!("line {i}\n").as_bytes()))
+            .map(|i| out(LogStream::Stdout, format!("line {i}\n").as_bytes()))
             .collect();
         let want: Vec<u8> = lines.iter().flat_map(|o| o.data.clone()).collect();
         let got = rt().block_on(run(lines, BatchConfig::default()));
@@ -192,21 +194,21 @@ mod tests {
         };
         let got = rt().block_on(run(
             vec![
-                out(Stream::Stdout, &[b'a'; 2500]),
-                out(Stream::Stderr, b"err\n"),
-                out(Stream::Stdout, b"tail"),
+                out(LogStream::Stdout, &[b'a'; 2500]),
+                out(LogStream::Stderr, b"err\n"),
+                out(LogStream::Stdout, b"tail"),
             ],
             config,
         ));
-        let sizes: Vec<(Stream, usize)> = got.iter().map(|b| (b.stream, b.data.len())).collect();
+        let sizes: Vec<(LogStream, usize)> = got.iter().map(|b| (b.stream, b.data.len())).collect();
         assert_eq!(
             sizes,
             vec![
-                (Stream::Stdout, 1000),
-                (Stream::Stdout, 1000),
-                (Stream::Stdout, 500),
-                (Stream::Stderr, 4),
-                (Stream::Stdout, 4)
+                (LogStream::Stdout, 1000),
+                (LogStream::Stdout, 1000),
+                (LogStream::Stdout, 500),
+                (LogStream::Stderr, 4),
+                (LogStream::Stdout, 4)
             ]
         );
     }
@@ -222,7 +224,7 @@ mod tests {
             };
             let task = tokio::spawn(batch(in_rx, out_tx, config));
             in_tx
-                .send(out(Stream::Stdout, b"one line\n"))
+                .send(out(LogStream::Stdout, b"one line\n"))
                 .await
                 .unwrap();
             // The input stays open: only the delay can release the batch.

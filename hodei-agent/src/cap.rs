@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use hodei_core::{Clock, SystemClock};
 use tokio::sync::mpsc;
 
-use crate::exec::{Output, Stream};
+use hodei_core::LogStream;
+
+use crate::exec::Output;
 
 /// Passes `input` to `output` until `limit` bytes have gone through, half
 /// of it as the head; past that, only the last `limit / 2` bytes are kept
@@ -73,7 +75,7 @@ pub async fn cap(
     if cut > 0 {
         let at = tail.front().map_or_else(|| SystemClock.now(), |o| o.at);
         let note = Output {
-            stream: Stream::System,
+            stream: LogStream::System,
             at,
             data: format!(
                 "\n[hodei: {cut} bytes of output cut here; the log keeps its head and tail]\n"
@@ -99,7 +101,7 @@ mod tests {
 
     fn out(data: &[u8]) -> Output {
         Output {
-            stream: Stream::Stdout,
+            stream: LogStream::Stdout,
             at: Timestamp(1),
             data: data.to_vec(),
         }
@@ -117,7 +119,7 @@ mod tests {
         });
         let (mut data, mut system) = (Vec::new(), Vec::new());
         while let Some(o) = orx.recv().await {
-            if o.stream == Stream::System {
+            if o.stream == LogStream::System {
                 system.extend(o.data);
             } else {
                 data.extend(o.data);

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hodei_core::{
-    Clock, Command, ExitStatus, JobSpec, Masker, SecretDelivery, SystemClock, Timestamp,
+    Clock, Command, ExitStatus, JobSpec, LogStream, Masker, SecretDelivery, SystemClock, Timestamp,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -39,22 +39,11 @@ impl Default for ExecConfig {
     }
 }
 
-/// Which stream output came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-    /// A note from the agent itself (could not start, killed, ...).
-    System,
-}
-
 /// A piece of masked output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Output {
     /// Where it came from.
-    pub stream: Stream,
+    pub stream: LogStream,
     /// When it was read.
     pub at: Timestamp,
     /// The bytes, with every secret form masked.
@@ -92,7 +81,7 @@ fn peak_rss_mb(pid: u32) -> Option<u64> {
 
 async fn pump(
     mut pipe: impl AsyncRead + Unpin,
-    stream: Stream,
+    stream: LogStream,
     masker: Masker,
     read_size: usize,
     out: mpsc::Sender<Output>,
@@ -168,7 +157,7 @@ pub async fn run(
 ) -> Finished {
     let started = Instant::now();
     let note = |text: String| Output {
-        stream: Stream::System,
+        stream: LogStream::System,
         at: now(),
         data: text.into_bytes(),
     };
@@ -311,7 +300,7 @@ pub async fn run(
     if let Some(master) = terminal {
         readers.push(tokio::spawn(pump(
             tokio::fs::File::from_std(std::fs::File::from(master)),
-            Stream::Stdout,
+            LogStream::Stdout,
             masker.clone(),
             config.read_size,
             out.clone(),
@@ -320,7 +309,7 @@ pub async fn run(
     if let Some(p) = child.stdout.take() {
         readers.push(tokio::spawn(pump(
             p,
-            Stream::Stdout,
+            LogStream::Stdout,
             masker.clone(),
             config.read_size,
             out.clone(),
@@ -329,7 +318,7 @@ pub async fn run(
     if let Some(p) = child.stderr.take() {
         readers.push(tokio::spawn(pump(
             p,
-            Stream::Stderr,
+            LogStream::Stderr,
             masker.clone(),
             config.read_size,
             out.clone(),

@@ -26,6 +26,7 @@ pub use agent::{AgentConfig, AgentError, Report, Shutdown, host_name, run_agent}
 pub use batch::{Batch, BatchConfig, batch};
 pub use cap::cap;
 pub use contain::{Containment, ContainmentMode};
-pub use exec::{ExecConfig, Finished, Output, Stream, run};
+pub use exec::{ExecConfig, Finished, Output, run};
+pub use hodei_core::LogStream;
 pub use secrets::secret_forms;
 pub use telemetry::{Reading, Sampler, detect_capacity};

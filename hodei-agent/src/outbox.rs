@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use crate::batch::Batch;
-use crate::exec::Stream;
+use hodei_core::LogStream;
 use hodei_core::Timestamp;
 
 /// Where a waiting batch's bytes are.
@@ -21,7 +21,7 @@ enum Data {
 #[derive(Debug)]
 pub(crate) struct Waiting {
     pub(crate) seq: u64,
-    pub(crate) stream: Stream,
+    pub(crate) stream: LogStream,
     pub(crate) at: Timestamp,
     data: Data,
 }
@@ -156,7 +156,7 @@ mod tests {
     fn batch(seq: u64, data: &[u8]) -> Batch {
         Batch {
             seq,
-            stream: Stream::Stdout,
+            stream: LogStream::Stdout,
             at: Timestamp(seq),
             data: data.to_vec(),
         }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use hodei_agent::{ExecConfig, Finished, Output, Stream};
+use hodei_agent::{ExecConfig, Finished, LogStream, Output};
 use hodei_core::{ExitStatus, JobSpec, Secret, SecretDelivery};
 
 fn config() -> ExecConfig {
@@ -23,7 +23,7 @@ fn exec(spec: JobSpec, cancel_after: Option<Duration>) -> (Finished, Vec<Output>
     (f, out)
 }
 
-fn text(out: &[Output], stream: Stream) -> String {
+fn text(out: &[Output], stream: LogStream) -> String {
     let bytes: Vec<u8> = out
         .iter()
         .filter(|o| o.stream == stream)
@@ -43,8 +43,8 @@ fn output_and_exit_code_are_reported() {
         None,
     );
     assert_eq!(f.exit, ExitStatus::Code(3));
-    assert_eq!(text(&out, Stream::Stdout), "hello\n");
-    assert_eq!(text(&out, Stream::Stderr), "oops\n");
+    assert_eq!(text(&out, LogStream::Stdout), "hello\n");
+    assert_eq!(text(&out, LogStream::Stderr), "oops\n");
     assert!(!f.timed_out && !f.cancelled);
 }
 
@@ -52,7 +52,7 @@ fn output_and_exit_code_are_reported() {
 fn scripts_stop_at_the_first_failing_step() {
     let (f, out) = exec(script("echo one\nfalse\necho two"), None);
     assert_eq!(f.exit, ExitStatus::Code(1));
-    assert_eq!(text(&out, Stream::Stdout), "one\n");
+    assert_eq!(text(&out, LogStream::Stdout), "one\n");
     let (f, _) = exec(script("echo \"$UNSET_VARIABLE\""), None);
     assert_ne!(f.exit, ExitStatus::Code(0), "unset variables fail the job");
 }
@@ -70,7 +70,7 @@ fn secrets_never_appear_even_split_or_encoded() {
     });
     let (f, out) = exec(spec, None);
     assert_eq!(f.exit, ExitStatus::Code(0));
-    let all = text(&out, Stream::Stdout);
+    let all = text(&out, LogStream::Stdout);
     assert!(!all.contains("hunter2"), "{all}");
     assert!(all.starts_with("a=***\n"), "{all}");
     assert!(all.contains("env: ***"), "{all}");
@@ -91,7 +91,7 @@ fn secrets_can_arrive_as_json_on_stdin() {
     spec.env.insert("VISIBLE".into(), "yes".into());
     let (f, out) = exec(spec, None);
     assert_eq!(f.exit, ExitStatus::Code(0));
-    assert_eq!(text(&out, Stream::Stdout), r#"{"DB_PASSWORD":"***"}"#);
+    assert_eq!(text(&out, LogStream::Stdout), r#"{"DB_PASSWORD":"***"}"#);
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn alive(pid: i32) -> bool {
 /// The pid the job printed as `child <pid>` is gone (within a second, for
 /// the kernel to tear it down).
 fn assert_child_gone(out: &[Output]) {
-    let pid: i32 = text(out, Stream::Stdout)
+    let pid: i32 = text(out, LogStream::Stdout)
         .trim()
         .trim_start_matches("child ")
         .parse()
@@ -170,7 +170,7 @@ fn a_huge_line_without_newline_flows_through() {
     assert_eq!(f.exit, ExitStatus::Code(0));
     let n: usize = out
         .iter()
-        .filter(|o| o.stream == Stream::Stdout)
+        .filter(|o| o.stream == LogStream::Stdout)
         .map(|o| o.data.len())
         .sum();
     assert_eq!(n, 10_000_000);
@@ -180,7 +180,7 @@ fn a_huge_line_without_newline_flows_through() {
 fn a_missing_program_is_reported_not_started() {
     let (f, out) = exec(JobSpec::argv(["/nonexistent/program"]), None);
     assert_eq!(f.exit, ExitStatus::NotStarted);
-    assert!(text(&out, Stream::System).contains("cannot start"));
+    assert!(text(&out, LogStream::System).contains("cannot start"));
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn a_pty_job_sees_a_terminal_and_is_still_stopped_as_a_group() {
     spec.pty = true;
     let (f, out) = exec(spec, None);
     assert_eq!(f.exit, ExitStatus::Code(0));
-    let text = text(&out, Stream::Stdout);
+    let text = text(&out, LogStream::Stdout);
     assert!(text.contains("on-a-terminal"), "{text:?}");
     assert!(text.contains("err"), "{text:?}");
     assert!(text.contains("40 120"), "{text:?}");
@@ -218,7 +218,7 @@ fn a_job_printing_before_reading_a_large_stdin_does_not_deadlock() {
     let spec = stdin_spec("head -c 400000 /dev/zero | tr '\\0' 'x'\necho\nwc -c | tr -d ' '");
     let (f, out) = exec(spec, None);
     assert_eq!(f.exit, ExitStatus::Code(0));
-    let text = text(&out, Stream::Stdout);
+    let text = text(&out, LogStream::Stdout);
     assert_eq!(text.matches('x').count(), 400_000);
     // The whole JSON document arrived: {"BIG":"kkk..."}.
     assert!(
@@ -259,7 +259,7 @@ fn leak_a_descriptor() -> i32 {
 fn open_fds(spec: JobSpec) -> Vec<String> {
     let (f, out) = exec(spec, None);
     assert_eq!(f.exit, ExitStatus::Code(0));
-    let mut fds: Vec<String> = text(&out, Stream::Stdout)
+    let mut fds: Vec<String> = text(&out, LogStream::Stdout)
         .split_whitespace()
         .map(str::to_string)
         .collect();
@@ -306,7 +306,7 @@ fn a_multi_line_secret_is_masked_under_a_terminal() {
     }];
     let (f, out) = exec(spec, None);
     assert_eq!(f.exit, ExitStatus::Code(0));
-    let text = text(&out, Stream::Stdout);
+    let text = text(&out, LogStream::Stdout);
     assert!(text.contains("\r\n"), "not a terminal: {text:?}");
     assert!(text.contains("end"), "{text:?}");
     for line in key.lines().skip(1).take(3) {

@@ -86,3 +86,15 @@ impl Event {
         }
     }
 }
+
+/// Which output stream a piece of a job's log came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A note from the system (the agent or the server), not the job:
+    /// could not start, killed at its timeout, and so on.
+    System,
+}

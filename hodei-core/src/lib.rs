@@ -42,7 +42,7 @@ mod spec;
 
 pub use bus::{Bus, RecvError, Subscriber, TryRecvError};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use event::Event;
+pub use event::{Event, LogStream};
 pub use id::{IdError, JobId, TenantId, WorkerId};
 pub use job::{ExitStatus, Job, JobState, Lifecycle, Transition, TransitionError};
 pub use masker::{MASK, MaskStream, Masker, MaskerError};

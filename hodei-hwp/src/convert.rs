@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hodei_core::{
     Backoff, Command, Constraint, ConstraintOp, ExitStatus, FieldError, Job, JobId, JobSpec,
-    JobState, Resources, RetryPolicy, Secret, SecretDelivery, TenantId,
+    JobState, LogStream, Resources, RetryPolicy, Secret, SecretDelivery, TenantId,
 };
 
 use crate::engine::ToAgent;
@@ -23,6 +23,14 @@ impl fmt::Display for WireError {
 }
 
 impl WireError {
+    /// One problem with one field.
+    pub fn one(field: &str, message: &str) -> Self {
+        WireError(vec![FieldError {
+            field: field.to_string(),
+            message: message.to_string(),
+        }])
+    }
+
     /// True if a problem concerns `field` or a path below it.
     pub fn concerns(&self, field: &str) -> bool {
         self.0.iter().any(|e| e.is_about(field))
@@ -245,7 +253,46 @@ fn resources_to_wire(r: &Resources) -> proto::Resources {
     }
 }
 
-fn exit_to_wire(e: &ExitStatus) -> proto::ExitStatus {
+/// A log stream, as the wire carries it.
+pub fn log_stream_to_wire(s: LogStream) -> i32 {
+    match s {
+        LogStream::Stdout => proto::LogStream::Stdout as i32,
+        LogStream::Stderr => proto::LogStream::Stderr as i32,
+        LogStream::System => proto::LogStream::System as i32,
+    }
+}
+
+/// A log stream from the wire; `field` names it in the error.
+///
+/// # Errors
+///
+/// The value is not a known stream.
+pub fn log_stream_from_wire(v: i32, field: &str) -> Result<LogStream, WireError> {
+    match proto::LogStream::try_from(v) {
+        Ok(proto::LogStream::Stdout) => Ok(LogStream::Stdout),
+        Ok(proto::LogStream::Stderr) => Ok(LogStream::Stderr),
+        Ok(proto::LogStream::System) => Ok(LogStream::System),
+        _ => Err(WireError::one(field, "must be stdout, stderr or system")),
+    }
+}
+
+/// How a process ended, from the wire; `field` names it in the error.
+///
+/// # Errors
+///
+/// The status is missing.
+pub fn exit_from_wire(e: Option<proto::ExitStatus>, field: &str) -> Result<ExitStatus, WireError> {
+    use proto::exit_status::Kind;
+    match e.and_then(|e| e.kind) {
+        Some(Kind::Code(c)) => Ok(ExitStatus::Code(c)),
+        Some(Kind::Signal(s)) => Ok(ExitStatus::Signal(s)),
+        Some(Kind::NotStarted(_)) => Ok(ExitStatus::NotStarted),
+        None => Err(WireError::one(field, "must be set")),
+    }
+}
+
+/// How a process ended, as the wire carries it.
+pub fn exit_to_wire(e: &ExitStatus) -> proto::ExitStatus {
     use proto::exit_status::Kind;
     proto::ExitStatus {
         kind: Some(match e {
@@ -455,4 +502,3 @@ mod tests {
         }
     }
 }
-

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Principal, Tokens};
-use crate::convert::{job_to_wire, spec_from_wire, state_to_wire};
+use crate::convert::{job_to_wire, log_stream_to_wire, spec_from_wire, state_to_wire};
 use crate::engine::{EngineError, EngineHandle};
 use crate::proto;
 
@@ -366,11 +366,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
                         let c = proto::LogChunk {
                             attempt: e.cursor.attempt,
                             seq: e.cursor.seq,
-                            stream: match e.chunk.stream {
-                                hodei_store::LogStream::Stdout => proto::LogStream::Stdout,
-                                hodei_store::LogStream::Stderr => proto::LogStream::Stderr,
-                                hodei_store::LogStream::System => proto::LogStream::System,
-                            } as i32,
+                            stream: log_stream_to_wire(e.chunk.stream),
                             at_ms: e.chunk.at.as_millis(),
                             data: e.chunk.data,
                             truncated_bytes: page.truncated_bytes,

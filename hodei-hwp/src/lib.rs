@@ -22,7 +22,8 @@ mod worker_service;
 
 pub use auth::{AuthError, Principal, Tokens};
 pub use convert::{
-    WireError, job_to_wire, spec_from_wire, spec_to_wire, state_to_wire, to_agent_wire,
+    WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire, log_stream_to_wire,
+    spec_from_wire, spec_to_wire, state_to_wire, to_agent_wire,
 };
 pub use engine::{
     AgentLink, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration, ToAgent,

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Tokens;
-use crate::convert::to_agent_wire;
+use crate::convert::{exit_from_wire, log_stream_from_wire, to_agent_wire};
 use crate::engine::{AgentLink, EngineHandle, Registration, ToAgent};
 
 /// The sending half of an agent's stream; an `Err` ends the stream with
@@ -132,13 +132,7 @@ fn registration(r: proto::Register) -> Result<Registration, Status> {
 }
 
 fn exit_status(e: Option<proto::ExitStatus>) -> Result<ExitStatus, Status> {
-    use proto::exit_status::Kind;
-    match e.and_then(|e| e.kind) {
-        Some(Kind::Code(c)) => Ok(ExitStatus::Code(c)),
-        Some(Kind::Signal(s)) => Ok(ExitStatus::Signal(s)),
-        Some(Kind::NotStarted(_)) => Ok(ExitStatus::NotStarted),
-        None => Err(invalid("job_finished.exit", "must be set")),
-    }
+    Ok(exit_from_wire(e, "job_finished.exit")?)
 }
 
 fn check_log_batch(b: &proto::LogBatch) -> Result<(JobId, LogStream), Status> {
@@ -149,17 +143,7 @@ fn check_log_batch(b: &proto::LogBatch) -> Result<(JobId, LogStream), Status> {
             format!("at most {MAX_LOG_BATCH} bytes"),
         ));
     }
-    let stream = match proto::LogStream::try_from(b.stream) {
-        Ok(proto::LogStream::Stdout) => LogStream::Stdout,
-        Ok(proto::LogStream::Stderr) => LogStream::Stderr,
-        Ok(proto::LogStream::System) => LogStream::System,
-        _ => {
-            return Err(invalid(
-                "log_batch.stream",
-                "must be stdout, stderr or system",
-            ));
-        }
-    };
+    let stream = log_stream_from_wire(b.stream, "log_batch.stream")?;
     Ok((job, stream))
 }
 

@@ -39,10 +39,12 @@ pub use audit::{AuditEntry, AuditRecord, ChainCheck, verify_chain};
 pub use batch::{AttemptPatch, Batch, Commit, Outcomes, Written};
 pub use codec::{FORMAT_VERSION, decode, encode};
 pub use error::StoreError;
+/// Re-exported: the one log-stream type lives in `hodei-core`.
+pub use hodei_core::LogStream;
 pub use mem::MemStore;
 pub use model::{
-    AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogEntry, LogPage,
-    LogStream, Page, StateKind,
+    AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogEntry, LogPage, Page,
+    StateKind,
 };
 pub use redb_store::{RedbStore, WriteStats};
 pub use store::{Store, StoreConfig};

@@ -1,6 +1,6 @@
 //! The records a store keeps besides jobs, and the shapes of its answers.
 
-use hodei_core::{ExitStatus, Job, JobId, JobState, TenantId, Timestamp, WorkerId};
+use hodei_core::{ExitStatus, Job, JobId, JobState, LogStream, TenantId, Timestamp, WorkerId};
 use serde::{Deserialize, Serialize};
 
 /// The result of [`Store::insert_job`](crate::Store::insert_job).
@@ -140,17 +140,6 @@ pub struct AttemptRecord {
     pub exit: Option<ExitStatus>,
     /// Peak memory of the process, MiB, if reported.
     pub peak_memory_mb: Option<u64>,
-}
-
-/// Which output stream a log chunk came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum LogStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-    /// A note from the system (the agent or server), not the job.
-    System,
 }
 
 /// A batch of a job's output, as sent by its agent (already masked).

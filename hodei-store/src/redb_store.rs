@@ -492,7 +492,13 @@ fn writer_loop(
         let committed = batch.len();
         let started = Instant::now();
         let outcome = contain(path, || {
-            commit_batch(db, segment, &mut batch, config.max_log_bytes_per_job, &stats.faults)
+            commit_batch(
+                db,
+                segment,
+                &mut batch,
+                config.max_log_bytes_per_job,
+                &stats.faults,
+            )
         });
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use hodei_agent::{Containment, ExecConfig, Finished, Output, Stream, run};
+use hodei_agent::{Containment, ExecConfig, Finished, LogStream, Output, run};
 use hodei_core::{ExitStatus, JobSpec};
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,7 +62,7 @@ pub(crate) fn exec(
 pub(crate) fn stdout(out: &[Output]) -> String {
     let bytes: Vec<u8> = out
         .iter()
-        .filter(|o| o.stream == Stream::Stdout)
+        .filter(|o| o.stream == LogStream::Stdout)
         .flat_map(|o| o.data.clone())
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
