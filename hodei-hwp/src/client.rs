@@ -7,7 +7,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 
-use crate::convert::spec_to_wire;
+use crate::wire::spec_to_wire;
 use crate::proto;
 use crate::proto::job_service_client::JobServiceClient;
 use crate::proto::worker_service_client::WorkerServiceClient;

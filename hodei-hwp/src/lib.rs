@@ -1,52 +1,32 @@
-//! The Hodei Worker Protocol.
+//! The Hodei Worker Protocol, and the server as a library.
 //!
-//! The gRPC definitions agents and clients speak (`proto/hodei/hwp/v1`,
-//! package `hodei.hwp.v1`), generated at build time in pure Rust, and the
-//! checked conversions between wire messages and `hodei-core` types: every
-//! field of an incoming message is validated, and a problem is reported
-//! with the field it concerns; bearer-token authentication of agents and
-//! clients; the server [`Engine`] on `hodei-sched` and `hodei-store`; the
-//! gRPC services on it ([`serve`], with gRPC health and reflection); and a
-//! [`client`].
+//! - [`wire`]: the gRPC definitions agents and clients speak
+//!   (`proto/hodei/hwp/v1`, package `hodei.hwp.v1`), generated at build
+//!   time in pure Rust, and the checked conversions between wire messages
+//!   and `hodei-core` types.
+//! - [`client`]: what agents and the CLI connect with.
+//! - [`server`] (cargo feature `server`, on by default): the [`Engine`]
+//!   on `hodei-sched` and `hodei-store`, the gRPC services on it (with
+//!   health and reflection), authentication, metrics and [`serve`].
+//!
+//! An agent depends on this crate with `default-features = false`: the
+//! wire and the client only, without the scheduler or the store.
 #![deny(missing_docs)]
 
-mod auth;
 pub mod client;
-mod convert;
-mod engine;
-mod job_service;
-mod metrics;
-mod server;
-pub mod status_guard;
-mod worker_service;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod wire;
 
-pub use auth::{AuthError, Principal, Tokens};
-pub use convert::{
-    WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire, log_stream_to_wire,
-    spec_from_wire, spec_to_wire, state_to_wire, to_agent_wire,
+#[cfg(feature = "server")]
+pub use server::{
+    AgentLink, Applied, AuthError, Engine, EngineConfig, EngineError, EngineHandle, Histogram,
+    JobApi, MAX_LOG_BATCH, Metrics, Principal, Registration, ServeError, Snapshot, ToAgent,
+    Tokens, Welcome, WorkerApi, check_agent_message, serve, status_guard,
 };
-pub use engine::{
-    AgentLink, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration, ToAgent,
-    Welcome,
+pub use wire::{
+    WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire,
+    log_stream_to_wire, proto, spec_from_wire, spec_to_wire, state_to_wire,
 };
-pub use job_service::JobApi;
-pub use metrics::{Histogram, Metrics, Snapshot};
-pub use server::{ServeError, serve};
-pub use worker_service::{MAX_LOG_BATCH, WorkerApi, check_agent_message};
-
-/// Code generated from the `.proto` files.
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    clippy::all,
-    clippy::pedantic,
-    rust_2018_idioms
-)]
-pub mod proto {
-    tonic::include_proto!("hodei.hwp.v1");
-
-    /// The encoded descriptor set of every Hodei service, for gRPC
-    /// reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/hodei_hwp_descriptor.bin"));
-}
+#[cfg(feature = "server")]
+pub use wire::to_agent_wire;

@@ -9,13 +9,13 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::auth::Tokens;
-use crate::engine::EngineHandle;
-use crate::job_service::JobApi;
+use crate::server::auth::Tokens;
+use crate::server::engine::EngineHandle;
+use crate::server::job_service::JobApi;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
-use crate::status_guard::StatusGuardLayer;
-use crate::worker_service::{MAX_LOG_BATCH, WorkerApi};
+use crate::server::status_guard::StatusGuardLayer;
+use crate::server::worker_service::{MAX_LOG_BATCH, WorkerApi};
 use crate::{EngineConfig, proto};
 
 /// HTTP/2 receive window per stream, bytes.
@@ -45,7 +45,7 @@ pub enum ServeError {
 ///
 /// Every accepted connection has `TCP_NODELAY` set (small messages such as
 /// AssignJob must not wait on delayed acknowledgements), and every error
-/// message is bounded ([`status_guard`](crate::status_guard)).
+/// message is bounded ([`status_guard`](crate::server::status_guard)).
 pub async fn serve<S: Store>(
     listener: TcpListener,
     engine: EngineHandle<S>,

@@ -15,9 +15,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::Tokens;
-use crate::convert::{exit_from_wire, log_stream_from_wire, to_agent_wire};
-use crate::engine::{AgentLink, EngineHandle, Registration, ToAgent};
+use crate::server::auth::Tokens;
+use crate::wire::{exit_from_wire, log_stream_from_wire, to_agent_wire};
+use crate::server::engine::{AgentLink, EngineHandle, Registration, ToAgent};
 
 /// The sending half of an agent's stream; an `Err` ends the stream with
 /// that status.

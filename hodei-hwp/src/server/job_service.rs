@@ -8,9 +8,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Principal, Tokens};
-use crate::convert::{job_to_wire, log_stream_to_wire, spec_from_wire, state_to_wire};
-use crate::engine::{EngineError, EngineHandle};
+use crate::server::auth::{Principal, Tokens};
+use crate::wire::{job_to_wire, log_stream_to_wire, spec_from_wire, state_to_wire};
+use crate::server::engine::{EngineError, EngineHandle};
 use crate::proto;
 
 const STREAM_DEPTH: usize = 256;

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::agent::{AgentLink, ToAgent, Welcome};
 use self::core::Core;
-use crate::metrics::{Metrics, Snapshot};
+use crate::server::metrics::{Metrics, Snapshot};
 
 /// Settings of an [`Engine`].
 #[derive(Clone, Debug)]

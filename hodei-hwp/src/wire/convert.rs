@@ -8,7 +8,8 @@ use hodei_core::{
     JobState, LogStream, Resources, RetryPolicy, Secret, SecretDelivery, TenantId,
 };
 
-use crate::engine::ToAgent;
+#[cfg(feature = "server")]
+use crate::server::engine::ToAgent;
 use crate::proto;
 
 /// Every problem found in a wire message, each naming its field. Becomes
@@ -347,6 +348,7 @@ pub fn job_to_wire(job: &Job) -> proto::Job {
 
 /// An engine message for an agent, as the wire carries it; [`ToAgent::Close`]
 /// ends the stream with UNAVAILABLE, so the agent reconnects.
+#[cfg(feature = "server")]
 pub fn to_agent_wire(m: ToAgent) -> Result<proto::ServerMessage, tonic::Status> {
     use proto::server_message::Msg;
     let msg = match m {
