@@ -7,10 +7,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 
-use crate::wire::spec_to_wire;
 use crate::proto;
 use crate::proto::job_service_client::JobServiceClient;
 use crate::proto::worker_service_client::WorkerServiceClient;
+use crate::wire::spec_to_wire;
 
 /// Why a client could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -21,12 +21,12 @@ pub mod wire;
 #[cfg(feature = "server")]
 pub use server::{
     AgentLink, Applied, AuthError, Engine, EngineConfig, EngineError, EngineHandle, Histogram,
-    JobApi, MAX_LOG_BATCH, Metrics, Principal, Registration, ServeError, Snapshot, ToAgent,
-    Tokens, Welcome, WorkerApi, check_agent_message, serve, status_guard,
-};
-pub use wire::{
-    WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire,
-    log_stream_to_wire, proto, spec_from_wire, spec_to_wire, state_to_wire,
+    JobApi, MAX_LOG_BATCH, Metrics, Principal, Registration, ServeError, Snapshot, ToAgent, Tokens,
+    Welcome, WorkerApi, check_agent_message, serve, status_guard,
 };
 #[cfg(feature = "server")]
 pub use wire::to_agent_wire;
+pub use wire::{
+    WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire, log_stream_to_wire,
+    proto, spec_from_wire, spec_to_wire, state_to_wire,
+};

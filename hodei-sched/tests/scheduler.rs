@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::assigns;
 use hodei_core::{
-    Backoff, Bus, Clock, Constraint, Event, ExitStatus, JobId, JobSpec, JobState, ManualClock,
-    Resources, RetryPolicy, TenantId, Timestamp, Transition, WorkerId,
+    Backoff, Clock, Constraint, ExitStatus, JobId, JobSpec, JobState, ManualClock, Resources,
+    RetryPolicy, TenantId, Timestamp, Transition, WorkerId,
 };
 use hodei_sched::{
     Action, AttemptOutcome, ClusterConfig, ClusterState, JobRequest, SchedError, Scheduler,
@@ -537,17 +537,17 @@ fn tenants_share_dispatches_by_weight() {
     assert_split_1_2_4(&placed, &owner);
 }
 
+/// The scheduler publishes nothing itself: a host publishes each change
+/// once it is stored. Each change comes back as an action, before the
+/// assignment that depends on it.
 #[test]
-fn state_changes_are_published_on_the_bus() {
-    let bus = Bus::new(64);
-    let mut sub = bus.subscribe();
+fn state_changes_come_back_as_actions_before_their_assignment() {
     let clock = ManualClock::new(Timestamp(5));
     let mut sched = Scheduler::new(
         SchedulerConfig::default(),
         Arc::new(ClusterState::default()),
         clock,
-    )
-    .with_bus(bus);
+    );
     let w = WorkerId::new();
     sched
         .worker_joined(WorkerSpec {
@@ -558,20 +558,28 @@ fn state_changes_are_published_on_the_bus() {
         .unwrap();
     let j = job("acme", 100, 100);
     let id = j.id;
-    sched.submit(j).unwrap();
-    match &*sub.try_recv().unwrap() {
-        Event::JobChanged { job, to, at, .. } => {
-            assert_eq!((*job, *at), (id, Timestamp(5)));
-            assert_eq!(
-                *to,
-                JobState::Assigned {
-                    worker: w,
-                    attempt: 1
-                }
-            );
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    let actions = sched.submit(j).unwrap();
+    let assigned = JobState::Assigned {
+        worker: w,
+        attempt: 1,
+    };
+    assert_eq!(
+        actions,
+        vec![
+            Action::Changed {
+                job: id,
+                from: JobState::Queued,
+                to: assigned,
+                attempt: 1,
+                cause: Transition::Assign { worker: w },
+            },
+            Action::Assign {
+                job: id,
+                worker: w,
+                attempt: 1
+            },
+        ]
+    );
 }
 
 #[test]

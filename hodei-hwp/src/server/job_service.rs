@@ -8,10 +8,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::server::auth::{Principal, Tokens};
-use crate::wire::{job_to_wire, log_stream_to_wire, spec_from_wire, state_to_wire};
-use crate::server::engine::{EngineError, EngineHandle};
 use crate::proto;
+use crate::server::auth::{Principal, Tokens};
+use crate::server::engine::{EngineError, EngineHandle};
+use crate::wire::{job_to_wire, log_stream_to_wire, spec_from_wire, state_to_wire};
 
 const STREAM_DEPTH: usize = 256;
 const LOG_PAGE: usize = 256;

@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::proto::job_service_server::JobServiceServer;
+use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::server::auth::Tokens;
 use crate::server::engine::EngineHandle;
 use crate::server::job_service::JobApi;
-use crate::proto::job_service_server::JobServiceServer;
-use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::server::status_guard::StatusGuardLayer;
 use crate::server::worker_service::{MAX_LOG_BATCH, WorkerApi};
 use crate::{EngineConfig, proto};

@@ -16,8 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::server::auth::Tokens;
-use crate::wire::{exit_from_wire, log_stream_from_wire, to_agent_wire};
 use crate::server::engine::{AgentLink, EngineHandle, Registration, ToAgent};
+use crate::wire::{exit_from_wire, log_stream_from_wire, to_agent_wire};
 
 /// The sending half of an agent's stream; an `Err` ends the stream with
 /// that status.

@@ -8,9 +8,9 @@ use hodei_core::{
     JobState, LogStream, Resources, RetryPolicy, Secret, SecretDelivery, TenantId,
 };
 
+use crate::proto;
 #[cfg(feature = "server")]
 use crate::server::engine::ToAgent;
-use crate::proto;
 
 /// Every problem found in a wire message, each naming its field. Becomes
 /// an `INVALID_ARGUMENT` status.

@@ -7,8 +7,8 @@ mod convert;
 #[cfg(feature = "server")]
 pub use convert::to_agent_wire;
 pub use convert::{
-    WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire,
-    log_stream_to_wire, spec_from_wire, spec_to_wire, state_to_wire,
+    WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire, log_stream_to_wire,
+    spec_from_wire, spec_to_wire, state_to_wire,
 };
 
 /// Code generated from the `.proto` files.
