@@ -100,6 +100,24 @@ impl<E> Shared<E> {
 /// assert_eq!(*sub.recv().await.unwrap(), "job queued");
 /// # });
 /// ```
+///
+/// A subscriber that falls behind is told how much it missed, then reads
+/// on from the oldest event the bus still keeps; the publisher never
+/// waited for it:
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use hodei_core::{Bus, RecvError};
+/// let bus = Bus::new(4);
+/// let mut slow = bus.subscribe();
+/// for i in 0..10 {
+///     bus.publish(i);
+/// }
+/// // Ten published, four kept: the first six are gone.
+/// assert_eq!(slow.recv().await.unwrap_err(), RecvError::Lagged(6));
+/// assert_eq!(*slow.recv().await.unwrap(), 6);
+/// # });
+/// ```
 pub struct Bus<E> {
     shared: Arc<Shared<E>>,
 }
