@@ -368,8 +368,8 @@ impl Store for Failing {
         batch: hodei_store::Batch,
     ) -> Result<hodei_store::Commit, hodei_store::StoreError> {
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(hodei_store::StoreError::Storage(
-                "injected: no space left on device".into(),
+            return Err(hodei_store::StoreError::storage(
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
             ));
         }
         self.inner.enqueue(batch).await
@@ -469,7 +469,20 @@ fn a_submission_that_cannot_be_stored_fails_and_leaves_nothing_behind() {
         whole.idempotency_key = Some("k".into());
         store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
         let err = h.submit(whole.clone()).await.unwrap_err();
-        assert!(err.to_string().contains("no space left"), "{err}");
+        assert!(
+            err.to_string().to_lowercase().contains("no space left"),
+            "{err}"
+        );
+        // The disk's own error is kept as the source.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        let mut io = None;
+        while let Some(c) = cause {
+            if let Some(e) = c.downcast_ref::<std::io::Error>() {
+                io = e.raw_os_error();
+            }
+            cause = c.source();
+        }
+        assert_eq!(io, Some(libc::ENOSPC), "{err:?}");
         store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
         // Nothing was stored, sent or published, and the room it held is
         // free: the same submission goes through and is placed.

@@ -15,25 +15,18 @@ pub const FORMAT_VERSION: u8 = 1;
 /// Encodes `value` as a versioned record.
 pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![FORMAT_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard()).map_err(
-        |e| StoreError::Codec {
-            what: what.to_string(),
-            reason: e.to_string(),
-        },
-    )?;
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .map_err(|e| StoreError::codec(what, e))?;
     Ok(out)
 }
 
 /// Decodes a versioned record.
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    let err = |reason: String| StoreError::Codec {
-        what: what.to_string(),
-        reason,
-    };
+    let err = |reason: String| StoreError::codec_message(what, reason);
     match bytes.split_first() {
         Some((&FORMAT_VERSION, body)) => {
             let (v, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| StoreError::codec(what, e))?;
             if used != body.len() {
                 return Err(err(format!("{} trailing bytes", body.len() - used)));
             }

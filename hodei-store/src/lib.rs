@@ -38,7 +38,7 @@ mod store;
 pub use audit::{AuditEntry, AuditRecord, ChainCheck, verify_chain};
 pub use batch::{AttemptPatch, Batch, Commit, Outcomes, Written};
 pub use codec::{FORMAT_VERSION, decode, encode};
-pub use error::StoreError;
+pub use error::{Source, StoreError};
 /// Re-exported: the one log-stream type lives in `hodei-core`.
 pub use hodei_core::LogStream;
 pub use mem::MemStore;

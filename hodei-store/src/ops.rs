@@ -141,7 +141,7 @@ pub(crate) fn is_logical(e: &StoreError) -> bool {
 }
 
 pub(crate) fn unexpected(reply: Reply) -> StoreError {
-    StoreError::Storage(format!("unexpected writer reply {reply:?}"))
+    StoreError::storage_message(format!("unexpected writer reply {reply:?}"))
 }
 
 const FORMAT_KEY: &[u8] = b"format";

@@ -356,23 +356,24 @@ impl RedbStore {
     }
 
     fn open_inner(path: PathBuf, config: StoreConfig) -> Result<Self, StoreError> {
-        let open_err = |reason: String| StoreError::Open {
-            path: path.clone(),
-            reason,
-        };
+        let open_err = |e: StoreError| StoreError::open(path.clone(), e);
         let db = match Database::builder().create(&path) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked { path }),
-            Err(e) => return Err(open_err(e.to_string())),
+            Err(e) => return Err(StoreError::open(path, e)),
         };
         let segment =
-            Arc::new(Segment::open(&path).map_err(|e| open_err(format!("log segment: {e}")))?);
+            Arc::new(Segment::open(&path).map_err(|e| {
+                StoreError::open_message(path.clone(), format!("log segment: {e}"))
+            })?);
         // Create every table and check (or stamp) the format version.
-        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| StoreError::open(path.clone(), e))?;
         {
-            let mut w = Writer::open(&txn, &segment).map_err(|e| open_err(e.to_string()))?;
-            match ops::read_format(&w).map_err(|e| open_err(e.to_string()))? {
-                None => ops::write_format(&mut w).map_err(|e| open_err(e.to_string()))?,
+            let mut w = Writer::open(&txn, &segment).map_err(open_err)?;
+            match ops::read_format(&w).map_err(open_err)? {
+                None => ops::write_format(&mut w).map_err(open_err)?,
                 Some(v) if v > STORE_FORMAT => {
                     return Err(StoreError::UnsupportedVersion {
                         path,
@@ -383,7 +384,8 @@ impl RedbStore {
                 Some(_) => {}
             }
         }
-        txn.commit().map_err(|e| open_err(e.to_string()))?;
+        txn.commit()
+            .map_err(|e| StoreError::open(path.clone(), e))?;
 
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
@@ -398,7 +400,7 @@ impl RedbStore {
                     let path = path.clone();
                     move || writer_loop(&db, &segment, &path, rx, config, &stats)
                 })
-                .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?
+                .map_err(|e| StoreError::open(path.clone(), e))?
         };
         Ok(RedbStore {
             inner: Arc::new(Inner {
@@ -520,14 +522,7 @@ fn writer_loop(
             Err(e) => {
                 tracing::error!(error = %e, writes = batch.len(), "store commit failed");
                 for req in batch.drain(..) {
-                    let err = match &e {
-                        StoreError::Corrupt { path, reason } => StoreError::Corrupt {
-                            path: path.clone(),
-                            reason: reason.clone(),
-                        },
-                        other => StoreError::Storage(other.to_string()),
-                    };
-                    let _ = req.reply.send(Err(err));
+                    let _ = req.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -552,15 +547,12 @@ fn commit_batch(
         for req in batch.iter_mut() {
             // Take the op out; the request keeps its reply channel.
             let op = std::mem::replace(&mut req.op, WriteOp::Attempt(placeholder()));
-            let r = ops::apply(&mut w, op, max_log);
-            if let Err(e) = &r
-                && !ops::is_logical(e)
-            {
+            match ops::apply(&mut w, op, max_log) {
                 // Dropping the transaction aborts it: nothing of the batch
                 // is written or acknowledged.
-                return Err(StoreError::Storage(e.to_string()));
+                Err(e) if !ops::is_logical(&e) => return Err(e),
+                r => results.push(r),
             }
-            results.push(r);
         }
         // Log bytes reach the disk before the pointers to them commit.
         if w.appended {
@@ -572,7 +564,7 @@ fn commit_batch(
         .is_ok()
     {
         // Dropping the transaction aborts it, as a failed commit would.
-        return Err(StoreError::Storage("injected write failure".into()));
+        return Err(StoreError::storage_message("injected write failure"));
     }
     txn.commit().map_err(StoreError::storage)?;
     Ok(results)

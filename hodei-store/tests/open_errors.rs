@@ -30,6 +30,12 @@ fn a_foreign_file_is_refused_by_name() {
     let err = RedbStore::open(&path, StoreConfig::default()).unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
     assert!(err.to_string().contains("notes.txt"), "{err}");
+    // The database's own error is kept, and can be told apart by type.
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(
+        source.downcast_ref::<redb::DatabaseError>().is_some(),
+        "{source:?}"
+    );
 }
 
 #[test]

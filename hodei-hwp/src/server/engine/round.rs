@@ -203,7 +203,7 @@ impl<S: Store> Core<S> {
             Ok(v) => v.into_iter().map(Some).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "round not stored: nothing of it takes effect");
-                failed = Some(e.to_string());
+                failed = Some(e);
                 Vec::new()
             }
         };
@@ -241,16 +241,15 @@ impl<S: Store> Core<S> {
                 }
                 other => {
                     let why = match other {
-                        Some(Err(e)) => e.to_string(),
-                        _ => failed
-                            .clone()
-                            .unwrap_or_else(|| "the store did not commit it".to_string()),
+                        Some(Err(e)) => e,
+                        _ => failed.clone().unwrap_or_else(|| {
+                            StoreError::storage_message("the store did not commit it")
+                        }),
                     };
                     tracing::error!(job = %n.id, error = %why, "new job not stored");
-                    let err = || EngineError::Store(StoreError::Storage(why.clone()));
-                    let _ = n.reply.send(Err(err()));
+                    let _ = n.reply.send(Err(EngineError::Store(why.clone())));
                     for w in waiters {
-                        let _ = w.send(Err(err()));
+                        let _ = w.send(Err(EngineError::Store(why.clone())));
                     }
                     refused.push((n.id, n.tenant, None));
                 }
