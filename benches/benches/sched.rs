@@ -289,13 +289,7 @@ fn schedule_1m_jobs_5k_workers(c: &mut Criterion) {
             || {
                 let clock = ManualClock::new(Timestamp(1));
                 let cluster = Arc::new(ClusterState::default());
-                let mut sched = Scheduler::new(
-                    SchedulerConfig {
-                        ..SchedulerConfig::default()
-                    },
-                    cluster,
-                    clock,
-                );
+                let mut sched = Scheduler::new(SchedulerConfig::default(), cluster, clock);
                 for w in 0..5_000u128 {
                     sched
                         .worker_joined(WorkerSpec {

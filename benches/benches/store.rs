@@ -48,13 +48,11 @@ fn store_submit_64(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(10));
     for (name, max_batch, per_task) in [("group_commit", 1024, 50), ("per_write_commit", 1, 4)] {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(
-            dir.path().join("bench.redb"),
-            StoreConfig {
-                max_batch,
-                ..StoreConfig::default()
-            },
-        )
+        let store = RedbStore::open(dir.path().join("bench.redb"), {
+            let mut c = StoreConfig::default();
+            c.max_batch = max_batch;
+            c
+        })
         .unwrap();
         g.throughput(Throughput::Elements((SUBMITTERS * per_task) as u64));
         g.bench_function(name, |b| {

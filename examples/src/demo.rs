@@ -92,11 +92,12 @@ pub async fn run(out: Output) -> Result<(), Failure> {
         .tempdir()
         .map_err(|e| fail("temporary directory")(e.to_string()))?;
     let started = Instant::now();
-    let config = EngineConfig {
-        heartbeat_interval: Duration::from_secs(1),
-        heartbeat_timeout: Duration::from_secs(5),
-        cancel_grace: Duration::from_secs(2),
-        ..EngineConfig::default()
+    let config = {
+        let mut c = EngineConfig::default();
+        c.heartbeat_interval = Duration::from_secs(1);
+        c.heartbeat_timeout = Duration::from_secs(5);
+        c.cancel_grace = Duration::from_secs(2);
+        c
     };
     let path = dir.path().join("hodei.redb");
     let store =

@@ -35,11 +35,12 @@ impl Server {
 
 /// A server on `listener`, storing in `path`.
 async fn serve_on(listener: TcpListener, path: &std::path::Path) -> Server {
-    let config = EngineConfig {
-        heartbeat_timeout: Duration::from_secs(5),
-        heartbeat_interval: Duration::from_millis(200),
-        cancel_grace: Duration::from_millis(500),
-        ..EngineConfig::default()
+    let config = {
+        let mut c = EngineConfig::default();
+        c.heartbeat_timeout = Duration::from_secs(5);
+        c.heartbeat_interval = Duration::from_millis(200);
+        c.cancel_grace = Duration::from_millis(500);
+        c
     };
     let store = Arc::new(RedbStore::open(path, StoreConfig::default()).unwrap());
     let (engine, engine_task) = Engine::start(store, config.clone()).await.unwrap();

@@ -11,16 +11,22 @@ fuzz_target!(|data: &[u8]| {
     // Layout: n_secrets, then per secret a length byte and bytes, then a
     // byte of chunk size, then the input.
     let mut rest = data;
-    let Some((&n, tail)) = rest.split_first() else { return };
+    let Some((&n, tail)) = rest.split_first() else {
+        return;
+    };
     rest = tail;
     let mut secrets = Vec::new();
     for _ in 0..(n % 8) {
-        let Some((&len, tail)) = rest.split_first() else { return };
+        let Some((&len, tail)) = rest.split_first() else {
+            return;
+        };
         let len = (len as usize % 16).min(tail.len());
         secrets.push(tail[..len].to_vec());
         rest = &tail[len..];
     }
-    let Some((&chunk, input)) = rest.split_first() else { return };
+    let Some((&chunk, input)) = rest.split_first() else {
+        return;
+    };
     let chunk = chunk as usize % 17 + 1;
     let masker = Masker::new(&secrets).expect("any byte strings build a masker");
     let one_shot = masker.mask(input);
@@ -32,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
     stream.finish(&mut out);
     assert_eq!(out, one_shot);
     let flat = without_breaks(&one_shot);
-    for s in secrets.iter().map(|s| without_breaks(s)).filter(|s| !s.is_empty()) {
+    for s in secrets
+        .iter()
+        .map(|s| without_breaks(s))
+        .filter(|s| !s.is_empty())
+    {
         for (i, w) in flat.windows(s.len()).enumerate() {
             if w == &s[..] {
                 let lo = i.saturating_sub(MASK.len() - 1);
@@ -44,5 +54,8 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn without_breaks(b: &[u8]) -> Vec<u8> {
-    b.iter().copied().filter(|&c| c != b'\n' && c != b'\r').collect()
+    b.iter()
+        .copied()
+        .filter(|&c| c != b'\n' && c != b'\r')
+        .collect()
 }

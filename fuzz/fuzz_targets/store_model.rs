@@ -180,10 +180,11 @@ fn record(job: JobId, attempt: u32, at: u64) -> AttemptRecord {
 }
 
 fn open(path: &Path) -> RedbStore {
-    let config = StoreConfig {
-        max_log_bytes_per_job: CAP,
-        linger: std::time::Duration::ZERO,
-        ..StoreConfig::default()
+    let config = {
+        let mut c = StoreConfig::default();
+        c.max_log_bytes_per_job = CAP;
+        c.linger = std::time::Duration::ZERO;
+        c
     };
     RedbStore::open(path, config).expect("the store reopens")
 }

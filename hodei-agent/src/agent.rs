@@ -38,6 +38,7 @@ pub enum Shutdown {
 
 /// Everything the agent is told.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AgentConfig {
     /// The server, `http://host:port`.
     pub server: String,
@@ -115,6 +116,7 @@ pub fn host_name() -> String {
 
 /// Why the agent stopped early.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AgentError {
     /// The telemetry thread could not start.
     #[error("telemetry: {0}")]

@@ -12,6 +12,7 @@ use crate::exec::Output;
 
 /// When a batch is cut.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct BatchConfig {
     /// Cut once a batch holds this many bytes (longer output is split).
     pub max_bytes: usize,

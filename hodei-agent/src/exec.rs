@@ -16,6 +16,7 @@ use crate::secrets::secret_forms;
 
 /// Settings of the executor.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ExecConfig {
     /// How long the job's output pipes may stay open after its main
     /// process ended (a grandchild holding them) before the group is killed.

@@ -10,10 +10,11 @@ use hodei_agent::{ExecConfig, Finished, LogStream, Output};
 use hodei_core::{ExitStatus, JobSpec, Secret, SecretDelivery};
 
 fn config() -> ExecConfig {
-    ExecConfig {
-        linger: Duration::from_millis(300),
-        timeout_grace: Duration::from_millis(300),
-        ..ExecConfig::default()
+    {
+        let mut c = ExecConfig::default();
+        c.linger = Duration::from_millis(300);
+        c.timeout_grace = Duration::from_millis(300);
+        c
     }
 }
 

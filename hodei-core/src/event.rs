@@ -9,6 +9,7 @@ use crate::job::JobState;
 /// Something that happened, published on the [`Bus`](crate::Bus).
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
 pub enum Event {
     /// A job was accepted (and is durable, where a store is in use).
     JobSubmitted {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdError {
     /// The string has the wrong length for this kind of id.
     #[error("{kind} must be {expected} characters, got {got}")]

@@ -214,6 +214,7 @@ impl Transition {
 
 /// Why a transition was refused. The job is left unchanged.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransitionError {
     /// The transition does not apply to the current state.
     #[error("job {job}: cannot {transition} from state {from}")]

@@ -14,6 +14,7 @@ use crate::wire::spec_to_wire;
 
 /// Why a client could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The endpoint is not a valid URI (`http://host:port`).
     #[error("endpoint {endpoint:?}: {reason}")]

@@ -17,9 +17,10 @@ use tokio::time::timeout;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config() -> EngineConfig {
-    EngineConfig {
-        heartbeat_timeout: Duration::from_millis(600),
-        ..EngineConfig::default()
+    {
+        let mut c = EngineConfig::default();
+        c.heartbeat_timeout = Duration::from_millis(600);
+        c
     }
 }
 

@@ -37,14 +37,12 @@ impl Server {
 }
 
 async fn start(path: &std::path::Path) -> Server {
-    start_with(
-        path,
-        EngineConfig {
-            heartbeat_timeout: Duration::from_millis(800),
-            heartbeat_interval: Duration::from_millis(100),
-            ..EngineConfig::default()
-        },
-    )
+    start_with(path, {
+        let mut c = EngineConfig::default();
+        c.heartbeat_timeout = Duration::from_millis(800);
+        c.heartbeat_interval = Duration::from_millis(100);
+        c
+    })
     .await
 }
 
@@ -806,13 +804,11 @@ fn a_watch_of_one_job_ends_once_it_is_final() {
 fn shutdown_reports_not_serving_before_the_listener_closes() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let server = start_with(
-            &dir.path().join("h.redb"),
-            EngineConfig {
-                shutdown_delay: Duration::from_secs(2),
-                ..EngineConfig::default()
-            },
-        )
+        let server = start_with(&dir.path().join("h.redb"), {
+            let mut c = EngineConfig::default();
+            c.shutdown_delay = Duration::from_secs(2);
+            c
+        })
         .await;
         let url = server.url.clone();
         let check = |service: &'static str| {

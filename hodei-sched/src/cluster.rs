@@ -353,6 +353,7 @@ impl Index {
 
 /// Configuration of a [`ClusterState`].
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct ClusterConfig {
     /// A worker whose last heartbeat is older than this is lost.
     pub heartbeat_timeout: Duration,

@@ -4,6 +4,7 @@ use hodei_core::{JobId, Resources, TransitionError, WorkerId};
 
 /// Why a cluster-state operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClusterError {
     /// No worker has this id.
     #[error("unknown worker {0}")]
@@ -39,6 +40,7 @@ pub enum ClusterError {
 
 /// Why a scheduler operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SchedError {
     /// A job with this id is already known to the scheduler.
     #[error("job {0} is already scheduled")]

@@ -99,8 +99,10 @@ fn release_is_idempotent_and_reserve_refuses_what_does_not_fit() {
 
 #[test]
 fn silent_workers_are_lost_with_their_jobs() {
-    let c = ClusterState::new(ClusterConfig {
-        heartbeat_timeout: Duration::from_secs(10),
+    let c = ClusterState::new({
+        let mut c = ClusterConfig::default();
+        c.heartbeat_timeout = Duration::from_secs(10);
+        c
     });
     c.register(spec(1, 1000, 1000, &[]), Timestamp(0)).unwrap();
     c.register(spec(2, 1000, 1000, &[]), Timestamp(0)).unwrap();

@@ -17,13 +17,13 @@ use hodei_sched::{
 use proptest::prelude::*;
 
 fn scheduler() -> Scheduler<ManualClock> {
-    let cluster = Arc::new(ClusterState::new(ClusterConfig {
-        heartbeat_timeout: Duration::from_secs(3600),
+    let cluster = Arc::new(ClusterState::new({
+        let mut c = ClusterConfig::default();
+        c.heartbeat_timeout = Duration::from_secs(3600);
+        c
     }));
     Scheduler::new(
-        SchedulerConfig {
-            ..SchedulerConfig::default()
-        },
+        SchedulerConfig::default(),
         cluster,
         ManualClock::new(Timestamp(1_000_000)),
     )

@@ -68,6 +68,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn action_job(a: &Action) -> JobId {
     match a {
         Action::Changed { job, .. } | Action::Assign { job, .. } | Action::Stop { job, .. } => *job,
+        other => panic!("the model does not know {other:?}"),
     }
 }
 
@@ -116,6 +117,7 @@ impl Run {
                 }
                 // The worker confirms a stop by reporting the end.
                 Action::Stop { .. } => {}
+                other => panic!("the model does not know {other:?}"),
             }
         }
     }
@@ -153,13 +155,16 @@ proptest! {
     #[test]
     fn the_scheduler_keeps_its_invariants(ops in proptest::collection::vec(op(), 1..150)) {
         let clock = ManualClock::new(Timestamp(1_000_000));
-        let cluster = Arc::new(ClusterState::new(ClusterConfig {
-            heartbeat_timeout: Duration::from_secs(3600),
+        let cluster = Arc::new(ClusterState::new({
+            let mut c = ClusterConfig::default();
+            c.heartbeat_timeout = Duration::from_secs(3600);
+            c
         }));
         let sched = Scheduler::new(
-            SchedulerConfig {
-                backfill_window: 4,
-                ..SchedulerConfig::default()
+            {
+                let mut c = SchedulerConfig::default();
+                c.backfill_window = 4;
+                c
             },
             cluster,
             clock.clone(),

@@ -25,10 +25,12 @@ struct Harness {
 
 fn harness(config: SchedulerConfig) -> Harness {
     let clock = ManualClock::new(Timestamp(1_000_000));
-    let cluster = Arc::new(ClusterState::new(ClusterConfig {
-        heartbeat_timeout: Duration::from_secs(10),
+    let cluster = Arc::new(ClusterState::new({
+        let mut c = ClusterConfig::default();
+        c.heartbeat_timeout = Duration::from_secs(10);
+        c
     }));
-    let sched = Scheduler::new(SchedulerConfig { ..config }, cluster, clock.clone());
+    let sched = Scheduler::new(config, cluster, clock.clone());
     Harness { clock, sched }
 }
 
@@ -401,9 +403,10 @@ fn quotas_hold_back_one_tenant_without_blocking_others() {
 
 #[test]
 fn the_scheduler_ends_an_attempt_its_worker_never_reports() {
-    let mut h = harness(SchedulerConfig {
-        timeout_grace: Duration::from_secs(5),
-        ..SchedulerConfig::default()
+    let mut h = harness({
+        let mut c = SchedulerConfig::default();
+        c.timeout_grace = Duration::from_secs(5);
+        c
     });
     let (w, _) = worker(&mut h, 1, 1000, 1000, &[]);
     let mut j = job("acme", 100, 100);
@@ -439,9 +442,10 @@ fn the_scheduler_ends_an_attempt_its_worker_never_reports() {
 
 #[test]
 fn recovered_running_jobs_wait_for_reattach_then_are_lost() {
-    let mut h = harness(SchedulerConfig {
-        reattach_grace: Duration::from_secs(20),
-        ..SchedulerConfig::default()
+    let mut h = harness({
+        let mut c = SchedulerConfig::default();
+        c.reattach_grace = Duration::from_secs(20);
+        c
     });
     let w = WorkerId::from_u128(1);
     let mut a = job("acme", 100, 100);
@@ -584,9 +588,10 @@ fn state_changes_come_back_as_actions_before_their_assignment() {
 
 #[test]
 fn a_cancelled_queued_job_never_runs_even_when_its_slot_is_reused() {
-    let mut h = harness(SchedulerConfig {
-        backfill_window: 1,
-        ..SchedulerConfig::default()
+    let mut h = harness({
+        let mut c = SchedulerConfig::default();
+        c.backfill_window = 1;
+        c
     });
     let (w, _) = worker(&mut h, 1, 1000, 1000, &[]);
     let a = job("acme", 1000, 100);

@@ -14,6 +14,7 @@ use crate::model::{
 
 /// Settings shared by the stores.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct StoreConfig {
     /// The most log bytes kept per job; later chunks are dropped and
     /// counted.

@@ -11,9 +11,10 @@ use hodei_store::{
 };
 
 fn config() -> StoreConfig {
-    StoreConfig {
-        max_log_bytes_per_job: 1000,
-        ..StoreConfig::default()
+    {
+        let mut c = StoreConfig::default();
+        c.max_log_bytes_per_job = 1000;
+        c
     }
 }
 

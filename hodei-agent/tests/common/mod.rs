@@ -10,11 +10,12 @@ use hodei_core::{ExitStatus, JobSpec};
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) fn config(containment: Containment) -> ExecConfig {
-    ExecConfig {
-        linger: Duration::from_millis(300),
-        timeout_grace: Duration::from_millis(300),
-        containment,
-        ..ExecConfig::default()
+    {
+        let mut c = ExecConfig::default();
+        c.linger = Duration::from_millis(300);
+        c.timeout_grace = Duration::from_millis(300);
+        c.containment = containment;
+        c
     }
 }
 

@@ -8,6 +8,7 @@ use tonic::metadata::MetadataMap;
 
 /// Who a client token speaks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Principal {
     /// Sees and acts on every tenant's jobs and on workers.
     Admin,
@@ -61,6 +62,7 @@ impl fmt::Debug for Tokens {
 
 /// Why a call was refused; becomes `UNAUTHENTICATED`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// No `authorization` metadata.
     #[error("missing authorization metadata (expected `authorization: Bearer <token>`)")]

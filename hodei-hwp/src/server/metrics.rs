@@ -280,8 +280,10 @@ mod tests {
         m.job_moved(&JobState::Pending, &JobState::Queued);
         assert_eq!(m.jobs_in("queued"), 1);
         assert_eq!(m.jobs_in("pending"), 0);
-        let cluster = ClusterState::new(hodei_sched::ClusterConfig {
-            heartbeat_timeout: Duration::from_secs(1),
+        let cluster = ClusterState::new({
+            let mut c = hodei_sched::ClusterConfig::default();
+            c.heartbeat_timeout = Duration::from_secs(1);
+            c
         });
         let snap = Snapshot {
             queue_depths: vec![("a\"b".parse().unwrap_or_default(), 3, 2)],

@@ -25,6 +25,7 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The reflection service could not be built from the descriptors.
     #[error("reflection: {0}")]

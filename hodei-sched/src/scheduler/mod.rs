@@ -83,6 +83,7 @@ pub enum AttemptOutcome {
 /// preceded by its `Changed` to Assigned), then send `Assign` and `Stop`
 /// to the workers.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Action {
     /// A job changed state.
     Changed {
@@ -121,6 +122,7 @@ pub enum Action {
 
 /// Settings of a [`Scheduler`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SchedulerConfig {
     /// How to choose among fitting workers.
     pub policy: Policy,

@@ -44,6 +44,7 @@ use crate::server::metrics::{Metrics, Snapshot};
 
 /// Settings of an [`Engine`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// The scheduler's settings.
     pub scheduler: SchedulerConfig,
@@ -85,6 +86,7 @@ impl Default for EngineConfig {
 
 /// Why an engine request failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The store failed.
     #[error(transparent)]
@@ -216,8 +218,10 @@ impl Engine {
         store: Arc<S>,
         config: EngineConfig,
     ) -> Result<(EngineHandle<S>, tokio::task::JoinHandle<()>), EngineError> {
-        let cluster = Arc::new(ClusterState::new(ClusterConfig {
-            heartbeat_timeout: config.heartbeat_timeout,
+        let cluster = Arc::new(ClusterState::new({
+            let mut c = ClusterConfig::default();
+            c.heartbeat_timeout = config.heartbeat_timeout;
+            c
         }));
         let mut sched = Scheduler::new(config.scheduler.clone(), Arc::clone(&cluster), SystemClock);
         for (tenant, weight) in &config.tenant_weights {

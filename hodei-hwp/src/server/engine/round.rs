@@ -355,6 +355,9 @@ impl<S: Store> Core<S> {
                     let _ = self.deliver(worker, m);
                 }
                 Action::Changed { .. } => {}
+                other => {
+                    tracing::warn!(action = ?other, "an action this engine does not carry out")
+                }
             }
         }
         for worker in lost {
