@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use crate::batch::Pending;
 use crate::error::StoreError;
 use crate::ops::{self, Table, Tables, TablesMut, Visit, WriteOp};
-use crate::store::{StoreConfig, impl_store};
+use crate::store::{Backend, StoreConfig};
 
 #[derive(Default)]
 struct Maps(BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>);
@@ -81,7 +81,9 @@ impl MemStore {
             config,
         }
     }
+}
 
+impl Backend for MemStore {
     async fn send(&self, op: WriteOp) -> Result<Pending, StoreError> {
         let mut maps = self.maps.lock();
         Ok(Pending::Ready(ops::apply(
@@ -98,5 +100,3 @@ impl MemStore {
         f(&*self.maps.lock())
     }
 }
-
-impl_store!(MemStore);

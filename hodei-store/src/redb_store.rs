@@ -21,7 +21,7 @@ use crate::batch::Pending;
 use crate::error::StoreError;
 use crate::model::AttemptRecord;
 use crate::ops::{self, Reply, STORE_FORMAT, Table, Tables, TablesMut, Visit, WriteOp};
-use crate::store::{StoreConfig, impl_store};
+use crate::store::{Backend, StoreConfig};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -432,27 +432,6 @@ impl RedbStore {
     pub fn fail_next_commits(&self, n: u64) {
         self.inner.stats.faults.store(n, Ordering::Relaxed);
     }
-
-    /// Queues `op` for the writer; the writer applies requests in the
-    /// order they were queued.
-    async fn send(&self, op: WriteOp) -> Result<Pending, StoreError> {
-        let tx = self.inner.tx.lock().clone().ok_or(StoreError::Closed)?;
-        let (reply, rx) = oneshot::channel();
-        tx.send(Request { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        Ok(Pending::Waiting(rx))
-    }
-
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&dyn Tables) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        contain(&self.inner.path, || {
-            let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
-            f(&Reader(&txn, &self.inner.segment))
-        })
-    }
 }
 
 fn writer_loop(
@@ -583,4 +562,25 @@ fn placeholder() -> AttemptRecord {
     }
 }
 
-impl_store!(RedbStore);
+impl Backend for RedbStore {
+    /// Queues `op` for the writer; the writer applies requests in the
+    /// order they were queued.
+    async fn send(&self, op: WriteOp) -> Result<Pending, StoreError> {
+        let tx = self.inner.tx.lock().clone().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Pending::Waiting(rx))
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn Tables) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        contain(&self.inner.path, || {
+            let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+            f(&Reader(&txn, &self.inner.segment))
+        })
+    }
+}

@@ -4,7 +4,9 @@ use std::future::Future;
 
 use hodei_core::{Job, JobId, JobState, TenantId, Timestamp, Transition};
 
-use crate::batch::{Batch, Commit};
+use crate::batch::{Batch, Commit, Pending};
+use crate::codec;
+use crate::ops::{self, Reply, Tables, WriteOp};
 
 use crate::audit::{AuditEntry, AuditRecord, ChainCheck};
 use crate::error::StoreError;
@@ -46,6 +48,24 @@ impl Default for StoreConfig {
 ///
 /// Every write resolves only once it is durable (for stores that persist).
 /// Implementations are shared between tasks (`&self`, `Send + Sync`).
+///
+/// The stores of this crate implement it through one private backend
+/// trait (how a backend queues writes and reads its raw tables); the
+/// meaning of every operation is written once above that.
+///
+/// # Errors
+///
+/// Any method may fail with [`StoreError::Storage`] or
+/// [`StoreError::Corrupt`] (the disk or the file; the underlying error is
+/// the source) and [`StoreError::Closed`] once the store shuts down.
+/// Writes also refuse logically, writing nothing: [`StoreError::Conflict`]
+/// (a compare-and-set found another state), [`StoreError::UnknownJob`],
+/// [`StoreError::Transition`] (the state machine refused).
+///
+/// # Cancel safety
+///
+/// Dropping a write's future after it was queued does not withdraw the
+/// write: it is applied all the same, and only its outcome is lost.
 pub trait Store: Send + Sync + 'static {
     /// Stores a new job. If the job's spec has an idempotency key and the
     /// same tenant already stored a job with that key, returns that job
@@ -146,160 +166,130 @@ pub trait Store: Send + Sync + 'static {
     fn recover(&self) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
 }
 
-/// Implements [`Store`] for a type with two inherent methods:
-/// `async fn write(&self, op: WriteOp) -> Result<Reply, StoreError>` and
-/// `fn read<T>(&self, f: impl FnOnce(&dyn Tables) -> Result<T, StoreError>)
-/// -> Result<T, StoreError>`. The semantics live in `ops`; a store only
-/// says how it writes and reads raw tables.
-macro_rules! impl_store {
-    ($ty:ty) => {
-        impl $ty {
-            async fn write(
-                &self,
-                op: $crate::ops::WriteOp,
-            ) -> Result<$crate::ops::Reply, $crate::error::StoreError> {
-                self.send(op).await?.wait().await
-            }
-        }
+/// What a backend provides: how it queues a write for its tables and how
+/// it reads them. Every [`Store`] operation is written once, over raw
+/// tables, on top of it (`ops`), so the backends cannot disagree on what
+/// an operation means; each only says how it writes and reads.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Queues `op`; writes are applied in the order queued. Returns once
+    /// it is queued, with what resolves once it is durable.
+    fn send(&self, op: WriteOp) -> impl Future<Output = Result<Pending, StoreError>> + Send;
 
-        impl $crate::store::Store for $ty {
-            async fn enqueue(
-                &self,
-                batch: $crate::batch::Batch,
-            ) -> Result<$crate::batch::Commit, $crate::error::StoreError> {
-                let op = $crate::ops::WriteOp::Batch(batch.ops);
-                self.send(op).await.map($crate::batch::Commit::new)
-            }
-
-            async fn find_idempotent(
-                &self,
-                tenant: &hodei_core::TenantId,
-                key: &str,
-            ) -> Result<Option<hodei_core::Job>, $crate::error::StoreError> {
-                self.read(|t| $crate::ops::find_idempotent(t, tenant, key))
-            }
-
-            async fn insert_job(
-                &self,
-                job: hodei_core::Job,
-            ) -> Result<$crate::model::Inserted, $crate::error::StoreError> {
-                let bytes = $crate::codec::encode("job", &job)?;
-                match self
-                    .write($crate::ops::WriteOp::Insert(Box::new(job), bytes))
-                    .await?
-                {
-                    $crate::ops::Reply::Inserted(i) => Ok(*i),
-                    other => Err($crate::ops::unexpected(other)),
-                }
-            }
-
-            async fn get_job(
-                &self,
-                id: hodei_core::JobId,
-            ) -> Result<Option<hodei_core::Job>, $crate::error::StoreError> {
-                self.read(|t| $crate::ops::get_job(t, id))
-            }
-
-            async fn list_jobs(
-                &self,
-                filter: $crate::model::JobFilter,
-            ) -> Result<$crate::model::Page, $crate::error::StoreError> {
-                self.read(|t| $crate::ops::list_jobs(t, &filter))
-            }
-
-            async fn transition(
-                &self,
-                id: hodei_core::JobId,
-                expected: hodei_core::JobState,
-                attempt: u32,
-                t: hodei_core::Transition,
-                now: hodei_core::Timestamp,
-            ) -> Result<hodei_core::Job, $crate::error::StoreError> {
-                let op = $crate::ops::WriteOp::Transition {
-                    id,
-                    expected,
-                    attempt,
-                    t,
-                    now,
-                };
-                match self.write(op).await? {
-                    $crate::ops::Reply::Job(j) => Ok(*j),
-                    other => Err($crate::ops::unexpected(other)),
-                }
-            }
-
-            async fn record_attempt(
-                &self,
-                record: $crate::model::AttemptRecord,
-            ) -> Result<(), $crate::error::StoreError> {
-                self.write($crate::ops::WriteOp::Attempt(record))
-                    .await
-                    .map(|_| ())
-            }
-
-            async fn attempts(
-                &self,
-                job: hodei_core::JobId,
-            ) -> Result<Vec<$crate::model::AttemptRecord>, $crate::error::StoreError> {
-                self.read(|t| $crate::ops::attempts(t, job))
-            }
-
-            async fn append_log(
-                &self,
-                job: hodei_core::JobId,
-                attempt: u32,
-                seq: u64,
-                chunk: $crate::model::LogChunk,
-            ) -> Result<$crate::model::LogAppend, $crate::error::StoreError> {
-                let op = $crate::ops::WriteOp::Log {
-                    job,
-                    attempt,
-                    seq,
-                    chunk,
-                };
-                match self.write(op).await? {
-                    $crate::ops::Reply::Log(l) => Ok(l),
-                    other => Err($crate::ops::unexpected(other)),
-                }
-            }
-
-            async fn read_logs(
-                &self,
-                job: hodei_core::JobId,
-                from: $crate::model::LogCursor,
-                limit: usize,
-            ) -> Result<$crate::model::LogPage, $crate::error::StoreError> {
-                self.read(|t| $crate::ops::read_logs(t, job, from, limit))
-            }
-
-            async fn append_audit(
-                &self,
-                entry: $crate::audit::AuditEntry,
-            ) -> Result<$crate::audit::AuditRecord, $crate::error::StoreError> {
-                match self.write($crate::ops::WriteOp::Audit(entry)).await? {
-                    $crate::ops::Reply::Audit(a) => Ok(a),
-                    other => Err($crate::ops::unexpected(other)),
-                }
-            }
-
-            async fn audit_records(
-                &self,
-                from: u64,
-                limit: usize,
-            ) -> Result<Vec<$crate::audit::AuditRecord>, $crate::error::StoreError> {
-                self.read(|t| $crate::ops::audit_records(t, from, limit))
-            }
-
-            async fn verify_audit(
-                &self,
-            ) -> Result<$crate::audit::ChainCheck, $crate::error::StoreError> {
-                self.read($crate::ops::verify_audit)
-            }
-
-            async fn recover(&self) -> Result<Vec<hodei_core::Job>, $crate::error::StoreError> {
-                self.read($crate::ops::recover)
-            }
-        }
-    };
+    /// Runs `f` against a consistent view of the tables.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn Tables) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError>;
 }
-pub(crate) use impl_store;
+
+/// One write, waited for until durable.
+async fn write<B: Backend>(b: &B, op: WriteOp) -> Result<Reply, StoreError> {
+    b.send(op).await?.wait().await
+}
+
+impl<B: Backend> Store for B {
+    async fn enqueue(&self, batch: Batch) -> Result<Commit, StoreError> {
+        let op = WriteOp::Batch(batch.ops);
+        self.send(op).await.map(Commit::new)
+    }
+
+    async fn find_idempotent(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        self.read(|t| ops::find_idempotent(t, tenant, key))
+    }
+
+    async fn insert_job(&self, job: Job) -> Result<Inserted, StoreError> {
+        let bytes = codec::encode("job", &job)?;
+        match write(self, WriteOp::Insert(Box::new(job), bytes)).await? {
+            Reply::Inserted(i) => Ok(*i),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(|t| ops::get_job(t, id))
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Page, StoreError> {
+        self.read(|t| ops::list_jobs(t, &filter))
+    }
+
+    async fn transition(
+        &self,
+        id: JobId,
+        expected: JobState,
+        attempt: u32,
+        t: Transition,
+        now: Timestamp,
+    ) -> Result<Job, StoreError> {
+        let op = WriteOp::Transition {
+            id,
+            expected,
+            attempt,
+            t,
+            now,
+        };
+        match write(self, op).await? {
+            Reply::Job(j) => Ok(*j),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        write(self, WriteOp::Attempt(record)).await.map(|_| ())
+    }
+
+    async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read(|t| ops::attempts(t, job))
+    }
+
+    async fn append_log(
+        &self,
+        job: JobId,
+        attempt: u32,
+        seq: u64,
+        chunk: LogChunk,
+    ) -> Result<LogAppend, StoreError> {
+        let op = WriteOp::Log {
+            job,
+            attempt,
+            seq,
+            chunk,
+        };
+        match write(self, op).await? {
+            Reply::Log(l) => Ok(l),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    async fn read_logs(
+        &self,
+        job: JobId,
+        from: LogCursor,
+        limit: usize,
+    ) -> Result<LogPage, StoreError> {
+        self.read(|t| ops::read_logs(t, job, from, limit))
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+        match write(self, WriteOp::Audit(entry)).await? {
+            Reply::Audit(a) => Ok(a),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    async fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.read(|t| ops::audit_records(t, from, limit))
+    }
+
+    async fn verify_audit(&self) -> Result<ChainCheck, StoreError> {
+        self.read(ops::verify_audit)
+    }
+
+    async fn recover(&self) -> Result<Vec<Job>, StoreError> {
+        self.read(ops::recover)
+    }
+}
