@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use hodei_agent::{AgentConfig, Shutdown, run_agent};
 use hodei_core::{Backoff, JobId, JobSpec, RetryPolicy, Secret};
 use hodei_hwp::client::Client;
-use hodei_hwp::{Engine, EngineConfig, Principal, Tokens, serve};
+use hodei_hwp::{EngineConfig, Principal, ServerBuilder, Tokens};
 use hodei_store::{RedbStore, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::cli::{Failure, Output, exit_text, kind, state_name, table};
-use crate::tokens::generate;
+use hodei_hwp::tokens::generate_token as generate;
 
 fn fail(what: &str) -> impl FnOnce(String) -> Failure + '_ {
     move |e| Failure::server(format!("demo: {what}: {e}"))
@@ -102,9 +102,6 @@ pub async fn run(out: Output) -> Result<(), Failure> {
     let path = dir.path().join("hodei.redb");
     let store =
         RedbStore::open(&path, StoreConfig::default()).map_err(|e| fail("store")(e.to_string()))?;
-    let (engine, engine_task) = Engine::start(Arc::new(store), config.clone())
-        .await
-        .map_err(|e| fail("engine")(e.to_string()))?;
     let (join, admin) = (generate(), generate());
     let mut tokens = Tokens::new();
     tokens.add_join_token(&join);
@@ -112,19 +109,18 @@ pub async fn run(out: Output) -> Result<(), Failure> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| fail("listen")(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| fail("listen")(e.to_string()))?;
-    let url = format!("http://{addr}");
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let r = serve(listener, engine, tokens, &config, async {
+    // The same builder as hodei-server's.
+    let server = ServerBuilder::new(Arc::new(store), listener)
+        .tokens(tokens)
+        .engine_config(config)
+        .write_stats(|s: &RedbStore| Some(s.write_stats()))
+        .start(async {
             let _ = server_stopped.await;
         })
-        .await;
-        let _ = engine_task.await;
-        r
-    });
+        .await
+        .map_err(|e| fail("server")(e.to_string()))?;
+    let url = format!("http://{}", server.grpc_addr());
     out.say(&format!("server on {url}, store {} (redb)", path.display()));
 
     let mut agent_config = AgentConfig::new(url.clone(), join);
@@ -213,8 +209,8 @@ pub async fn run(out: Output) -> Result<(), Failure> {
         .map_err(|e| fail("agent")(e.to_string()))?;
     let _ = stop_server.send(());
     server
+        .wait()
         .await
-        .map_err(|e| fail("server")(e.to_string()))?
         .map_err(|e| fail("server")(e.to_string()))?;
     out.say(&format!(
         "done in {:.1} s: {} attempts run by the agent, all logs and results delivered: {}; agent and server stopped cleanly",

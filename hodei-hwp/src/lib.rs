@@ -21,8 +21,10 @@ pub mod wire;
 #[cfg(feature = "server")]
 pub use server::{
     AgentLink, Applied, AuthError, Engine, EngineConfig, EngineError, EngineHandle, Histogram,
-    JobApi, MAX_LOG_BATCH, Metrics, Principal, Registration, ServeError, Snapshot, ToAgent, Tokens,
-    Welcome, WorkerApi, check_agent_message, serve, status_guard,
+    JobApi, MAX_LOG_BATCH, Metrics, Principal, Registration, RunningServer, ServeError,
+    ServerBuilder, ServerConfig, ServerError, ServerSettings, SettingsError, Snapshot, StatsOf,
+    StoreKind, ToAgent, Tokens, Welcome, WorkerApi, check_agent_message, serve, status_guard,
+    tokens,
 };
 #[cfg(feature = "server")]
 pub use wire::to_agent_wire;

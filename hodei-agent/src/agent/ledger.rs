@@ -537,13 +537,22 @@ mod tests {
     fn a_result_is_owed_until_confirmed_whatever_the_connection_does() {
         let mut r = ResultReport::Owed(report());
         r.resend();
-        assert!(matches!(r, ResultReport::Owed(_)), "a lost connection drops nothing");
+        assert!(
+            matches!(r, ResultReport::Owed(_)),
+            "a lost connection drops nothing"
+        );
         r.mark_sent();
         assert!(matches!(r, ResultReport::Sent(_)));
         r.mark_sent();
-        assert!(matches!(r, ResultReport::Sent(_)), "sending twice changes nothing");
+        assert!(
+            matches!(r, ResultReport::Sent(_)),
+            "sending twice changes nothing"
+        );
         r.resend();
-        assert!(matches!(r, ResultReport::Owed(_)), "sent, not confirmed: owed again");
+        assert!(
+            matches!(r, ResultReport::Owed(_)),
+            "sent, not confirmed: owed again"
+        );
         let mut none = ResultReport::NotOwed;
         none.resend();
         none.mark_sent();

@@ -1,21 +1,31 @@
 //! The server as a library (feature `server`): the [`Engine`] on
 //! `hodei-sched` and `hodei-store`, the job and worker gRPC services on
-//! it, bearer-token authentication, metrics, and [`serve`].
+//! it, bearer-token authentication, metrics and the HTTP endpoints,
+//! [`serve`], the settings of a server ([`ServerSettings`], one
+//! declaration for flags, environment and TOML), token files, and
+//! [`ServerBuilder`], which assembles them.
 
 pub(crate) mod auth;
+pub(crate) mod builder;
 pub(crate) mod engine;
+pub(crate) mod http;
 pub(crate) mod job_service;
 pub(crate) mod metrics;
 pub(crate) mod serve;
+pub(crate) mod settings;
 pub mod status_guard;
+pub mod tokens;
 pub(crate) mod worker_service;
 
 pub use auth::{AuthError, Principal, Tokens};
+pub use builder::{RunningServer, ServerBuilder, ServerError};
 pub use engine::{
     AgentLink, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration, ToAgent,
     Welcome,
 };
+pub use http::StatsOf;
 pub use job_service::JobApi;
 pub use metrics::{Histogram, Metrics, Snapshot};
 pub use serve::{ServeError, serve};
+pub use settings::{ServerConfig, ServerSettings, SettingsError, StoreKind, parse_duration};
 pub use worker_service::{MAX_LOG_BATCH, WorkerApi, check_agent_message};

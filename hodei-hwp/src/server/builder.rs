@@ -1,0 +1,314 @@
+//! [`ServerBuilder`]: a whole server (engine, gRPC, HTTP endpoints) from
+//! its parts, with one shutdown path.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::serve::ListenerExt as _;
+use hodei_store::{MemStore, RedbStore, Store};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::auth::Tokens;
+use super::engine::{Engine, EngineConfig, EngineError, EngineHandle};
+use super::http::{Http, StatsOf, router};
+use super::serve::{ServeError, serve};
+use super::settings::{ServerConfig, StoreKind};
+
+/// Why a server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The engine could not recover from the store.
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    /// Serving gRPC failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// A listener could not be bound.
+    #[error("{what}: cannot bind {addr}: {source}")]
+    Bind {
+        /// Which listener (its setting).
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener failed.
+    #[error("{what}: {source}")]
+    Listener {
+        /// Which listener.
+        what: &'static str,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server task ended abnormally.
+    #[error("server task: {0}")]
+    Task(String),
+    /// The store could not be opened.
+    #[error("store {path}: {source}")]
+    Store {
+        /// Its file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: hodei_store::StoreError,
+    },
+}
+
+impl ServerConfig {
+    /// Runs the server these settings describe until `shutdown` resolves:
+    /// binds both listeners, opens the store in the data directory (or
+    /// memory), starts, calls `started` with the gRPC and HTTP addresses,
+    /// and returns once it has stopped and its store is flushed.
+    ///
+    /// # Errors
+    ///
+    /// A listener cannot be bound (naming its setting), the store cannot
+    /// be opened, or serving fails.
+    pub async fn run(
+        self,
+        tokens: Tokens,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        started: impl FnOnce(SocketAddr, SocketAddr),
+    ) -> Result<(), ServerError> {
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { what, addr, source })
+        };
+        let grpc = bind("listen", self.listen).await?;
+        let http = bind("http_listen", self.http_listen).await?;
+        match self.store_kind {
+            StoreKind::Memory => {
+                let store = Arc::new(MemStore::new(self.store));
+                let b = ServerBuilder::new(store, grpc);
+                run_built(b, http, tokens, self.engine, shutdown, started).await
+            }
+            _ => {
+                let path = self.data_dir.join("hodei.redb");
+                let store = RedbStore::open(&path, self.store)
+                    .map_err(|source| ServerError::Store { path, source })?;
+                let b = ServerBuilder::new(Arc::new(store), grpc)
+                    .write_stats(|s: &RedbStore| Some(s.write_stats()));
+                run_built(b, http, tokens, self.engine, shutdown, started).await
+            }
+        }
+    }
+}
+
+async fn run_built<S: Store>(
+    b: ServerBuilder<S>,
+    http: TcpListener,
+    tokens: Tokens,
+    engine: EngineConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    started: impl FnOnce(SocketAddr, SocketAddr),
+) -> Result<(), ServerError> {
+    let http_addr = http.local_addr().map_err(|source| ServerError::Listener {
+        what: "http_listen",
+        source,
+    })?;
+    let server = b
+        .http_listener(http)
+        .tokens(tokens)
+        .engine_config(engine)
+        .start(shutdown)
+        .await?;
+    started(server.grpc_addr(), http_addr);
+    server.wait().await
+}
+
+/// Assembles a server: a store, tokens, the engine's settings, a gRPC
+/// listener and, optionally, an HTTP listener for `/metrics`, `/healthz`
+/// and `/readyz`.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use hodei_hwp::{ServerBuilder, Tokens};
+/// use hodei_store::{MemStore, StoreConfig};
+///
+/// let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let mut tokens = Tokens::new();
+/// tokens.add_join_token("agents-secret");
+/// let server = ServerBuilder::new(Arc::new(MemStore::new(StoreConfig::default())), grpc)
+///     .tokens(tokens)
+///     .start(async { /* resolve to stop */ })
+///     .await?;
+/// println!("gRPC on {}", server.grpc_addr());
+/// server.wait().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ServerBuilder<S> {
+    store: Arc<S>,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    tokens: Tokens,
+    engine: EngineConfig,
+    stats: StatsOf<S>,
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct RunningServer<S> {
+    engine: EngineHandle<S>,
+    grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl<S: Store> ServerBuilder<S> {
+    /// A server on `store`, serving gRPC on `grpc`, with no tokens (every
+    /// call is refused until some are given) and the default settings.
+    pub fn new(store: Arc<S>, grpc: TcpListener) -> Self {
+        ServerBuilder {
+            store,
+            grpc,
+            http: None,
+            tokens: Tokens::new(),
+            engine: EngineConfig::default(),
+            stats: |_| None,
+        }
+    }
+
+    /// The tokens agents and clients authenticate with.
+    pub fn tokens(mut self, tokens: Tokens) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// The engine's settings.
+    pub fn engine_config(mut self, config: EngineConfig) -> Self {
+        self.engine = config;
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener`.
+    pub fn http_listener(mut self, listener: TcpListener) -> Self {
+        self.http = Some(listener);
+        self
+    }
+
+    /// Where `/metrics` reads the store's group-commit counters.
+    pub fn write_stats(mut self, stats: StatsOf<S>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Recovers the engine from the store and starts serving. When
+    /// `shutdown` resolves, the server reports itself not ready, ends
+    /// agents' streams so they reconnect elsewhere, keeps its listeners
+    /// open for the engine's `shutdown_delay`, stops accepting (the HTTP
+    /// listener last), lets the engine finish what it holds, and
+    /// [`RunningServer::wait`] returns.
+    ///
+    /// # Errors
+    ///
+    /// The engine cannot recover from the store, or a listener has no
+    /// address.
+    pub async fn start(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RunningServer<S>, ServerError> {
+        let listener = |what| move |source| ServerError::Listener { what, source };
+        let grpc_addr = self.grpc.local_addr().map_err(listener("listen"))?;
+        let http_addr = match &self.http {
+            Some(h) => Some(h.local_addr().map_err(listener("http_listen"))?),
+            None => None,
+        };
+        let (engine, engine_task) = Engine::start(self.store, self.engine.clone()).await?;
+        let state = Arc::new(Http {
+            engine: engine.clone(),
+            stats: self.stats,
+            stopping: AtomicBool::new(false),
+        });
+        let (http_stop_tx, http_stop) = tokio::sync::oneshot::channel::<()>();
+        let http_task = self.http.map(|http| {
+            let app = router(Arc::clone(&state));
+            tokio::spawn(async move {
+                axum::serve(
+                    http.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    }),
+                    app,
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.await;
+                })
+                .await
+            })
+        });
+        let handle = engine.clone();
+        let config = self.engine;
+        let (grpc, tokens) = (self.grpc, self.tokens);
+        let task = tokio::spawn(async move {
+            let ready = Arc::clone(&state);
+            let served = serve(grpc, handle, tokens, &config, async move {
+                shutdown.await;
+                ready.stopping.store(true, Ordering::Release);
+            })
+            .await;
+            // The HTTP listener closes last: /readyz said 503 while gRPC
+            // drained.
+            let _ = http_stop_tx.send(());
+            served?;
+            if let Some(t) = http_task {
+                t.await
+                    .map_err(|e| ServerError::Task(e.to_string()))?
+                    .map_err(|source| ServerError::Listener {
+                        what: "http_listen",
+                        source,
+                    })?;
+            }
+            drop(state);
+            // The engine ends once the last handle is gone; the store's
+            // writer then commits what is queued and closes.
+            engine_task
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))?;
+            Ok(())
+        });
+        Ok(RunningServer {
+            engine,
+            grpc_addr,
+            http_addr,
+            task,
+        })
+    }
+}
+
+impl<S: Store> RunningServer<S> {
+    /// Where gRPC is served.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the HTTP endpoints are served, if they are.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The engine, for in-process callers.
+    pub fn engine(&self) -> &EngineHandle<S> {
+        &self.engine
+    }
+
+    /// Waits until the server has stopped (after its shutdown future
+    /// resolved) and its store is flushed.
+    ///
+    /// # Errors
+    ///
+    /// Serving failed, or a server task ended abnormally.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        let RunningServer { engine, task, .. } = self;
+        drop(engine);
+        task.await.map_err(|e| ServerError::Task(e.to_string()))?
+    }
+}

@@ -1,0 +1,316 @@
+//! [`ServerSettings`]: every setting of a Hodei server, declared once and
+//! read from flags, environment variables and a TOML file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hodei_store::StoreConfig;
+use serde::Deserialize;
+
+use super::engine::EngineConfig;
+
+/// Why settings were refused; names the setting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A setting's value is not acceptable.
+    #[error("{setting}: {message}")]
+    Invalid {
+        /// The setting, as written in the file (`weights.acme`).
+        setting: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The settings file cannot be read or parsed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses a duration such as `500ms`, `10s` or `5m`.
+///
+/// # Errors
+///
+/// Says what it expected.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
+}
+
+/// Parses `tenant=N`.
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let Some((t, w)) = s.split_once('=').filter(|(t, _)| !t.is_empty()) else {
+        return Err(format!("{s:?}: expected key=value"));
+    };
+    let w: u32 = w
+        .parse()
+        .map_err(|_| format!("{s:?}: the weight must be a whole number"))?;
+    Ok((t.to_string(), w))
+}
+
+fn weights_from_table<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, u32)>, D::Error> {
+    Ok(BTreeMap::<String, u32>::deserialize(d)?
+        .into_iter()
+        .collect())
+}
+
+/// Every setting of `hodei-server`, declared once: as flags and
+/// environment variables (clap) and as keys of a TOML file (serde, the
+/// same names in snake_case). Each is optional here; [`resolve`] fills in
+/// the defaults and checks them.
+///
+/// [`resolve`]: ServerSettings::resolve
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerSettings {
+    /// Where the gRPC API listens [default: 127.0.0.1:7070].
+    #[arg(long, env = "HODEI_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where /metrics, /healthz and /readyz listen [default: 127.0.0.1:7071].
+    #[arg(long, env = "HODEI_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// The data directory: the store and the token files [default: ./hodei-data].
+    #[arg(long, env = "HODEI_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `redb` (durable, the default) or `memory` (lost on exit; for tests
+    /// and load runs).
+    #[arg(long, env = "HODEI_STORE")]
+    pub store: Option<String>,
+    /// How often agents heartbeat [default: 5s].
+    #[arg(long, value_parser = parse_duration, env = "HODEI_HEARTBEAT_INTERVAL")]
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    /// A worker silent this long is lost and its jobs are retried [default: 15s].
+    #[arg(long, value_parser = parse_duration, env = "HODEI_HEARTBEAT_TIMEOUT")]
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when a job is cancelled [default: 10s].
+    #[arg(long, value_parser = parse_duration, env = "HODEI_CANCEL_GRACE")]
+    #[serde(default, with = "humantime_serde")]
+    pub cancel_grace: Option<Duration>,
+    /// On SIGTERM, how long /readyz answers 503 and gRPC health reports
+    /// NOT_SERVING, listeners still open, before the server stops
+    /// accepting [default: 1s].
+    #[arg(long, value_parser = parse_duration, env = "HODEI_SHUTDOWN_DELAY")]
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_delay: Option<Duration>,
+    /// A tenant's weight in fair sharing, tenant=N; repeat for several
+    /// (unlisted tenants weigh 1). In the file: a table, `[weights]`.
+    #[arg(long = "weight", value_parser = parse_weight, env = "HODEI_WEIGHTS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "weights_from_table")]
+    pub weights: Vec<(String, u32)>,
+    /// Output stored per job; later output is dropped and counted
+    /// [default: 67108864].
+    #[arg(long, env = "HODEI_MAX_LOG_BYTES_PER_JOB")]
+    pub max_log_bytes_per_job: Option<u64>,
+    /// error, warn, info, debug or trace [default: info].
+    #[arg(long = "log-level", env = "HODEI_LOG")]
+    pub log_level: Option<String>,
+}
+
+/// Which store a server keeps its state in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// A redb file in the data directory.
+    Redb,
+    /// Memory only: lost when the server stops.
+    Memory,
+}
+
+/// Settings resolved: defaults filled in, every value checked.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Where gRPC listens.
+    pub listen: SocketAddr,
+    /// Where the HTTP endpoints listen.
+    pub http_listen: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The store.
+    pub store_kind: StoreKind,
+    /// The engine's settings.
+    pub engine: EngineConfig,
+    /// The store's settings.
+    pub store: StoreConfig,
+    /// The log level.
+    pub log_level: String,
+}
+
+impl ServerSettings {
+    /// Reads settings from a TOML file.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, is not TOML, or holds an unknown key or a
+    /// value of the wrong type (named in the message).
+    pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
+        let file = |message: String| SettingsError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| file(e.to_string()))
+    }
+
+    /// These settings where given, `other`'s elsewhere (flags over a
+    /// file). Weights are merged, these winning per tenant.
+    pub fn or(self, other: ServerSettings) -> ServerSettings {
+        let mut weights = other.weights;
+        weights.extend(self.weights);
+        ServerSettings {
+            listen: self.listen.or(other.listen),
+            http_listen: self.http_listen.or(other.http_listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            store: self.store.or(other.store),
+            heartbeat_interval: self.heartbeat_interval.or(other.heartbeat_interval),
+            heartbeat_timeout: self.heartbeat_timeout.or(other.heartbeat_timeout),
+            cancel_grace: self.cancel_grace.or(other.cancel_grace),
+            shutdown_delay: self.shutdown_delay.or(other.shutdown_delay),
+            weights,
+            max_log_bytes_per_job: self.max_log_bytes_per_job.or(other.max_log_bytes_per_job),
+            log_level: self.log_level.or(other.log_level),
+        }
+    }
+
+    /// Fills in the defaults and checks every value.
+    ///
+    /// # Errors
+    ///
+    /// [`SettingsError::Invalid`] naming the first setting refused.
+    pub fn resolve(self) -> Result<ServerConfig, SettingsError> {
+        let store_kind = match self.store.as_deref().unwrap_or("redb") {
+            "redb" => StoreKind::Redb,
+            "memory" => StoreKind::Memory,
+            other => {
+                return Err(invalid(
+                    "store",
+                    format!("{other:?} must be redb or memory"),
+                ));
+            }
+        };
+        let mut engine = EngineConfig::default();
+        if let Some(d) = self.heartbeat_interval {
+            engine.heartbeat_interval = d;
+        }
+        if let Some(d) = self.heartbeat_timeout {
+            engine.heartbeat_timeout = d;
+        }
+        if engine.heartbeat_timeout <= engine.heartbeat_interval {
+            return Err(invalid(
+                "heartbeat_timeout",
+                format!(
+                    "{:?} must be longer than heartbeat_interval {:?}",
+                    engine.heartbeat_timeout, engine.heartbeat_interval
+                ),
+            ));
+        }
+        if let Some(d) = self.cancel_grace {
+            engine.cancel_grace = d;
+        }
+        engine.shutdown_delay = self.shutdown_delay.unwrap_or(Duration::from_secs(1));
+        // One weight per tenant, the last given winning.
+        let weights: BTreeMap<String, u32> = self.weights.into_iter().collect();
+        for (tenant, w) in weights {
+            if w == 0 {
+                return Err(invalid(format!("weights.{tenant}"), "must be at least 1"));
+            }
+            let t = tenant
+                .parse()
+                .map_err(|e| invalid(format!("weights.{tenant}"), format!("{e}")))?;
+            engine.tenant_weights.push((t, w));
+        }
+        let mut store = StoreConfig::default();
+        if let Some(n) = self.max_log_bytes_per_job {
+            store.max_log_bytes_per_job = n;
+        }
+        let log_level = self.log_level.unwrap_or_else(|| "info".into());
+        if log_level.parse::<tracing::Level>().is_err() {
+            return Err(invalid(
+                "log_level",
+                format!("{log_level:?}: expected error, warn, info, debug or trace"),
+            ));
+        }
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(ServerConfig {
+            listen: self.listen.unwrap_or(local(7070)),
+            http_listen: self.http_listen.unwrap_or(local(7071)),
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("hodei-data")),
+            store_kind,
+            engine,
+            store,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(s: &str) -> Result<ServerSettings, String> {
+        toml::from_str(s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let file = from_toml(
+            "listen = \"0.0.0.0:9000\"\nheartbeat_interval = \"2s\"\n[weights]\nacme = 3\nglobex = 2\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let flags = ServerSettings {
+            heartbeat_interval: Some(Duration::from_secs(1)),
+            weights: vec![("acme".into(), 5)],
+            ..ServerSettings::default()
+        };
+        let c = flags.or(file).resolve().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap_or(c.listen));
+        assert_eq!(c.http_listen.port(), 7071);
+        assert_eq!(c.engine.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(c.store_kind, StoreKind::Redb);
+        let w: Vec<(String, u32)> = c
+            .engine
+            .tenant_weights
+            .iter()
+            .map(|(t, w)| (t.as_str().to_string(), *w))
+            .collect();
+        assert_eq!(w, vec![("acme".into(), 5), ("globex".into(), 2)]);
+    }
+
+    #[test]
+    fn every_refusal_names_its_setting() {
+        let cases = [
+            ("store = \"sqlite\"", "store:"),
+            ("heartbeat_interval = \"20s\"", "heartbeat_timeout:"),
+            ("[weights]\nacme = 0", "weights.acme:"),
+            ("[weights]\n\"a b\" = 1", "weights.a b:"),
+            ("log_level = \"loud\"", "log_level:"),
+        ];
+        for (toml, want) in cases {
+            let err = from_toml(toml)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .resolve()
+                .map(|_| ())
+                .unwrap_err();
+            assert!(err.to_string().starts_with(want), "{toml}: {err}");
+        }
+        let err = from_toml("lisen = \"x\"").map(|_| ()).unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+    }
+}
