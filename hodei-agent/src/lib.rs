@@ -20,6 +20,7 @@ mod exec;
 mod outbox;
 mod pty;
 mod secrets;
+mod settings;
 mod telemetry;
 
 pub use agent::{AgentConfig, AgentError, Report, Shutdown, host_name, run_agent};
@@ -29,4 +30,5 @@ pub use contain::{Containment, ContainmentMode};
 pub use exec::{ExecConfig, Finished, Output, run};
 pub use hodei_core::LogStream;
 pub use secrets::secret_forms;
+pub use settings::{AgentSettings, SettingsError};
 pub use telemetry::{Reading, Sampler, detect_capacity};

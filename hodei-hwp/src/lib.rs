@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod secret_file;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod wire;

@@ -2,51 +2,15 @@
 //! refused when others may read them.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use hodei_core::TenantId;
 use rand::Rng;
 
 use super::auth::{Principal, Tokens};
-
-/// Why a token file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TokenFileError {
-    /// The file or directory could not be read, written or made.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Group or others may read a secret.
-    #[error("{path}: mode {mode:o} lets others read a secret; chmod 600 it")]
-    Exposed {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// The file's contents are not what it should hold.
-    #[error("{path}: {message}")]
-    Malformed {
-        /// The file (and line, where it applies).
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TokenFileError + '_ {
-    move |source| TokenFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::secret_file::io;
+pub use crate::secret_file::{TokenFileError, check_private, read_secret_file};
 
 /// A new random token: 32 bytes from the operating system's generator,
 /// as 64 hex digits.
@@ -69,43 +33,6 @@ pub fn private_dir(dir: &Path) -> Result<(), TokenFileError> {
         .mode(0o700)
         .create(dir)
         .map_err(io(dir))
-}
-
-/// Refuses a file that group or others may read.
-///
-/// # Errors
-///
-/// [`TokenFileError::Exposed`], or the file cannot be read.
-pub fn check_private(path: &Path) -> Result<(), TokenFileError> {
-    let mode = std::fs::metadata(path)
-        .map_err(io(path))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(TokenFileError::Exposed {
-            path: path.to_path_buf(),
-            mode: mode & 0o777,
-        });
-    }
-    Ok(())
-}
-
-/// Reads a secret (a token) from a private file, trimmed.
-///
-/// # Errors
-///
-/// The file is readable by others, unreadable or empty.
-pub fn read_secret_file(path: &Path) -> Result<String, TokenFileError> {
-    check_private(path)?;
-    let s = std::fs::read_to_string(path).map_err(io(path))?;
-    let s = s.trim().to_string();
-    if s.is_empty() {
-        return Err(TokenFileError::Malformed {
-            path: path.display().to_string(),
-            message: "empty".into(),
-        });
-    }
-    Ok(s)
 }
 
 /// The token in `path`, made (mode 0600) if the file does not exist.
@@ -223,6 +150,8 @@ pub fn load_data_dir_tokens(dir: &Path) -> Result<(Tokens, Vec<PathBuf>), TokenF
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
