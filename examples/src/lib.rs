@@ -5,6 +5,7 @@
 //! library holds the few helpers the binaries share.
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod cli;
 pub mod demo;
 

@@ -1,0 +1,406 @@
+//! The `hodei` command line: its arguments, declared once (flags and
+//! environment), and what each command does. The binary only parses and
+//! runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cli::{self, Failure, Output};
+use crate::{demo, parse_duration, parse_label, read_secret_file};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use hodei_core::{JobId, JobSpec, Resources, RetryPolicy, Secret, WorkerId};
+use hodei_hwp::client::Client;
+use hodei_hwp::proto::{self, JobStateKind};
+use hodei_hwp::spec_to_wire;
+
+/// The Hodei command-line client.
+///
+/// Talks to a hodei-server over gRPC. The token comes from --token,
+/// HODEI_TOKEN, --token-file, HODEI_TOKEN_FILE or, failing those,
+/// ./hodei-data/admin.token. Errors print one line and exit non-zero (2 for
+/// bad usage).
+#[derive(Debug, Parser)]
+#[command(name = "hodei", version)]
+pub struct Args {
+    /// The server's gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "HODEI_SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    server: String,
+    /// A client token (prefer --token-file: flags show in `ps`).
+    #[arg(long, global = true, env = "HODEI_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding a client token (mode 0600).
+    #[arg(long, global = true, env = "HODEI_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Tables for people or JSON (one document per line) for scripts.
+    #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Tables for people.
+    Table,
+    /// JSON, one document per line, for scripts.
+    Json,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submits a job: a command after `--`, a --script, or a --file spec.
+    Submit(Box<SubmitArgs>),
+    /// Shows one job.
+    #[command(alias = "get")]
+    Status {
+        /// The job id.
+        job: String,
+    },
+    /// Lists jobs, newest first.
+    List {
+        /// Only jobs in this state (queued, running, succeeded, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this tenant's jobs (admin tokens).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Jobs per page (at most 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Start at this page (the token the previous page ended with).
+        #[arg(long)]
+        page_token: Option<String>,
+        /// Every page, to the end.
+        #[arg(long, conflicts_with = "page_token")]
+        all: bool,
+    },
+    /// Prints a job's output; with -f, follows it until the job ends.
+    Logs {
+        /// The job id.
+        job: String,
+        /// Keep printing new output until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancels a job.
+    Cancel {
+        /// The job id.
+        job: String,
+    },
+    /// Lists the cluster's workers.
+    Workers,
+    /// Stops placing new jobs on a worker (admin tokens).
+    Drain {
+        /// The worker id.
+        worker: String,
+    },
+    /// Prints state changes as they happen (of one job, or all).
+    Watch {
+        /// The job id; all jobs when left out.
+        job: Option<String>,
+    },
+    /// Runs a server on a temporary embedded store and a local agent,
+    /// submits a few jobs, shows their logs live and a summary, and stops.
+    Demo,
+}
+
+/// How to submit a job.
+#[derive(Debug, ClapArgs)]
+pub struct SubmitArgs {
+    /// A JSON or TOML job spec (by extension; `-` reads JSON from stdin).
+    #[arg(long, short, conflicts_with_all = ["script", "command"])]
+    file: Option<PathBuf>,
+    /// A shell script to run (with `set -eu`).
+    #[arg(long, conflicts_with = "command")]
+    script: Option<String>,
+    /// The job's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// The tenant [default: the token's own].
+    #[arg(long)]
+    tenant: Option<String>,
+    /// 0 (lowest) to 7 (highest) [default: 4].
+    #[arg(long)]
+    priority: Option<u8>,
+    /// CPU, millicores.
+    #[arg(long)]
+    cpu_millis: Option<u32>,
+    /// Memory, MiB.
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Stop the attempt after this long, e.g. 10m.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Attempts in all, retries included [default: 1].
+    #[arg(long)]
+    attempts: Option<u32>,
+    /// An environment variable, K=V; repeat for several.
+    #[arg(long = "env", value_parser = parse_label)]
+    env: Vec<(String, String)>,
+    /// A secret from this program's environment variable NAME, passed to
+    /// the job as NAME and masked in its output; repeat for several.
+    #[arg(long = "secret-env")]
+    secret_env: Vec<String>,
+    /// A label, K=V; repeat for several.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Run only on workers whose label K equals V; repeat for several.
+    #[arg(long = "on", value_parser = parse_label)]
+    constraints: Vec<(String, String)>,
+    /// Run in a pseudo-terminal.
+    #[arg(long)]
+    pty: bool,
+    /// A key that makes repeated submissions return the first job.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait for the job to end and exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// Print the job's output as it runs (implies --wait).
+    #[arg(long)]
+    follow: bool,
+    /// The command and its arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn spec_from_args(a: &SubmitArgs) -> Result<(JobSpec, bool), Failure> {
+    if let Some(path) = &a.file {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+                .map_err(|e| Failure::usage(format!("stdin: {e}")))?
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+        };
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let spec: JobSpec = if is_toml {
+            toml::from_str(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+        };
+        return Ok((spec, true));
+    }
+    let mut spec = match (&a.script, a.command.is_empty()) {
+        (Some(s), _) => JobSpec::script(s.clone()),
+        (None, false) => JobSpec::argv(a.command.clone()),
+        (None, true) => {
+            return Err(Failure::usage(
+                "command: give one after `--`, or --script, or --file",
+            ));
+        }
+    };
+    if let Some(n) = &a.name {
+        spec.name = n.clone();
+    }
+    let tenant_given = a.tenant.is_some();
+    if let Some(t) = &a.tenant {
+        spec.tenant = t
+            .parse()
+            .map_err(|e| Failure::usage(format!("tenant: {e}")))?;
+    }
+    if let Some(p) = a.priority {
+        spec.priority = p;
+    }
+    if a.cpu_millis.is_some() || a.memory_mb.is_some() {
+        spec.resources = Resources::new(a.cpu_millis.unwrap_or(0), a.memory_mb.unwrap_or(0), 0);
+    }
+    spec.timeout = a.timeout;
+    if let Some(n) = a.attempts {
+        spec.retry = RetryPolicy {
+            max_attempts: n,
+            ..RetryPolicy::default()
+        };
+    }
+    spec.env = a.env.iter().cloned().collect();
+    for name in &a.secret_env {
+        let value = std::env::var(name).map_err(|_| {
+            Failure::usage(format!("secret-env {name}: not set in this environment"))
+        })?;
+        spec.secrets.push(Secret {
+            name: name.clone(),
+            value,
+        });
+    }
+    spec.labels = a.labels.iter().cloned().collect();
+    for (k, v) in &a.constraints {
+        spec.constraints
+            .push(hodei_core::Constraint::is_in(k.clone(), &[v.as_str()]));
+    }
+    spec.pty = a.pty;
+    spec.idempotency_key = a.idempotency_key.clone();
+    Ok((spec, tenant_given))
+}
+
+async fn submit(c: &mut Client, a: &SubmitArgs, out: Output) -> Result<ExitCode, Failure> {
+    let (spec, tenant_given) = spec_from_args(a)?;
+    if let Err(errors) = spec.validate() {
+        let all: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
+        return Err(Failure::usage(all.join("; ")));
+    }
+    let mut wire = spec_to_wire(&spec, true);
+    if !tenant_given {
+        // Empty: the server uses the token's own tenant.
+        wire.tenant.clear();
+    }
+    let r = c
+        .raw()
+        .submit(proto::SubmitRequest { spec: Some(wire) })
+        .await
+        .map_err(Failure::from)?
+        .into_inner();
+    let job = r
+        .job
+        .ok_or_else(|| Failure::server("submit: the server returned no job"))?;
+    let id: JobId = job
+        .id
+        .parse()
+        .map_err(|e| Failure::server(format!("submit: bad job id: {e}")))?;
+    if a.follow {
+        out.note(&format!("submitted {id}"));
+        cli::follow_logs(c, id, None).await?;
+    } else if a.wait {
+        out.note(&format!("submitted {id}; waiting"));
+    } else {
+        out.job(&job, !r.created);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let end = cli::wait_end(c, id).await?;
+    out.job(&end, false);
+    Ok(cli::exit_code(&end))
+}
+
+async fn main_async(args: Args) -> Result<ExitCode, Failure> {
+    let out = Output {
+        json: args.output == Format::Json,
+    };
+    if let Command::Demo = args.command {
+        return demo::run(out).await.map(|()| ExitCode::SUCCESS);
+    }
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => {
+            read_secret_file(p).map_err(|e| Failure::usage(format!("token_file: {e}")))?
+        }
+        (None, None) => {
+            let fallback = PathBuf::from("hodei-data/admin.token");
+            if fallback.exists() {
+                read_secret_file(&fallback)
+                    .map_err(|e| Failure::usage(format!("token_file: {e}")))?
+            } else {
+                return Err(Failure::usage(
+                    "token: required (--token-file, --token, HODEI_TOKEN or HODEI_TOKEN_FILE)",
+                ));
+            }
+        }
+    };
+    let mut c = Client::connect(&args.server, &token)
+        .await
+        .map_err(|e| Failure::server(format!("server {}: {e}", args.server)))?;
+    let parse_job = |s: &str| -> Result<JobId, Failure> {
+        s.parse()
+            .map_err(|e| Failure::usage(format!("job id {s:?}: {e}")))
+    };
+    match args.command {
+        Command::Submit(a) => submit(&mut c, &a, out).await,
+        Command::Status { job } => {
+            let j = c.get(parse_job(&job)?).await?;
+            out.job(&j, false);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List {
+            state,
+            tenant,
+            limit,
+            page_token,
+            all,
+        } => {
+            let state = match state.as_deref() {
+                None => JobStateKind::Unspecified,
+                Some(s) => cli::parse_state(s).map_err(Failure::usage)?,
+            };
+            let mut token = page_token.unwrap_or_default();
+            loop {
+                let r = c
+                    .list(proto::ListRequest {
+                        state: state as i32,
+                        tenant: tenant.clone().unwrap_or_default(),
+                        page_token: token,
+                        page_size: limit.clamp(1, 1000),
+                    })
+                    .await?;
+                out.jobs(&r.jobs);
+                token = r.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+                if !all {
+                    out.next_page(&token);
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { job, follow } => {
+            let id = parse_job(&job)?;
+            if follow {
+                cli::follow_logs(&mut c, id, None).await?;
+            } else {
+                cli::print_logs(&mut c, id).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { job } => {
+            let j = c.cancel(parse_job(&job)?).await?;
+            out.job(&j, false);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workers => {
+            let w = c.workers().await?;
+            out.workers(&w);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drain { worker } => {
+            let id: WorkerId = worker
+                .parse()
+                .map_err(|e| Failure::usage(format!("worker id {worker:?}: {e}")))?;
+            let w = c.drain(id).await?;
+            out.workers(std::slice::from_ref(&w));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { job } => {
+            let id = job.as_deref().map(parse_job).transpose()?;
+            let mut s = c.watch(id, true).await?;
+            while let Some(e) = s.message().await? {
+                out.event(&e);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Runs the command `args` names on a small runtime; errors print one
+/// line and give a non-zero exit code (2 for bad usage).
+pub fn run(args: Args) -> ExitCode {
+    let runtime = match crate::runtime("hodei", Some(2)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(main_async(args)) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("hodei: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
