@@ -162,17 +162,12 @@ fn now_ms() -> u64 {
 
 impl Ledger {
     pub(super) fn register(&self) -> proto::Register {
-        let cap = self.config.capacity;
         proto::Register {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             worker_id: self.worker_id.clone(),
             name: self.config.name.clone(),
             labels: self.config.labels.clone().into_iter().collect(),
-            capacity: Some(proto::Resources {
-                cpu_millis: cap.cpu_millis,
-                memory_mb: cap.memory_mb,
-                gpus: cap.gpus,
-            }),
+            capacity: Some(hodei_hwp::resources_to_wire(&self.config.capacity)),
             jobs: self
                 .attempts
                 .iter()

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use hodei_core::{Event, FieldError, JobId, Lifecycle, RecvError, Subscriber, TenantId, WorkerId};
-use hodei_store::{JobFilter, LogCursor, StateKind, Store};
+use hodei_store::{JobFilter, LogCursor, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -11,7 +11,10 @@ use tonic::{Request, Response, Status};
 use crate::proto;
 use crate::server::auth::{Principal, Tokens};
 use crate::server::engine::{EngineError, EngineHandle};
-use crate::wire::{job_to_wire, log_stream_to_wire, spec_from_wire, state_to_wire};
+use crate::wire::{
+    job_to_wire, log_stream_to_wire, spec_from_wire, state_kind_from_wire, state_to_wire,
+    worker_to_wire,
+};
 
 const STREAM_DEPTH: usize = 256;
 const LOG_PAGE: usize = 256;
@@ -82,24 +85,6 @@ fn engine_status(e: EngineError) -> Status {
         EngineError::Stopped => Status::unavailable("the server is shutting down"),
         other => Status::internal(other.to_string()),
     }
-}
-
-fn state_kind(v: i32) -> Result<Option<StateKind>, Status> {
-    use proto::JobStateKind as K;
-    Ok(Some(
-        match K::try_from(v).map_err(|_| invalid("state", format!("unknown value {v}")))? {
-            K::Unspecified => return Ok(None),
-            K::Pending => StateKind::Pending,
-            K::Queued => StateKind::Queued,
-            K::Assigned => StateKind::Assigned,
-            K::Running => StateKind::Running,
-            K::Succeeded => StateKind::Succeeded,
-            K::Failed => StateKind::Failed,
-            K::Cancelled => StateKind::Cancelled,
-            K::TimedOut => StateKind::TimedOut,
-            K::Lost => StateKind::Lost,
-        },
-    ))
 }
 
 impl<S: Store> JobApi<S> {
@@ -197,7 +182,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
             .engine
             .store()
             .list_jobs(JobFilter {
-                state: state_kind(r.state)?,
+                state: state_kind_from_wire(r.state)?,
                 tenant,
                 after,
                 limit: r.page_size as usize,
@@ -469,26 +454,5 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
             .ok_or_else(|| Status::not_found(format!("worker {id} not found")))?;
         let name = self.engine.worker_name(w.id);
         Ok(Response::new(worker_to_wire(w, name)))
-    }
-}
-
-fn worker_to_wire(w: hodei_sched::WorkerSnapshot, name: String) -> proto::Worker {
-    let res = |r: hodei_core::Resources| proto::Resources {
-        cpu_millis: r.cpu_millis,
-        memory_mb: r.memory_mb,
-        gpus: r.gpus,
-    };
-    proto::Worker {
-        id: w.id.to_string(),
-        name,
-        labels: w.labels.into_iter().collect(),
-        capacity: Some(res(w.capacity)),
-        allocated: Some(res(w.allocated)),
-        status: w.status.name().to_string(),
-        cpu_percent: w.telemetry.cpu_percent,
-        memory_used_mb: w.telemetry.memory_used_mb,
-        load_1m: w.telemetry.load_1m,
-        last_heartbeat_ms: w.last_heartbeat.as_millis(),
-        jobs: w.jobs.iter().map(JobId::to_string).collect(),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use hodei_core::{Clock, Event, ExitStatus, JobId, Resources, SystemClock, Timestamp, WorkerId};
+use hodei_core::{Clock, Event, ExitStatus, JobId, SystemClock, Timestamp, WorkerId};
 use hodei_sched::Telemetry;
 use hodei_store::{LogChunk, LogStream, Store};
 use tokio::sync::{mpsc, watch};
@@ -16,8 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::server::auth::Tokens;
-use crate::server::engine::{AgentLink, EngineHandle, Registration, ToAgent};
-use crate::wire::{exit_from_wire, log_stream_from_wire, to_agent_wire};
+use crate::server::engine::{AgentLink, EngineHandle, ToAgent};
+use crate::wire::{exit_from_wire, log_stream_from_wire, registration_from_wire, to_agent_wire};
 
 /// The sending half of an agent's stream; an `Err` ends the stream with
 /// that status.
@@ -36,7 +36,6 @@ use crate::proto::{self, agent_message::Msg as In, server_message::Msg as Out};
 /// The longest log batch accepted.
 pub const MAX_LOG_BATCH: usize = 4 * 1024 * 1024;
 const REGISTER_WITHIN: Duration = Duration::from_secs(10);
-const MAX_LABELS: usize = 64;
 
 /// The worker stream service.
 #[derive(Debug)]
@@ -73,64 +72,6 @@ fn job_id(field: &str, s: &str) -> Result<JobId, Status> {
     s.parse().map_err(|e| invalid(field, e))
 }
 
-fn registration(r: proto::Register) -> Result<Registration, Status> {
-    let worker = if r.worker_id.is_empty() {
-        WorkerId::new()
-    } else {
-        r.worker_id
-            .parse()
-            .map_err(|e| invalid("register.worker_id", e))?
-    };
-    let cap = r
-        .capacity
-        .ok_or_else(|| invalid("register.capacity", "must be set"))?;
-    let capacity = Resources::new(cap.cpu_millis, cap.memory_mb, cap.gpus);
-    if capacity.cpu_millis == 0 && capacity.memory_mb == 0 {
-        return Err(invalid("register.capacity", "must offer CPU or memory"));
-    }
-    if r.labels.len() > MAX_LABELS {
-        return Err(invalid("register.labels", format!("at most {MAX_LABELS}")));
-    }
-    for (k, v) in &r.labels {
-        // The same rule as for a job's constraints and labels.
-        if let Some(why) = hodei_core::label_key_problem(k) {
-            return Err(invalid(
-                &format!("register.labels.{k}"),
-                format!("key {why}"),
-            ));
-        }
-        if let Some(why) = hodei_core::label_value_problem(v) {
-            return Err(invalid(
-                &format!("register.labels.{k}"),
-                format!("value {why}"),
-            ));
-        }
-    }
-    let mut held = Vec::with_capacity(r.jobs.len());
-    for (i, h) in r.jobs.iter().enumerate() {
-        let id = job_id(&format!("register.jobs[{i}].job_id"), &h.job_id)?;
-        if h.attempt == 0 {
-            return Err(invalid(
-                &format!("register.jobs[{i}].attempt"),
-                "must be at least 1",
-            ));
-        }
-        held.push((id, h.attempt));
-    }
-    Ok(Registration {
-        worker,
-        name: r
-            .name
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(253)
-            .collect(),
-        labels: r.labels.into_iter().collect(),
-        capacity,
-        held,
-    })
-}
-
 fn exit_status(e: Option<proto::ExitStatus>) -> Result<ExitStatus, Status> {
     Ok(exit_from_wire(e, "job_finished.exit")?)
 }
@@ -154,7 +95,7 @@ fn check_log_batch(b: &proto::LogBatch) -> Result<(JobId, LogStream), Status> {
 pub fn check_agent_message(m: proto::AgentMessage) -> Result<(), Status> {
     match m.msg {
         None => Err(Status::invalid_argument("agent message: empty")),
-        Some(In::Register(r)) => registration(r).map(|_| ()),
+        Some(In::Register(r)) => registration_from_wire(r).map(|_| ()).map_err(Status::from),
         Some(In::Heartbeat(_) | In::Ack(_) | In::Draining(_)) => Ok(()),
         Some(In::JobStarted(s)) => job_id("job_started.job_id", &s.job_id).map(|_| ()),
         Some(In::JobFinished(f)) => {
@@ -345,7 +286,7 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
             .map_err(|_| Status::deadline_exceeded("register: not received within 10 s"))??
             .ok_or_else(|| Status::invalid_argument("register: the stream ended before it"))?;
         let reg = match first.msg {
-            Some(In::Register(r)) => registration(r)?,
+            Some(In::Register(r)) => registration_from_wire(r)?,
             _ => {
                 return Err(Status::invalid_argument(
                     "register: must be the first message",

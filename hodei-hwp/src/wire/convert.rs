@@ -246,7 +246,8 @@ pub fn spec_to_wire(spec: &JobSpec, with_secret_values: bool) -> proto::JobSpec 
     }
 }
 
-fn resources_to_wire(r: &Resources) -> proto::Resources {
+/// Resources as the wire carries them.
+pub fn resources_to_wire(r: &Resources) -> proto::Resources {
     proto::Resources {
         cpu_millis: r.cpu_millis,
         memory_mb: r.memory_mb,

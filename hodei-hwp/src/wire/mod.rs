@@ -3,13 +3,17 @@
 //! an incoming message is checked, and a problem names the field.
 
 mod convert;
+#[cfg(feature = "server")]
+mod server;
 
 #[cfg(feature = "server")]
 pub use convert::to_agent_wire;
 pub use convert::{
     WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire, log_stream_to_wire,
-    spec_from_wire, spec_to_wire, state_to_wire,
+    resources_to_wire, spec_from_wire, spec_to_wire, state_to_wire,
 };
+#[cfg(feature = "server")]
+pub use server::{MAX_LABELS, registration_from_wire, state_kind_from_wire, worker_to_wire};
 
 /// Code generated from the `.proto` files.
 #[allow(
