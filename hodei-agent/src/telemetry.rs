@@ -38,6 +38,10 @@ pub struct Sampler {
 
 impl Sampler {
     /// Starts sampling every `every`.
+    ///
+    /// # Errors
+    ///
+    /// The sampling thread cannot be started.
     pub fn start(every: Duration) -> std::io::Result<Self> {
         let latest = Arc::new(Mutex::new(Reading::default()));
         let stop = Arc::new(AtomicBool::new(false));

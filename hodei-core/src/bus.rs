@@ -265,12 +265,26 @@ impl<E> fmt::Debug for Subscriber<E> {
 
 impl<E> Subscriber<E> {
     /// The next event if one is waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] when no event waits; [`TryRecvError::Lagged`]
+    /// with the count missed when the subscriber fell more than the bus's
+    /// capacity behind (the next call reads on from the oldest event kept);
+    /// [`TryRecvError::Closed`] once every publisher is gone.
     pub fn try_recv(&mut self) -> Result<Arc<E>, TryRecvError> {
         try_recv(&self.shared, &mut self.next)
     }
 
     /// Waits for the next event. Cancel-safe: dropping the future loses
     /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Lagged`] with the count missed when the subscriber fell
+    /// more than the bus's capacity behind (the next call reads on from the
+    /// oldest event kept); [`RecvError::Closed`] once every publisher is gone
+    /// and every event was read.
     pub async fn recv(&mut self) -> Result<Arc<E>, RecvError> {
         let shared = &*self.shared;
         let next = &mut self.next;

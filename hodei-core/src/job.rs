@@ -302,6 +302,11 @@ impl Job {
 
     /// Applies `t` at time `now`, returning the new state, or an error that
     /// leaves the job unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError`] if the state machine does not allow `t` from the
+    /// job's state or names another attempt; the job is left unchanged.
     pub fn transition(
         &mut self,
         t: Transition,
@@ -316,6 +321,11 @@ impl Job {
     }
 
     /// The state `t` would lead to, without applying it.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError`] if the state machine does not allow `t` from the
+    /// job's state or names another attempt.
     pub fn next_state(&self, t: Transition) -> Result<JobState, TransitionError> {
         self.lifecycle().next_state(t)
     }
@@ -371,6 +381,11 @@ impl Lifecycle {
     }
 
     /// Applies `t`, or returns an error and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError`] if the state machine does not allow `t` from this
+    /// state or names another attempt; the lifecycle is left unchanged.
     pub fn transition(&mut self, t: Transition) -> Result<JobState, TransitionError> {
         let next = self.next_state(t)?;
         if t == Transition::Retry {
@@ -381,6 +396,11 @@ impl Lifecycle {
     }
 
     /// The state `t` would lead to, without applying it.
+    ///
+    /// # Errors
+    ///
+    /// [`TransitionError`] if the state machine does not allow `t` from this
+    /// state or names another attempt.
     pub fn next_state(&self, t: Transition) -> Result<JobState, TransitionError> {
         let illegal = || TransitionError::Illegal {
             job: self.id,

@@ -83,6 +83,10 @@ impl fmt::Debug for Masker {
 
 impl Masker {
     /// A masker for these secret values. Empty values are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`MaskerError`] when the matcher cannot be built from the secrets.
     pub fn new<I, P>(secrets: I) -> Result<Self, MaskerError>
     where
         I: IntoIterator<Item = P>,

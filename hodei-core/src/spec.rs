@@ -468,12 +468,20 @@ impl JobSpec {
 
     /// Checks every field and returns every problem found, each naming its
     /// field.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecErrors`] with every problem found, each naming its field.
     pub fn validate(&self) -> Result<(), SpecErrors> {
         self.validate_inner(None)
     }
 
     /// Like [`validate`](Self::validate), also refusing a dependency on the
     /// job's own id `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecErrors`] with every problem found, each naming its field.
     pub fn validate_as(&self, id: JobId) -> Result<(), SpecErrors> {
         self.validate_inner(Some(id))
     }

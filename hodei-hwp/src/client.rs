@@ -38,6 +38,10 @@ pub struct BearerToken(MetadataValue<Ascii>);
 
 impl BearerToken {
     /// The interceptor for `token`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Token`] if the token is not printable ASCII.
     pub fn new(token: &str) -> Result<Self, ClientError> {
         MetadataValue::try_from(format!("Bearer {token}"))
             .map(BearerToken)
@@ -74,6 +78,10 @@ async fn channel(endpoint: &str) -> Result<Channel, ClientError> {
 }
 
 /// Connects an agent with its join token.
+///
+/// # Errors
+///
+/// [`ClientError`]: a bad endpoint, a bad token, or no connection.
 pub async fn connect_agent(endpoint: &str, join_token: &str) -> Result<AgentClient, ClientError> {
     let token = BearerToken::new(join_token)?;
     Ok(WorkerServiceClient::with_interceptor(
@@ -90,6 +98,10 @@ pub struct Client {
 
 impl Client {
     /// Connects to `endpoint` (`http://host:port`) with a client token.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]: a bad endpoint, a bad token, or no connection.
     pub async fn connect(endpoint: &str, token: &str) -> Result<Self, ClientError> {
         let token = BearerToken::new(token)?;
         Ok(Client {
@@ -104,6 +116,11 @@ impl Client {
 
     /// Submits a job; returns it and whether it is new (false when an
     /// earlier submission with the same idempotency key is returned).
+    ///
+    /// # Errors
+    ///
+    /// The server's status: INVALID_ARGUMENT naming the field, UNAUTHENTICATED,
+    /// PERMISSION_DENIED, UNAVAILABLE while it stops.
     pub async fn submit(&mut self, spec: &JobSpec) -> Result<(proto::Job, bool), Status> {
         let r = self
             .inner
@@ -119,6 +136,11 @@ impl Client {
     }
 
     /// A job.
+    ///
+    /// # Errors
+    ///
+    /// NOT_FOUND for an unknown job or another tenant's; the server's status
+    /// otherwise.
     pub async fn get(&mut self, job: JobId) -> Result<proto::Job, Status> {
         Ok(self
             .inner
@@ -130,11 +152,21 @@ impl Client {
     }
 
     /// A page of jobs.
+    ///
+    /// # Errors
+    ///
+    /// INVALID_ARGUMENT for a bad filter or page token; the server's status
+    /// otherwise.
     pub async fn list(&mut self, req: proto::ListRequest) -> Result<proto::ListResponse, Status> {
         Ok(self.inner.list(req).await?.into_inner())
     }
 
     /// Cancels a job; returns it as it is now.
+    ///
+    /// # Errors
+    ///
+    /// NOT_FOUND for an unknown job or another tenant's; FAILED_PRECONDITION
+    /// for a job already final; the server's status otherwise.
     pub async fn cancel(&mut self, job: JobId) -> Result<proto::Job, Status> {
         Ok(self
             .inner
@@ -146,6 +178,11 @@ impl Client {
     }
 
     /// State changes of one job (or all the caller may see).
+    ///
+    /// # Errors
+    ///
+    /// The server's status when the stream cannot start; errors on the stream
+    /// itself come from the stream.
     pub async fn watch(
         &mut self,
         job: Option<JobId>,
@@ -164,6 +201,11 @@ impl Client {
 
     /// A job's stored output, then (with `follow`) its output as it comes,
     /// until the job ends.
+    ///
+    /// # Errors
+    ///
+    /// NOT_FOUND for an unknown job or another tenant's; the server's status
+    /// otherwise.
     pub async fn logs(
         &mut self,
         job: JobId,
@@ -182,6 +224,10 @@ impl Client {
     }
 
     /// The cluster's workers.
+    ///
+    /// # Errors
+    ///
+    /// The server's status (UNAUTHENTICATED, UNAVAILABLE).
     pub async fn workers(&mut self) -> Result<Vec<proto::Worker>, Status> {
         Ok(self
             .inner
@@ -192,6 +238,11 @@ impl Client {
     }
 
     /// Stops placing new jobs on a worker (admin tokens).
+    ///
+    /// # Errors
+    ///
+    /// PERMISSION_DENIED for a token that is not the admin's; NOT_FOUND for an
+    /// unknown worker.
     pub async fn drain(&mut self, worker: WorkerId) -> Result<proto::Worker, Status> {
         Ok(self
             .inner

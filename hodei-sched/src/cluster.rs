@@ -446,6 +446,10 @@ impl ClusterState {
 
     /// Registers a worker, or re-registers one that reconnects: its labels
     /// and capacity are replaced, its reservations kept, and it is Ready.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::ZeroCapacity`] when the capacity offers nothing.
     pub fn register(&self, spec: WorkerSpec, now: Timestamp) -> Result<(), ClusterError> {
         if spec.capacity.is_zero() {
             return Err(ClusterError::ZeroCapacity(spec.id));
@@ -497,6 +501,11 @@ impl ClusterState {
     }
 
     /// Records a heartbeat. Lock-free apart from the map's shard read lock.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::UnknownWorker`] for a worker not registered (or already
+    /// lost).
     pub fn heartbeat(
         &self,
         id: WorkerId,
@@ -520,6 +529,10 @@ impl ClusterState {
 
     /// Stops placing new jobs on a worker; its running jobs keep their
     /// reservations.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::UnknownWorker`] for a worker not registered.
     pub fn drain(&self, id: WorkerId) -> Result<(), ClusterError> {
         let mut idx = self.index.lock();
         let live = Arc::clone(
@@ -539,6 +552,10 @@ impl ClusterState {
     }
 
     /// Removes a worker, returning the jobs that held reservations on it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::UnknownWorker`] for a worker not registered.
     pub fn deregister(&self, id: WorkerId) -> Result<Vec<JobId>, ClusterError> {
         let mut idx = self.index.lock();
         idx.unindex(id);
@@ -554,6 +571,11 @@ impl ClusterState {
 
     /// Reserves `resources` on `worker` for `job`, atomically: it fails
     /// rather than over-commit, and on a worker not Ready.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError`] when the worker is unknown, lost or not ready, lacks
+    /// the room, or the job already holds a reservation there.
     pub fn reserve(
         &self,
         worker: WorkerId,

@@ -13,6 +13,10 @@ use crate::error::StoreError;
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Encodes `value` as a versioned record.
+///
+/// # Errors
+///
+/// [`StoreError::Codec`] if the value cannot be encoded.
 pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![FORMAT_VERSION];
     bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
@@ -21,6 +25,11 @@ pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError
 }
 
 /// Decodes a versioned record.
+///
+/// # Errors
+///
+/// [`StoreError::Codec`]: an unknown format byte, bytes that do not decode, or
+/// trailing bytes.
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     let err = |reason: String| StoreError::codec_message(what, reason);
     match bytes.split_first() {

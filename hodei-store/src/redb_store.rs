@@ -350,6 +350,12 @@ impl RedbStore {
     ///
     /// A file that is not a Hodei store, is damaged, is held by another
     /// process or comes from a newer version gives an error naming it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] (not a Hodei store, damaged; the database's error
+    /// is the source), [`StoreError::Locked`],
+    /// [`StoreError::UnsupportedVersion`], [`StoreError::Corrupt`].
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         contain(&path, || Self::open_inner(path.clone(), config))

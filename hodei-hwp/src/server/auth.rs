@@ -112,6 +112,11 @@ impl Tokens {
     }
 
     /// Checks an agent's call.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError`] when the bearer token is missing, malformed or not a join
+    /// token.
     pub fn authenticate_agent(&self, md: &MetadataMap) -> Result<(), AuthError> {
         let h = Hashed::of(bearer(md)?);
         // Every entry is compared, so the time does not tell which matched.
@@ -124,6 +129,10 @@ impl Tokens {
     }
 
     /// Checks a client's call and says whom it speaks for.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError`] when the bearer token is missing, malformed or unknown.
     pub fn authenticate_client(&self, md: &MetadataMap) -> Result<Principal, AuthError> {
         let h = Hashed::of(bearer(md)?);
         let mut found = None;

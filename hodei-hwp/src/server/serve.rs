@@ -47,6 +47,10 @@ pub enum ServeError {
 /// Every accepted connection has `TCP_NODELAY` set (small messages such as
 /// AssignJob must not wait on delayed acknowledgements), and every error
 /// message is bounded ([`status_guard`](crate::server::status_guard)).
+///
+/// # Errors
+///
+/// [`ServeError`] when reflection cannot be built or the transport fails.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     engine: EngineHandle<S>,

@@ -92,6 +92,10 @@ fn check_log_batch(b: &proto::LogBatch) -> Result<(JobId, LogStream), Status> {
 /// touches any state (the same functions the service calls): field
 /// formats, sizes, enums. What remains (fencing, the state machine) needs
 /// the server's state. For fuzzing and for tools that relay messages.
+///
+/// # Errors
+///
+/// INVALID_ARGUMENT naming the field at fault.
 pub fn check_agent_message(m: proto::AgentMessage) -> Result<(), Status> {
     match m.msg {
         None => Err(Status::invalid_argument("agent message: empty")),

@@ -59,6 +59,10 @@ impl Problems {
 /// A spec from the wire, with every field checked (conversion and
 /// [`JobSpec::validate`] alike) and paths prefixed `spec.`. An empty tenant
 /// means `default_tenant`.
+///
+/// # Errors
+///
+/// [`WireError`] with every problem found, each naming its field.
 pub fn spec_from_wire(w: proto::JobSpec, default_tenant: &TenantId) -> Result<JobSpec, WireError> {
     let mut p = Problems::default();
     let defaults = JobSpec::default();
@@ -349,6 +353,10 @@ pub fn job_to_wire(job: &Job) -> proto::Job {
 
 /// An engine message for an agent, as the wire carries it; [`ToAgent::Close`]
 /// ends the stream with UNAVAILABLE, so the agent reconnects.
+///
+/// # Errors
+///
+/// UNAVAILABLE for [`ToAgent::Close`]: the stream ends so the agent reconnects.
 #[cfg(feature = "server")]
 pub fn to_agent_wire(m: ToAgent) -> Result<proto::ServerMessage, tonic::Status> {
     use proto::server_message::Msg;

@@ -352,6 +352,12 @@ impl<C: Clock> Scheduler<C> {
 
     /// Accepts a new job (Pending if it waits on dependencies, else Queued)
     /// and places what it can.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::Duplicate`] for a job already tracked;
+    /// [`SchedError::UnknownDependency`] for a dependency neither tracked nor
+    /// remembered as finished. Nothing changes.
     pub fn submit(&mut self, req: JobRequest) -> Result<Vec<Action>, SchedError> {
         self.run(|s, out| s.admit(req, None, out))
     }
@@ -431,6 +437,12 @@ impl<C: Clock> Scheduler<C> {
     /// are Lost; Failed, TimedOut or Lost ones with attempts left retry.
     ///
     /// [`reattach`]: Scheduler::reattach
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::Duplicate`] for a job already tracked;
+    /// [`SchedError::UnknownDependency`] for a dependency neither tracked nor
+    /// remembered.
     pub fn adopt(&mut self, req: JobRequest, life: Lifecycle) -> Result<Vec<Action>, SchedError> {
         self.run(|s, out| s.admit(req, Some(life), out))
     }
@@ -438,6 +450,11 @@ impl<C: Clock> Scheduler<C> {
     /// A worker that is running (or holds the result of) a recovered job
     /// claims it again: the job keeps its attempt and its reservation is
     /// restored.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::UnknownJob`]; [`SchedError::WrongWorker`] when the job was
+    /// placed elsewhere; a stale attempt; a reservation that no longer fits.
     pub fn reattach(
         &mut self,
         worker: WorkerId,
@@ -468,6 +485,11 @@ impl<C: Clock> Scheduler<C> {
 
     /// Cancels a job. A queued or pending job ends at once; a running one
     /// ends too, and its worker is told to stop it.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::UnknownJob`] for a job not tracked (unknown or already
+    /// final).
     pub fn cancel(&mut self, job: JobId) -> Result<Vec<Action>, SchedError> {
         if !self.index.contains_key(&job) {
             return Err(SchedError::UnknownJob(job));
@@ -482,6 +504,10 @@ impl<C: Clock> Scheduler<C> {
     /// runs: its jobs are left as they are; see [`worker_rejoined`]).
     ///
     /// [`worker_rejoined`]: Scheduler::worker_rejoined
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::Cluster`] when the cluster refuses the registration.
     pub fn worker_joined(&mut self, spec: WorkerSpec) -> Result<Vec<Action>, SchedError> {
         let now = self.clock.now();
         self.cluster.register(spec, now)?;
@@ -498,6 +524,10 @@ impl<C: Clock> Scheduler<C> {
     /// is not in it is Lost at once (and retried as its policy allows).
     /// Returns the actions and the held jobs refused (unknown, finished,
     /// or now another attempt): the worker should stop those.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::Cluster`] when the cluster refuses the registration.
     pub fn worker_rejoined(
         &mut self,
         spec: WorkerSpec,
@@ -537,6 +567,10 @@ impl<C: Clock> Scheduler<C> {
     }
 
     /// A worker asked to take no new jobs.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::Cluster`] for an unknown worker.
     pub fn worker_draining(&mut self, worker: WorkerId) -> Result<Vec<Action>, SchedError> {
         self.cluster.drain(worker)?;
         self.run(|_, _| Ok(()))
@@ -544,6 +578,10 @@ impl<C: Clock> Scheduler<C> {
 
     /// A worker left or its connection is gone for good: its jobs are lost
     /// and retried as their policies allow.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::Cluster`] for an unknown worker.
     pub fn worker_lost(&mut self, worker: WorkerId) -> Result<Vec<Action>, SchedError> {
         let mut jobs = self.cluster.deregister(worker)?;
         jobs.extend(self.unclaimed.remove(&worker).unwrap_or_default());
@@ -556,6 +594,11 @@ impl<C: Clock> Scheduler<C> {
     }
 
     /// The worker started the attempt.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::UnknownJob`], [`SchedError::WrongWorker`], or the state
+    /// machine's refusal (a stale attempt); nothing changes.
     pub fn job_started(
         &mut self,
         worker: WorkerId,
@@ -576,6 +619,11 @@ impl<C: Clock> Scheduler<C> {
     /// The worker reports the end of an attempt. A report for an attempt
     /// the scheduler already ended (cancelled, timed out) just releases its
     /// reservation.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::UnknownJob`], [`SchedError::WrongWorker`], or the state
+    /// machine's refusal (a stale attempt); nothing changes.
     pub fn job_finished(
         &mut self,
         worker: WorkerId,

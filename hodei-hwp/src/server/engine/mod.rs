@@ -214,6 +214,10 @@ pub struct Engine;
 impl Engine {
     /// Recovers unfinished jobs from `store` and starts the engine task.
     /// The task ends when every handle is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read for recovery.
     pub async fn start<S: Store>(
         store: Arc<S>,
         config: EngineConfig,
@@ -279,6 +283,10 @@ impl<S: Store> EngineHandle<S> {
     }
 
     /// What the scheduler holds now: queue depths and counts.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Stopped`] when the engine has stopped.
     pub async fn snapshot(&self) -> Result<Snapshot, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Snapshot { reply }).await?;
@@ -349,6 +357,11 @@ impl<S: Store> EngineHandle<S> {
     }
 
     /// Cancels a job the scheduler still tracks.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Sched`] for a job the scheduler does not track (unknown
+    /// or already final); [`EngineError::Stopped`].
     pub async fn cancel(&self, job: JobId) -> Result<(), EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Cancel { job, reply }).await?;
@@ -356,6 +369,10 @@ impl<S: Store> EngineHandle<S> {
     }
 
     /// Stops placing new jobs on a worker.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Sched`] for an unknown worker; [`EngineError::Stopped`].
     pub async fn drain(&self, worker: WorkerId) -> Result<(), EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Drain { worker, reply }).await?;
@@ -374,6 +391,11 @@ impl<S: Store> EngineHandle<S> {
     /// An agent (re)connected: registers it and re-attaches its jobs.
     /// Messages for it go to `link`, the [`ToAgent::Welcome`] first.
     /// Returns the connection's id and the welcome.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Sched`] when the registration is refused (its capacity,
+    /// say); [`EngineError::Stopped`].
     pub async fn connect(
         &self,
         reg: Registration,
@@ -415,6 +437,11 @@ impl<S: Store> EngineHandle<S> {
     }
 
     /// The agent started an attempt.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Stopped`] only: a report the state machine refuses (a
+    /// stale attempt) is logged and dropped.
     pub async fn started(
         &self,
         worker: WorkerId,
@@ -432,6 +459,11 @@ impl<S: Store> EngineHandle<S> {
     }
 
     /// The agent reports the end of an attempt.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Stopped`] only: a report the state machine refuses counts
+    /// as applied.
     pub async fn finished(
         &self,
         worker: WorkerId,
@@ -472,6 +504,11 @@ impl Applied {
     /// Waits until the report is applied and stored. A report the state
     /// machine refused (stale attempt, job already ended) counts as applied:
     /// there is nothing more to do with it.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Stopped`] if the engine stopped before the report was
+    /// stored.
     pub async fn wait(self) -> Result<(), EngineError> {
         self.0.await.map_err(|_| EngineError::Stopped)?
     }
