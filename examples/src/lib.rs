@@ -26,7 +26,7 @@ pub fn runtime(
     })
 }
 
-pub use hodei_hwp::server::parse_duration;
+pub use hodei_hwp::settings::{parse_duration, parse_key_value as parse_label};
 
 /// Says on stderr, as `program`, what configuration was refused, and
 /// returns exit code 2.
@@ -54,14 +54,6 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
     })
 }
 
-/// Parses `key=value` (for clap).
-pub fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?}: expected key=value")),
-    }
-}
-
 /// Sends log lines to standard error at `level` (`error`, `warn`, `info`,
 /// `debug` or `trace`).
 pub fn init_logging(level: &str) -> Result<(), String> {
@@ -81,20 +73,4 @@ pub fn init_logging(level: &str) -> Result<(), String> {
 /// readable by group or others.
 pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
     hodei_hwp::tokens::read_secret_file(path).map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn durations_and_labels_parse_or_say_why() {
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").unwrap_err().contains("examples"));
-        assert_eq!(parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert!(parse_label("=x").is_err());
-        assert!(parse_label("nokey").is_err());
-    }
 }

@@ -7,49 +7,15 @@ use std::time::Duration;
 
 use hodei_core::Resources;
 use hodei_hwp::secret_file::read_secret_file;
+pub use hodei_hwp::settings::SettingsError;
+use hodei_hwp::settings::{parse_duration, parse_key_value as parse_label, read_toml};
 use serde::Deserialize;
 
 use crate::agent::AgentConfig;
 use crate::contain::{Containment, ContainmentMode};
 
-/// Why settings were refused; names the setting.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SettingsError {
-    /// A setting's value is not acceptable, or a required one is missing.
-    #[error("{setting}: {message}")]
-    Invalid {
-        /// The setting, as written in the file (`labels.zone`).
-        setting: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The settings file cannot be read or parsed.
-    #[error("{path}: {message}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 fn invalid(setting: impl Into<String>, message: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        setting: setting.into(),
-        message: message.into(),
-    }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?}: expected key=value")),
-    }
+    SettingsError::invalid(setting, message)
 }
 
 fn labels_from_table<'de, D: serde::Deserializer<'de>>(
@@ -151,12 +117,7 @@ impl AgentSettings {
     /// The file cannot be read, is not TOML, or holds an unknown key or a
     /// value of the wrong type (named in the message).
     pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
-        let file = |message: String| SettingsError::File {
-            path: path.to_path_buf(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
-        toml::from_str(&text).map_err(|e| file(e.to_string()))
+        read_toml(path)
     }
 
     /// These settings where given, `other`'s elsewhere (flags over a

@@ -17,6 +17,7 @@ pub mod client;
 pub mod secret_file;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod settings;
 pub mod wire;
 
 #[cfg(feature = "server")]

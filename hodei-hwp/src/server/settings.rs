@@ -10,54 +10,20 @@ use hodei_store::StoreConfig;
 use serde::Deserialize;
 
 use super::engine::EngineConfig;
-
-/// Why settings were refused; names the setting.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SettingsError {
-    /// A setting's value is not acceptable.
-    #[error("{setting}: {message}")]
-    Invalid {
-        /// The setting, as written in the file (`weights.acme`).
-        setting: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The settings file cannot be read or parsed.
-    #[error("{path}: {message}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use crate::settings::{SettingsError, parse_duration};
+use crate::settings::{parse_key_value, read_toml};
 
 fn invalid(setting: impl Into<String>, message: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        setting: setting.into(),
-        message: message.into(),
-    }
-}
-
-/// Parses a duration such as `500ms`, `10s` or `5m`.
-///
-/// # Errors
-///
-/// Says what it expected.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
+    SettingsError::invalid(setting, message)
 }
 
 /// Parses `tenant=N`.
 fn parse_weight(s: &str) -> Result<(String, u32), String> {
-    let Some((t, w)) = s.split_once('=').filter(|(t, _)| !t.is_empty()) else {
-        return Err(format!("{s:?}: expected key=value"));
-    };
+    let (t, w) = parse_key_value(s)?;
     let w: u32 = w
         .parse()
         .map_err(|_| format!("{s:?}: the weight must be a whole number"))?;
-    Ok((t.to_string(), w))
+    Ok((t, w))
 }
 
 fn weights_from_table<'de, D: serde::Deserializer<'de>>(
@@ -161,12 +127,7 @@ impl ServerSettings {
     /// The file cannot be read, is not TOML, or holds an unknown key or a
     /// value of the wrong type (named in the message).
     pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
-        let file = |message: String| SettingsError::File {
-            path: path.to_path_buf(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
-        toml::from_str(&text).map_err(|e| file(e.to_string()))
+        read_toml(path)
     }
 
     /// These settings where given, `other`'s elsewhere (flags over a
