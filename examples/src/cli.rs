@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use hodei_core::{Clock, JobId, SystemClock};
+use hodei_core::{Clock, JobId, LogStream, SystemClock};
 use hodei_hwp::client::Client;
 use hodei_hwp::proto::{self, JobStateKind};
 use serde_json::json;
@@ -194,7 +194,9 @@ pub async fn wait_end(c: &mut Client, job: JobId) -> Result<proto::Job, Failure>
 }
 
 fn write_chunk(chunk: &proto::LogChunk, prefix: Option<&str>) {
-    let stream = proto::LogStream::try_from(chunk.stream).unwrap_or(proto::LogStream::System);
+    // A stream this client does not know is shown as the system's.
+    let stream =
+        hodei_hwp::log_stream_from_wire(chunk.stream, "stream").unwrap_or(LogStream::System);
     let data: &[u8] = &chunk.data;
     let mut buf = Vec::with_capacity(data.len() + 16);
     match prefix {
@@ -208,7 +210,7 @@ fn write_chunk(chunk: &proto::LogChunk, prefix: Option<&str>) {
     }
     // With a prefix (several jobs interleaved) everything goes to stdout,
     // in the order it came.
-    let _ = if stream == proto::LogStream::Stdout || prefix.is_some() {
+    let _ = if stream == LogStream::Stdout || prefix.is_some() {
         std::io::stdout().lock().write_all(&buf)
     } else {
         std::io::stderr().lock().write_all(&buf)
