@@ -112,14 +112,11 @@ impl<S: Store> Core<S> {
         }
     }
 
+    /// One command: each has its function, which changes the scheduler
+    /// and adds what it caused to the current round.
     async fn handle(&mut self, c: Command) {
         match c {
-            Command::Snapshot { reply } => {
-                let _ = reply.send(Ok(Snapshot {
-                    queue_depths: self.sched.queue_depths(),
-                    stats: self.sched.stats(),
-                }));
-            }
+            Command::Snapshot { reply } => self.snapshot(reply),
             Command::Submit {
                 job,
                 done,
@@ -131,26 +128,14 @@ impl<S: Store> Core<S> {
                 self.owe(r, reply);
             }
             Command::Drain { worker, reply } => self.drain(worker, reply),
-            Command::CloseAgents { reply } => {
-                for (_, (_, link)) in self.agents.drain() {
-                    let _ = link.try_send(ToAgent::Close);
-                }
-                let _ = reply.send(Ok(()));
-            }
+            Command::CloseAgents { reply } => self.close_agents(reply),
             Command::Connect {
                 reg,
                 link,
                 conn,
                 reply,
             } => self.connect(reg, link, conn, reply),
-            Command::Disconnected { worker, conn } => {
-                if self.agents.get(&worker).is_some_and(|(c, _)| *c == conn) {
-                    self.agents.remove(&worker);
-                    // No new work until it reconnects; its jobs keep their
-                    // places until the heartbeat timeout says otherwise.
-                    let _ = self.sched.cluster().drain(worker);
-                }
-            }
+            Command::Disconnected { worker, conn } => self.disconnected(worker, conn),
             Command::Started {
                 worker,
                 job,
@@ -165,28 +150,63 @@ impl<S: Store> Core<S> {
                 exit,
                 peak_memory_mb,
                 reply,
-            } => {
-                let r = self.sched.job_finished(worker, job, attempt, outcome);
-                if r.is_ok() {
-                    let at = SystemClock.now();
-                    let patch = AttemptPatch::Finished {
-                        at,
-                        exit,
-                        peak_memory_mb,
-                    };
-                    self.round.patches.push((job, attempt, patch));
-                }
-                // A report the state machine refuses (a stale attempt, a
-                // job already ended) is answered all the same: there is
-                // nothing more to do with it.
-                let actions = r.unwrap_or_else(|e| {
-                    tracing::warn!(%job, %worker, error = %e, "finish report refused");
-                    Vec::new()
-                });
-                self.round.actions.extend(actions);
-                self.round.replies.push((reply, Ok(())));
-            }
+            } => self.finished(worker, (job, attempt), outcome, exit, peak_memory_mb, reply),
         }
+    }
+
+    fn snapshot(&self, reply: oneshot::Sender<Result<Snapshot, EngineError>>) {
+        let _ = reply.send(Ok(Snapshot {
+            queue_depths: self.sched.queue_depths(),
+            stats: self.sched.stats(),
+        }));
+    }
+
+    /// Every agent's stream ends: the server is stopping.
+    fn close_agents(&mut self, reply: Reply) {
+        for (_, (_, link)) in self.agents.drain() {
+            let _ = link.try_send(ToAgent::Close);
+        }
+        let _ = reply.send(Ok(()));
+    }
+
+    fn disconnected(&mut self, worker: WorkerId, conn: u64) {
+        // A stream that a newer connection of the same worker replaced
+        // changes nothing.
+        if self.agents.get(&worker).is_some_and(|(c, _)| *c == conn) {
+            self.agents.remove(&worker);
+            // No new work until it reconnects; its jobs keep their places
+            // until the heartbeat timeout says otherwise.
+            let _ = self.sched.cluster().drain(worker);
+        }
+    }
+
+    fn finished(
+        &mut self,
+        worker: WorkerId,
+        (job, attempt): (JobId, u32),
+        outcome: hodei_sched::AttemptOutcome,
+        exit: hodei_core::ExitStatus,
+        peak_memory_mb: u64,
+        reply: Reply,
+    ) {
+        let r = self.sched.job_finished(worker, job, attempt, outcome);
+        if r.is_ok() {
+            let patch = AttemptPatch::Finished {
+                at: SystemClock.now(),
+                exit,
+                peak_memory_mb,
+            };
+            self.round.patches.push((job, attempt, patch));
+        }
+        // A report the state machine refuses (a stale attempt, a job
+        // already ended) is answered all the same: there is nothing more
+        // to do with it.
+        let actions = r.unwrap_or_else(|e| {
+            tracing::warn!(%job, %worker, error = %e, "finish report refused");
+            Vec::new()
+        });
+        self.round.actions.extend(actions);
+        self.round.replies.push((reply, Ok(())));
     }
 
     /// Answers `reply` once this round is stored, with the scheduler's
