@@ -23,29 +23,59 @@ use hodei_hwp::spec_to_wire;
 #[derive(Debug, Parser)]
 #[command(name = "hodei", version)]
 pub struct Args {
-    /// The server's gRPC endpoint.
-    #[arg(
-        long,
-        global = true,
-        env = "HODEI_SERVER",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    server: String,
-    /// A client token (prefer --token-file: flags show in `ps`).
-    #[arg(long, global = true, env = "HODEI_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// A file holding a client token (mode 0600).
-    #[arg(long, global = true, env = "HODEI_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-    /// Tables for people or JSON (one document per line) for scripts.
-    #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
-    output: Format,
+    /// A TOML file with any of the settings below (snake_case keys, e.g.
+    /// `server = "http://10.0.0.1:7070"`, `token_file = "..."`).
+    #[arg(long, global = true, env = "HODEI_CLI_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: ClientSettings,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Every setting of the `hodei` command line, declared once: as flags and
+/// environment variables (clap) and as keys of a TOML file (serde).
+#[derive(Clone, Debug, Default, serde::Deserialize, ClapArgs)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClientSettings {
+    /// The server's gRPC endpoint [default: http://127.0.0.1:7070].
+    #[arg(long, global = true, env = "HODEI_SERVER")]
+    pub server: Option<String>,
+    /// A client token (prefer --token-file: flags show in `ps`).
+    #[arg(long, global = true, env = "HODEI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding a client token (mode 0600).
+    #[arg(long, global = true, env = "HODEI_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Tables for people or JSON (one document per line) for scripts
+    /// [default: table].
+    #[arg(long, short, global = true, value_enum)]
+    pub output: Option<Format>,
+}
+
+impl ClientSettings {
+    /// These settings where given, `other`'s elsewhere (flags over a
+    /// file). A token given here, inline or as a file, wins over both
+    /// forms in `other`.
+    pub fn or(self, other: ClientSettings) -> ClientSettings {
+        let (token, token_file) = if self.token.is_some() || self.token_file.is_some() {
+            (self.token, self.token_file)
+        } else {
+            (other.token, other.token_file)
+        };
+        ClientSettings {
+            server: self.server.or(other.server),
+            token,
+            token_file,
+            output: self.output.or(other.output),
+        }
+    }
+}
+
 /// How results are printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Tables for people.
     Table,
@@ -280,13 +310,23 @@ async fn submit(c: &mut Client, a: &SubmitArgs, out: Output) -> Result<ExitCode,
 }
 
 async fn main_async(args: Args) -> Result<ExitCode, Failure> {
-    let out = Output {
-        json: args.output == Format::Json,
+    let file = match &args.config {
+        Some(p) => hodei_hwp::settings::read_toml::<ClientSettings>(p)
+            .map_err(|e| Failure::usage(e.to_string()))?,
+        None => ClientSettings::default(),
     };
+    let settings = args.settings.or(file);
+    let out = Output {
+        json: settings.output == Some(Format::Json),
+    };
+    let server = settings
+        .server
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:7070".into());
     if let Command::Demo = args.command {
         return demo::run(out).await.map(|()| ExitCode::SUCCESS);
     }
-    let token = match (&args.token, &args.token_file) {
+    let token = match (&settings.token, &settings.token_file) {
         (Some(t), _) => t.clone(),
         (None, Some(p)) => {
             read_secret_file(p).map_err(|e| Failure::usage(format!("token_file: {e}")))?
@@ -303,9 +343,9 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
             }
         }
     };
-    let mut c = Client::connect(&args.server, &token)
+    let mut c = Client::connect(&server, &token)
         .await
-        .map_err(|e| Failure::server(format!("server {}: {e}", args.server)))?;
+        .map_err(|e| Failure::server(format!("server {server}: {e}")))?;
     let parse_job = |s: &str| -> Result<JobId, Failure> {
         s.parse()
             .map_err(|e| Failure::usage(format!("job id {s:?}: {e}")))
@@ -402,5 +442,31 @@ pub fn run(args: Args) -> ExitCode {
             eprintln!("hodei: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_settings_come_from_flags_then_the_file() {
+        let file: ClientSettings = toml::from_str(
+            "server = \"http://file:7070\"\ntoken_file = \"/t\"\noutput = \"json\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let flags = ClientSettings {
+            token: Some("inline".into()),
+            ..ClientSettings::default()
+        };
+        let s = flags.or(file);
+        assert_eq!(s.server.as_deref(), Some("http://file:7070"));
+        // A token given as a flag wins over the file's token file.
+        assert_eq!((s.token.as_deref(), s.token_file), (Some("inline"), None));
+        assert_eq!(s.output, Some(Format::Json));
+        let err = toml::from_str::<ClientSettings>("sever = \"x\"")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("sever"), "{err}");
     }
 }
