@@ -14,10 +14,6 @@ use serde::Deserialize;
 use crate::agent::AgentConfig;
 use crate::contain::{Containment, ContainmentMode};
 
-fn invalid(setting: impl Into<String>, message: impl Into<String>) -> SettingsError {
-    SettingsError::invalid(setting, message)
-}
-
 fn labels_from_table<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Vec<(String, String)>, D::Error> {
@@ -162,24 +158,23 @@ impl AgentSettings {
     /// [`SettingsError::Invalid`] naming the first setting refused.
     pub fn resolve(self) -> Result<(AgentConfig, String), SettingsError> {
         let server = self.server.ok_or_else(|| {
-            invalid(
+            SettingsError::invalid(
                 "server",
                 "required (--server, HODEI_SERVER or `server` in the file)",
             )
         })?;
         if !(server.starts_with("http://") || server.starts_with("https://")) {
-            return Err(invalid(
+            return Err(SettingsError::invalid(
                 "server",
                 format!("{server:?} must start with http:// or https://"),
             ));
         }
         let token = match (self.join_token, self.join_token_file) {
             (Some(t), _) => t,
-            (None, Some(p)) => {
-                read_secret_file(&p).map_err(|e| invalid("join_token_file", e.to_string()))?
-            }
+            (None, Some(p)) => read_secret_file(&p)
+                .map_err(|e| SettingsError::invalid("join_token_file", e.to_string()))?,
             (None, None) => {
-                return Err(invalid(
+                return Err(SettingsError::invalid(
                     "join_token",
                     "required (--join-token-file, --join-token, HODEI_JOIN_TOKEN or the file)",
                 ));
@@ -193,10 +188,16 @@ impl AgentSettings {
         // The server's rule: a label a job could never select is refused here.
         for (k, v) in &c.labels {
             if let Some(why) = hodei_core::label_key_problem(k) {
-                return Err(invalid(format!("labels.{k}"), format!("key {why}")));
+                return Err(SettingsError::invalid(
+                    format!("labels.{k}"),
+                    format!("key {why}"),
+                ));
             }
             if let Some(why) = hodei_core::label_value_problem(v) {
-                return Err(invalid(format!("labels.{k}"), format!("value {why}")));
+                return Err(SettingsError::invalid(
+                    format!("labels.{k}"),
+                    format!("value {why}"),
+                ));
             }
         }
         let detected = c.capacity;
@@ -206,7 +207,7 @@ impl AgentSettings {
             self.gpus.unwrap_or(detected.gpus),
         );
         if c.capacity.cpu_millis == 0 && c.capacity.memory_mb == 0 {
-            return Err(invalid(
+            return Err(SettingsError::invalid(
                 "cpu_millis, memory_mb",
                 "at least one must be above 0",
             ));
@@ -228,7 +229,7 @@ impl AgentSettings {
         }
         if let Some(d) = self.reconnect_max {
             if d < c.reconnect_min {
-                return Err(invalid(
+                return Err(SettingsError::invalid(
                     "reconnect_max",
                     format!("at least {:?}", c.reconnect_min),
                 ));
@@ -239,8 +240,8 @@ impl AgentSettings {
             c.flush_timeout = d;
         }
         let mode = self.containment.unwrap_or(ContainmentMode::Auto);
-        c.exec.containment =
-            Containment::new(mode).map_err(|e| invalid("containment", e.to_string()))?;
+        c.exec.containment = Containment::new(mode)
+            .map_err(|e| SettingsError::invalid("containment", e.to_string()))?;
         Ok((c, self.log_level.unwrap_or_else(|| "info".into())))
     }
 }

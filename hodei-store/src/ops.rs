@@ -117,6 +117,16 @@ pub(crate) enum WriteOp {
     Batch(Vec<WriteOp>),
 }
 
+impl WriteOp {
+    /// How many writes this is (a batch is each of its writes).
+    pub(crate) fn writes(&self) -> usize {
+        match self {
+            WriteOp::Batch(ops) => ops.len(),
+            _ => 1,
+        }
+    }
+}
+
 /// What a write returns.
 #[derive(Debug)]
 pub(crate) enum Reply {

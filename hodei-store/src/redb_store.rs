@@ -477,6 +477,8 @@ fn writer_loop(
             }
         }
         let committed = batch.len();
+        // A queued batch is many writes in one request: count the writes.
+        let writes: usize = batch.iter().map(|r| r.op.writes()).sum();
         let started = Instant::now();
         let outcome = contain(path, || {
             commit_batch(
@@ -488,15 +490,13 @@ fn writer_loop(
             )
         });
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats
-            .writes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.writes.fetch_add(writes as u64, Ordering::Relaxed);
         stats
             .commit_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats
             .largest_batch
-            .fetch_max(batch.len() as u64, Ordering::Relaxed);
+            .fetch_max(writes as u64, Ordering::Relaxed);
         match outcome {
             Ok(results) => {
                 for (req, result) in batch.drain(..).zip(results) {

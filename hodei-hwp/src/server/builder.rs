@@ -110,17 +110,15 @@ async fn run_built<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: impl FnOnce(SocketAddr, SocketAddr),
 ) -> Result<(), ServerError> {
-    let http_addr = http.local_addr().map_err(|source| ServerError::Listener {
-        what: "http_listen",
-        source,
-    })?;
     let server = b
         .http_listener(http)
         .tokens(tokens)
         .engine_config(engine)
         .start(shutdown)
         .await?;
-    started(server.grpc_addr(), http_addr);
+    if let Some(http) = server.http_addr() {
+        started(server.grpc_addr(), http);
+    }
     server.wait().await
 }
 

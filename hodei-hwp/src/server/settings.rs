@@ -13,10 +13,6 @@ use super::engine::EngineConfig;
 pub use crate::settings::{SettingsError, parse_duration};
 use crate::settings::{parse_key_value, read_toml};
 
-fn invalid(setting: impl Into<String>, message: impl Into<String>) -> SettingsError {
-    SettingsError::invalid(setting, message)
-}
-
 /// Parses `tenant=N`.
 fn parse_weight(s: &str) -> Result<(String, u32), String> {
     let (t, w) = parse_key_value(s)?;
@@ -160,7 +156,7 @@ impl ServerSettings {
             "redb" => StoreKind::Redb,
             "memory" => StoreKind::Memory,
             other => {
-                return Err(invalid(
+                return Err(SettingsError::invalid(
                     "store",
                     format!("{other:?} must be redb or memory"),
                 ));
@@ -174,7 +170,7 @@ impl ServerSettings {
             engine.heartbeat_timeout = d;
         }
         if engine.heartbeat_timeout <= engine.heartbeat_interval {
-            return Err(invalid(
+            return Err(SettingsError::invalid(
                 "heartbeat_timeout",
                 format!(
                     "{:?} must be longer than heartbeat_interval {:?}",
@@ -190,11 +186,14 @@ impl ServerSettings {
         let weights: BTreeMap<String, u32> = self.weights.into_iter().collect();
         for (tenant, w) in weights {
             if w == 0 {
-                return Err(invalid(format!("weights.{tenant}"), "must be at least 1"));
+                return Err(SettingsError::invalid(
+                    format!("weights.{tenant}"),
+                    "must be at least 1",
+                ));
             }
             let t = tenant
                 .parse()
-                .map_err(|e| invalid(format!("weights.{tenant}"), format!("{e}")))?;
+                .map_err(|e| SettingsError::invalid(format!("weights.{tenant}"), format!("{e}")))?;
             engine.tenant_weights.push((t, w));
         }
         let mut store = StoreConfig::default();
@@ -203,7 +202,7 @@ impl ServerSettings {
         }
         let log_level = self.log_level.unwrap_or_else(|| "info".into());
         if log_level.parse::<tracing::Level>().is_err() {
-            return Err(invalid(
+            return Err(SettingsError::invalid(
                 "log_level",
                 format!("{log_level:?}: expected error, warn, info, debug or trace"),
             ));

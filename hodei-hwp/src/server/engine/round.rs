@@ -50,8 +50,8 @@ struct Inserting {
     /// Its write in the batch.
     write: usize,
     id: JobId,
-    tenant: TenantId,
-    key: Option<String>,
+    /// Its (tenant, idempotency key), held in flight until it lands.
+    key: Option<(TenantId, String)>,
     entered: JobState,
     reply: SubmitReply,
 }
@@ -117,23 +117,27 @@ impl<S: Store> Core<S> {
         }
         let mut inserts = Vec::with_capacity(new_jobs.len());
         for n in new_jobs.drain(..) {
-            let (id, tenant, key) = (
-                n.job.id,
-                n.job.spec.tenant.clone(),
-                n.job.spec.idempotency_key.clone(),
-            );
+            let id = n.job.id;
+            let key = n
+                .job
+                .spec
+                .idempotency_key
+                .clone()
+                .map(|k| (n.job.spec.tenant.clone(), k));
             match batch.insert_job(n.job) {
                 Ok(write) => inserts.push(Inserting {
                     write,
                     id,
-                    tenant,
                     key,
                     entered: n.entered,
                     reply: n.reply,
                 }),
                 Err(e) => {
                     let _ = n.reply.send(Err(e.into()));
-                    self.withdraw(id, &tenant, key);
+                    if let Some(k) = key {
+                        self.pending_keys.remove(&k);
+                    }
+                    self.withdraw(id);
                 }
             }
         }
@@ -210,11 +214,10 @@ impl<S: Store> Core<S> {
         let mut take = |i: usize| outcomes.get_mut(i).and_then(Option::take);
         // The latest stored version of each job the round changed.
         let mut stored: HashMap<JobId, Job> = HashMap::new();
-        let mut refused = Vec::new();
         for n in round.inserts {
             let waiters = self.key_waiters.remove(&n.id).unwrap_or_default();
             if let Some(k) = &n.key {
-                self.pending_keys.remove(&(n.tenant.clone(), k.clone()));
+                self.pending_keys.remove(k);
             }
             match take(n.write) {
                 Some(Ok(Written::Inserted(Inserted::Created(job)))) => {
@@ -233,7 +236,7 @@ impl<S: Store> Core<S> {
                 }
                 Some(Ok(Written::Inserted(Inserted::Existing(job)))) => {
                     // Another writer took the key: that job is the answer.
-                    refused.push((n.id, n.tenant, None));
+                    self.withdraw(n.id);
                     let _ = n.reply.send(Ok((job.clone(), false)));
                     for w in waiters {
                         let _ = w.send(Ok((job.clone(), false)));
@@ -251,12 +254,9 @@ impl<S: Store> Core<S> {
                     for w in waiters {
                         let _ = w.send(Err(EngineError::Store(why.clone())));
                     }
-                    refused.push((n.id, n.tenant, None));
+                    self.withdraw(n.id);
                 }
             }
-        }
-        for (id, tenant, key) in refused {
-            self.withdraw(id, &tenant, key);
         }
         for (write, job) in round.transitions {
             match take(write) {
@@ -281,10 +281,7 @@ impl<S: Store> Core<S> {
 
     /// Takes a job that was never stored back out of the scheduler; what
     /// fills its room goes out with the next round.
-    fn withdraw(&mut self, job: JobId, tenant: &TenantId, key: Option<String>) {
-        if let Some(k) = key {
-            self.pending_keys.remove(&(tenant.clone(), k));
-        }
+    fn withdraw(&mut self, job: JobId) {
         self.submitted_at.remove(&job);
         match self.sched.withdraw(job) {
             Ok(actions) => self.round.actions.extend(actions),
