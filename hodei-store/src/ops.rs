@@ -30,10 +30,11 @@ pub(crate) enum Table {
     Attempts,
     Audit,
     Meta,
+    Credentials,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 10] = [
+    pub(crate) const ALL: [Table; 11] = [
         Table::Jobs,
         Table::Idempotency,
         Table::Active,
@@ -44,6 +45,7 @@ impl Table {
         Table::Attempts,
         Table::Audit,
         Table::Meta,
+        Table::Credentials,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -58,6 +60,7 @@ impl Table {
             Table::Attempts => "attempts",
             Table::Audit => "audit",
             Table::Meta => "meta",
+            Table::Credentials => "credentials",
         }
     }
 }
@@ -115,6 +118,12 @@ pub(crate) enum WriteOp {
     /// Writes applied in order in one transaction, each with its own
     /// outcome.
     Batch(Vec<WriteOp>),
+    /// Puts (`Some`) or removes (`None`) a credential record.
+    Credential {
+        kind: String,
+        id: String,
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl WriteOp {
@@ -135,6 +144,8 @@ pub(crate) enum Reply {
     Unit,
     Log(LogAppend),
     Audit(AuditRecord),
+    /// Whether the record written or removed was there before.
+    Existed(bool),
     Batch(Vec<Result<Reply, StoreError>>),
 }
 
@@ -269,6 +280,15 @@ pub(crate) fn apply(
             }
             Ok(Reply::Unit)
         }
+        WriteOp::Credential { kind, id, value } => {
+            let key = credential_key(&kind, &id);
+            let existed = t.get(Table::Credentials, &key)?.is_some();
+            match value {
+                Some(v) => t.put(Table::Credentials, &key, &v)?,
+                None => t.delete(Table::Credentials, &key)?,
+            }
+            Ok(Reply::Existed(existed))
+        }
         WriteOp::Batch(ops) => {
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
@@ -280,6 +300,30 @@ pub(crate) fn apply(
             Ok(Reply::Batch(out))
         }
     }
+}
+
+fn credential_key(kind: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(kind.len() + 1 + id.len());
+    k.extend_from_slice(kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Every credential record of `kind`, by id.
+pub(crate) fn credentials(
+    t: &dyn Tables,
+    kind: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let from = credential_key(kind, "");
+    let to = prefix_end(&from);
+    let mut out = Vec::new();
+    t.scan(Table::Credentials, &from, to.as_deref(), &mut |k, v| {
+        let id = String::from_utf8_lossy(&k[from.len()..]).into_owned();
+        out.push((id, v.to_vec()));
+        Ok(true)
+    })?;
+    Ok(out)
 }
 
 fn insert_job(t: &mut dyn TablesMut, job: Job, bytes: &[u8]) -> Result<Inserted, StoreError> {

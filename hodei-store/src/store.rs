@@ -164,6 +164,30 @@ pub trait Store: Send + Sync + 'static {
     /// Every job not in a final state, in id order: what a restarting server
     /// must take over.
     fn recover(&self) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
+
+    /// Stores a credential record (a hashed token, a revocation): `value`
+    /// under `id` among records of `kind`, replacing what was there.
+    /// Returns whether one was replaced. What the bytes mean is the
+    /// server's business; the store keeps them durably.
+    fn put_credential(
+        &self,
+        kind: &str,
+        id: &str,
+        value: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes a credential record; returns whether there was one.
+    fn remove_credential(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every credential record of `kind`, in id order.
+    fn credentials(
+        &self,
+        kind: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 }
 
 /// What a backend provides: how it queues a write for its tables and how
@@ -291,5 +315,34 @@ impl<B: Backend> Store for B {
 
     async fn recover(&self) -> Result<Vec<Job>, StoreError> {
         self.read(ops::recover)
+    }
+
+    async fn put_credential(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+        credential(self, kind, id, Some(value)).await
+    }
+
+    async fn remove_credential(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        credential(self, kind, id, None).await
+    }
+
+    async fn credentials(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|t| ops::credentials(t, kind))
+    }
+}
+
+async fn credential<B: Backend>(
+    b: &B,
+    kind: &str,
+    id: &str,
+    value: Option<Vec<u8>>,
+) -> Result<bool, StoreError> {
+    let op = WriteOp::Credential {
+        kind: kind.to_string(),
+        id: id.to_string(),
+        value,
+    };
+    match write(b, op).await? {
+        Reply::Existed(e) => Ok(e),
+        other => Err(ops::unexpected(other)),
     }
 }

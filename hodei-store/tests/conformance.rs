@@ -529,6 +529,27 @@ async fn queued_batches_apply_in_order<S: Store>(s: S) {
     }
 }
 
+async fn credentials_are_kept_by_kind_and_id<S: Store>(s: S) {
+    assert!(s.credentials("token").await.unwrap().is_empty());
+    assert!(!s.put_credential("token", "b", b"2".to_vec()).await.unwrap());
+    assert!(!s.put_credential("token", "a", b"1".to_vec()).await.unwrap());
+    // A kind that is a prefix of another does not see the other's records.
+    assert!(!s.put_credential("tok", "z", b"x".to_vec()).await.unwrap());
+    assert!(!s.put_credential("token-x", "c", b"y".to_vec()).await.unwrap());
+    assert!(s.put_credential("token", "b", b"3".to_vec()).await.unwrap());
+    assert_eq!(
+        s.credentials("token").await.unwrap(),
+        vec![("a".into(), b"1".to_vec()), ("b".into(), b"3".to_vec())]
+    );
+    assert!(s.remove_credential("token", "a").await.unwrap());
+    assert!(!s.remove_credential("token", "a").await.unwrap());
+    assert_eq!(
+        s.credentials("token").await.unwrap(),
+        vec![("b".into(), b"3".to_vec())]
+    );
+    assert_eq!(s.credentials("tok").await.unwrap().len(), 1);
+}
+
 fn run<S, F, Fut>(make: impl Fn() -> S, test: F)
 where
     F: FnOnce(S) -> Fut,
@@ -569,4 +590,5 @@ conformance!(
     concurrent_writers_all_land,
     batches_keep_order_and_their_own_outcomes,
     queued_batches_apply_in_order,
+    credentials_are_kept_by_kind_and_id,
 );
