@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/hodei/hwp/v1/types.proto",
         "proto/hodei/hwp/v1/worker.proto",
         "proto/hodei/hwp/v1/job.proto",
+        "proto/hodei/hwp/v1/admin.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

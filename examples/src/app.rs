@@ -13,6 +13,7 @@ use hodei_core::{JobId, JobSpec, Resources, RetryPolicy, Secret, WorkerId};
 use hodei_hwp::client::Client;
 use hodei_hwp::proto::{self, JobStateKind};
 use hodei_hwp::spec_to_wire;
+use hodei_hwp::tls::ClientTls;
 
 /// The Hodei command-line client.
 ///
@@ -39,9 +40,14 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ClientSettings {
-    /// The server's gRPC endpoint [default: http://127.0.0.1:7070].
+    /// The server's gRPC endpoint [default: https://127.0.0.1:7070];
+    /// http:// for a server started with --insecure-plaintext.
     #[arg(long, global = true, env = "HODEI_SERVER")]
     pub server: Option<String>,
+    /// The CA certificate the server's certificate must chain to (PEM)
+    /// [default: ./hodei-data/tls/ca.crt].
+    #[arg(long, global = true, env = "HODEI_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// A client token (prefer --token-file: flags show in `ps`).
     #[arg(long, global = true, env = "HODEI_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -66,6 +72,7 @@ impl ClientSettings {
         };
         ClientSettings {
             server: self.server.or(other.server),
+            ca_file: self.ca_file.or(other.ca_file),
             token,
             token_file,
             output: self.output.or(other.output),
@@ -137,9 +144,44 @@ pub enum Command {
         /// The job id; all jobs when left out.
         job: Option<String>,
     },
+    /// Join tokens: create (shown once), list, revoke (admin tokens).
+    JoinToken {
+        /// What to do.
+        #[command(subcommand)]
+        action: JoinTokenAction,
+    },
+    /// Revokes a worker: disconnects it at once and refuses its
+    /// certificate from then on; its jobs are retried elsewhere (admin
+    /// tokens).
+    RevokeWorker {
+        /// The worker id.
+        worker: String,
+    },
     /// Runs a server on a temporary embedded store and a local agent,
     /// submits a few jobs, shows their logs live and a summary, and stops.
     Demo,
+}
+
+/// What to do with join tokens.
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenAction {
+    /// Creates a join token and prints it (it is not shown again).
+    Create {
+        /// It stops being accepted after this long, e.g. 1h [default: never].
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Revoke every other join token (agents holding certificates are
+        /// not affected).
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Lists join tokens (ids and dates; never the tokens).
+    List,
+    /// Revokes a join token by id.
+    Revoke {
+        /// The id `list` shows.
+        id: String,
+    },
 }
 
 /// How to submit a job.
@@ -309,6 +351,88 @@ async fn submit(c: &mut Client, a: &SubmitArgs, out: Output) -> Result<ExitCode,
     Ok(cli::exit_code(&end))
 }
 
+fn join_token_row(t: &proto::JoinTokenInfo) -> Vec<String> {
+    let when = |ms: u64| {
+        if ms == 0 {
+            "-".to_string()
+        } else {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
+        }
+    };
+    vec![
+        t.id.clone(),
+        when(t.created_at_ms),
+        when(t.expires_at_ms),
+        when(t.revoked_at_ms),
+    ]
+}
+
+fn join_token_json(t: &proto::JoinTokenInfo) -> String {
+    format!(
+        "{{\"id\":\"{}\",\"created_at_ms\":{},\"expires_at_ms\":{},\"revoked_at_ms\":{}}}",
+        t.id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
+    )
+}
+
+async fn join_token(
+    c: &mut Client,
+    action: JoinTokenAction,
+    out: Output,
+) -> Result<ExitCode, Failure> {
+    let infos = match action {
+        JoinTokenAction::Create { ttl, rotate } => {
+            let r = c
+                .admin()
+                .create_join_token(proto::CreateJoinTokenRequest {
+                    ttl_seconds: ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                    rotate,
+                })
+                .await?
+                .into_inner();
+            if out.json {
+                let id = r.info.as_ref().map(|i| i.id.as_str()).unwrap_or("");
+                println!("{{\"id\":\"{id}\",\"token\":\"{}\"}}", r.token);
+            } else {
+                // The token alone on stdout, for `> join.token`.
+                println!("{}", r.token);
+                if let Some(i) = &r.info {
+                    out.note(&format!(
+                        "join token {} created; it is not shown again",
+                        i.id
+                    ));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        JoinTokenAction::List => {
+            c.admin()
+                .list_join_tokens(proto::ListJoinTokensRequest {})
+                .await?
+                .into_inner()
+                .tokens
+        }
+        JoinTokenAction::Revoke { id } => vec![
+            c.admin()
+                .revoke_join_token(proto::RevokeJoinTokenRequest { id })
+                .await?
+                .into_inner(),
+        ],
+    };
+    if out.json {
+        for t in &infos {
+            println!("{}", join_token_json(t));
+        }
+    } else {
+        let rows: Vec<_> = infos.iter().map(join_token_row).collect();
+        print!(
+            "{}",
+            cli::table(&["ID", "CREATED", "EXPIRES", "REVOKED"], &rows)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn main_async(args: Args) -> Result<ExitCode, Failure> {
     let file = match &args.config {
         Some(p) => hodei_hwp::settings::read_toml::<ClientSettings>(p)
@@ -322,7 +446,7 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
     let server = settings
         .server
         .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:7070".into());
+        .unwrap_or_else(|| "https://127.0.0.1:7070".into());
     if let Command::Demo = args.command {
         return demo::run(out).await.map(|()| ExitCode::SUCCESS);
     }
@@ -343,7 +467,20 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
             }
         }
     };
-    let mut c = Client::connect(&server, &token)
+    let tls = if server.starts_with("https://") {
+        let ca = settings
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("hodei-data/tls/ca.crt"));
+        ClientTls::ca_file(&ca).map_err(|e| {
+            Failure::usage(format!(
+                "ca_file: {e} (the server's <data_dir>/tls/ca.crt; --ca-file or HODEI_CA_FILE)"
+            ))
+        })?
+    } else {
+        ClientTls::Plaintext
+    };
+    let mut c = Client::connect(&server, &tls, &token)
         .await
         .map_err(|e| Failure::server(format!("server {server}: {e}")))?;
     let parse_job = |s: &str| -> Result<JobId, Failure> {
@@ -409,6 +546,28 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
             out.workers(&w);
             Ok(ExitCode::SUCCESS)
         }
+        Command::JoinToken { action } => join_token(&mut c, action, out).await,
+        Command::RevokeWorker { worker } => {
+            let r = c
+                .admin()
+                .revoke_worker(proto::RevokeWorkerRequest { worker_id: worker })
+                .await?
+                .into_inner();
+            if out.json {
+                println!(
+                    "{{\"worker_id\":\"{}\",\"disconnected\":{}}}",
+                    r.worker_id, r.disconnected
+                );
+            } else {
+                let how = if r.disconnected {
+                    "disconnected and revoked"
+                } else {
+                    "revoked (it was not connected)"
+                };
+                println!("worker {} {how}", r.worker_id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Drain { worker } => {
             let id: WorkerId = worker
                 .parse()
@@ -436,10 +595,21 @@ pub fn run(args: Args) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
+    let plaintext = args
+        .settings
+        .server
+        .as_deref()
+        .is_some_and(|s| s.starts_with("http://"));
     match runtime.block_on(main_async(args)) {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("hodei: {}", f.message);
+            // What a TLS server answers to plaintext HTTP/2 is not HTTP/2.
+            let hint = if plaintext && f.message.contains("protocol error") {
+                " (the server may serve TLS: use https:// and --ca-file)"
+            } else {
+                ""
+            };
+            eprintln!("hodei: {}{hint}", f.message);
             ExitCode::from(f.code)
         }
     }

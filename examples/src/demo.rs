@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use hodei_agent::{AgentConfig, Shutdown, run_agent};
 use hodei_core::{Backoff, JobId, JobSpec, RetryPolicy, Secret};
 use hodei_hwp::client::Client;
+use hodei_hwp::server::pki::Pki;
+use hodei_hwp::server::tls::{ServerTls, TlsSource};
+use hodei_hwp::tls::{ClientTls, JoinToken};
 use hodei_hwp::{EngineConfig, Principal, ServerBuilder, Tokens};
 use hodei_store::{RedbStore, StoreConfig};
 use tokio::net::TcpListener;
@@ -102,7 +105,20 @@ pub async fn run(out: Output) -> Result<(), Failure> {
     let path = dir.path().join("hodei.redb");
     let store =
         RedbStore::open(&path, StoreConfig::default()).map_err(|e| fail("store")(e.to_string()))?;
-    let (join, admin) = (generate(), generate());
+    // TLS as hodei-server serves it: a CA of its own, a server
+    // certificate it signed, agents joining for client certificates.
+    let (pki, _) =
+        Pki::load_or_create(&dir.path().join("tls")).map_err(|e| fail("tls")(e.to_string()))?;
+    let pki = Arc::new(pki);
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let tls = ServerTls::new(TlsSource::Generated { names }, None, Arc::clone(&pki))
+        .map_err(|e| fail("tls")(e.to_string()))?;
+    let join = JoinToken {
+        ca: tls.fingerprint(),
+        secret: generate(),
+    }
+    .to_string();
+    let admin = generate();
     let mut tokens = Tokens::new();
     tokens.add_join_token(&join);
     tokens.add_client_token(&admin, Principal::Admin);
@@ -112,6 +128,7 @@ pub async fn run(out: Output) -> Result<(), Failure> {
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     // The same builder as hodei-server's.
     let server = ServerBuilder::new(Arc::new(store), listener)
+        .tls(tls)
         .tokens(tokens)
         .engine_config(config)
         .write_stats(|s: &RedbStore| Some(s.write_stats()))
@@ -120,17 +137,23 @@ pub async fn run(out: Output) -> Result<(), Failure> {
         })
         .await
         .map_err(|e| fail("server")(e.to_string()))?;
-    let url = format!("http://{}", server.grpc_addr());
-    out.say(&format!("server on {url}, store {} (redb)", path.display()));
+    let url = format!("https://{}", server.grpc_addr());
+    out.say(&format!(
+        "server on {url} (TLS, CA {}), store {} (redb)",
+        pki.ca_path().display(),
+        path.display()
+    ));
 
     let mut agent_config = AgentConfig::new(url.clone(), join);
     agent_config.name = "demo-agent".into();
+    agent_config.state_dir = dir.path().join("agent");
     agent_config.spill_dir = dir.path().join("spill");
     agent_config.cancel_grace = Duration::from_secs(2);
     let (stop_agent, agent_rx) = watch::channel(Shutdown::Run);
     let agent = tokio::spawn(run_agent(agent_config, agent_rx));
 
-    let mut client = Client::connect(&url, &admin)
+    let trust = ClientTls::ca_file(&pki.ca_path()).map_err(|e| fail("tls")(e.to_string()))?;
+    let mut client = Client::connect(&url, &trust, &admin)
         .await
         .map_err(|e| fail("connect")(e.to_string()))?;
     let (specs, to_cancel) = jobs(dir.path());

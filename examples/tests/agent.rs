@@ -1,5 +1,6 @@
-//! The agent against a real Hodei server over gRPC on 127.0.0.1: real
-//! child processes, a real redb file.
+//! The agent against a real Hodei server over gRPC and TLS on 127.0.0.1
+//! (the agent joins with a pinned join token and connects with its own
+//! certificate): real child processes, a real redb file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -9,7 +10,10 @@ use hodei_agent::{AgentConfig, Report, Shutdown, run_agent};
 use hodei_core::{JobId, JobSpec, Secret};
 use hodei_hwp::client::Client;
 use hodei_hwp::proto::{self, JobStateKind};
-use hodei_hwp::{Engine, EngineConfig, Principal, Tokens, serve};
+use hodei_hwp::server::pki::Pki;
+use hodei_hwp::server::tls::{ServerTls, TlsSource};
+use hodei_hwp::tls::{ClientTls, JoinToken};
+use hodei_hwp::{EngineConfig, Principal, RunningServer, ServerBuilder, Tokens};
 use hodei_store::{RedbStore, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -21,7 +25,7 @@ const ADMIN: &str = "admin-token-for-agent-tests";
 
 struct Server {
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    running: RunningServer<RedbStore>,
 }
 
 impl Server {
@@ -29,11 +33,23 @@ impl Server {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        timeout(WAIT, self.task).await.unwrap().unwrap();
+        timeout(WAIT, self.running.wait()).await.unwrap().unwrap();
     }
 }
 
-/// A server on `listener`, storing in `path`.
+/// The CA of the server whose data directory is `dir` (made once, kept
+/// across restarts).
+fn pki(dir: &std::path::Path) -> Arc<Pki> {
+    Arc::new(Pki::load_or_create(&dir.join("tls")).unwrap().0)
+}
+
+/// What clients trust.
+fn trust(dir: &std::path::Path) -> ClientTls {
+    ClientTls::ca_file(&pki(dir).ca_path()).unwrap()
+}
+
+/// A server on `listener`, storing in `path`, serving TLS with the CA
+/// beside it.
 async fn serve_on(listener: TcpListener, path: &std::path::Path) -> Server {
     let config = {
         let mut c = EngineConfig::default();
@@ -43,22 +59,25 @@ async fn serve_on(listener: TcpListener, path: &std::path::Path) -> Server {
         c
     };
     let store = Arc::new(RedbStore::open(path, StoreConfig::default()).unwrap());
-    let (engine, engine_task) = Engine::start(store, config.clone()).await.unwrap();
+    let names = vec!["127.0.0.1".to_string()];
+    let dir = path.parent().unwrap();
+    let tls = ServerTls::new(TlsSource::Generated { names }, None, pki(dir)).unwrap();
     let mut tokens = Tokens::new();
     tokens.add_join_token(JOIN);
     tokens.add_client_token(ADMIN, Principal::Admin);
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        serve(listener, engine, tokens, &config, async {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = ServerBuilder::new(store, listener)
+        .tls(tls)
+        .tokens(tokens)
+        .engine_config(config)
+        .start(async {
             let _ = stopped.await;
         })
         .await
         .unwrap();
-        let _ = engine_task.await;
-    });
     Server {
         stop: Some(stop),
-        task,
+        running,
     }
 }
 
@@ -68,8 +87,15 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(url: &str, tweak: impl FnOnce(&mut AgentConfig)) -> Agent {
-        let mut config = AgentConfig::new(url, JOIN);
+    /// An agent of the server whose data directory is `dir`, joining with
+    /// the pinned join token, keeping its identity in `dir/agent`.
+    fn start(dir: &std::path::Path, url: &str, tweak: impl FnOnce(&mut AgentConfig)) -> Agent {
+        let join = JoinToken {
+            ca: pki(dir).fingerprint(),
+            secret: JOIN.into(),
+        };
+        let mut config = AgentConfig::new(url, join.to_string());
+        config.state_dir = dir.join("agent");
         config.reconnect_min = Duration::from_millis(50);
         config.reconnect_max = Duration::from_millis(500);
         config.cancel_grace = Duration::from_millis(500);
@@ -96,9 +122,9 @@ fn rt() -> tokio::runtime::Runtime {
 
 async fn setup(dir: &std::path::Path) -> (String, Server, Client) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let url = format!("https://{}", listener.local_addr().unwrap());
     let server = serve_on(listener, &dir.join("hodei.redb")).await;
-    let client = Client::connect(&url, ADMIN).await.unwrap();
+    let client = Client::connect(&url, &trust(dir), ADMIN).await.unwrap();
     (url, server, client)
 }
 
@@ -176,7 +202,7 @@ fn ten_thousand_lines_arrive_whole_in_order_and_in_few_batches() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let (url, server, mut c) = setup(dir.path()).await;
-        let agent = Agent::start(&url, |_| {});
+        let agent = Agent::start(dir.path(), &url, |_| {});
         let job = submit(&mut c, &script("seq 1 10000")).await;
         let done = wait_for(
             &mut c,
@@ -206,7 +232,7 @@ fn secrets_never_reach_the_log_even_split_across_reads() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let (url, server, mut c) = setup(dir.path()).await;
-        let agent = Agent::start(&url, |_| {});
+        let agent = Agent::start(dir.path(), &url, |_| {});
         let secret = "hunter2-very-secret";
         let mut spec = script(
             r#"
@@ -248,7 +274,7 @@ fn cancel_stops_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let (url, server, mut c) = setup(dir.path()).await;
-        let agent = Agent::start(&url, |_| {});
+        let agent = Agent::start(dir.path(), &url, |_| {});
         let pidfile = dir.path().join("pids");
         let spec = script(&format!(
             "sh -c 'trap \"\" TERM; while true; do sleep 1; done' & echo $! > {p}; echo $$ >> {p}; echo running; wait",
@@ -293,7 +319,7 @@ fn a_timeout_ends_the_job_and_a_lingering_grandchild_does_not_hang_it() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let (url, server, mut c) = setup(dir.path()).await;
-        let agent = Agent::start(&url, |_| {});
+        let agent = Agent::start(dir.path(), &url, |_| {});
         let mut slow = script("echo begin; sleep 30");
         slow.timeout = Some(Duration::from_millis(500));
         let slow = submit(&mut c, &slow).await;
@@ -344,12 +370,12 @@ fn logs_and_result_survive_a_server_restart_mid_job() {
     rt().block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let url = format!("http://{addr}");
+        let url = format!("https://{addr}");
         let db = dir.path().join("hodei.redb");
         let server = serve_on(listener, &db).await;
-        let mut c = Client::connect(&url, ADMIN).await.unwrap();
+        let mut c = Client::connect(&url, &trust(dir.path()), ADMIN).await.unwrap();
         // Small memory bound: what waits while the server is away spills.
-        let agent = Agent::start(&url, |c| c.memory_limit = 1024);
+        let agent = Agent::start(dir.path(), &url, |c| c.memory_limit = 1024);
         let job = submit(
             &mut c,
             &script("for i in $(seq 1 40); do echo line-$i; head -c 300 /dev/zero | tr '\\0' x; echo; sleep 0.05; done"),
@@ -363,7 +389,7 @@ fn logs_and_result_survive_a_server_restart_mid_job() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let listener = TcpListener::bind(addr).await.unwrap();
         let server = serve_on(listener, &db).await;
-        let mut c = Client::connect(&url, ADMIN).await.unwrap();
+        let mut c = Client::connect(&url, &trust(dir.path()), ADMIN).await.unwrap();
         let done = wait_for(
             &mut c,
             job,
@@ -391,7 +417,7 @@ fn drain_lets_running_jobs_finish_then_cancels_past_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let (url, server, mut c) = setup(dir.path()).await;
-        let agent = Agent::start(&url, |c| c.drain_grace = Duration::from_secs(2));
+        let agent = Agent::start(dir.path(), &url, |c| c.drain_grace = Duration::from_secs(2));
         let short = submit(&mut c, &script("sleep 0.5; echo short-done")).await;
         let long = submit(&mut c, &script("echo long-begins; sleep 60")).await;
         wait_for(&mut c, short, &[JobStateKind::Running]).await;
@@ -423,7 +449,7 @@ fn a_descendant_in_its_own_session_neither_hangs_the_job_nor_survives_it() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let (url, server, mut c) = setup(dir.path()).await;
-        let agent = Agent::start(&url, |cfg| {
+        let agent = Agent::start(dir.path(), &url, |cfg| {
             // Room for one job at a time: the second job runs only once
             // the first one's reservation is gone.
             cfg.capacity = hodei_core::Resources::new(1000, 1024, 0);

@@ -17,18 +17,22 @@ mod batch;
 mod cap;
 mod contain;
 mod exec;
+mod identity;
 mod outbox;
 mod pty;
 mod secrets;
 mod settings;
 mod telemetry;
 
-pub use agent::{AgentConfig, AgentError, Report, Shutdown, host_name, run_agent};
+pub use agent::{
+    AgentConfig, AgentError, Report, Shutdown, default_state_dir, host_name, run_agent,
+};
 pub use batch::{Batch, BatchConfig, batch};
 pub use cap::cap;
 pub use contain::{Containment, ContainmentMode};
 pub use exec::{ExecConfig, Finished, Output, run};
 pub use hodei_core::LogStream;
+pub use identity::{IDENTITY_FILE, Identity, IdentityError};
 pub use secrets::secret_forms;
 pub use settings::{AgentSettings, SettingsError};
 pub use telemetry::{Reading, Sampler, detect_capacity};

@@ -11,6 +11,7 @@ pub use hodei_hwp::settings::SettingsError;
 use hodei_hwp::settings::{parse_duration, parse_key_value as parse_label, read_toml};
 use serde::Deserialize;
 
+use crate::IDENTITY_FILE;
 use crate::agent::AgentConfig;
 use crate::contain::{Containment, ContainmentMode};
 
@@ -40,10 +41,17 @@ fn containment_from_text<'de, D: serde::Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AgentSettings {
-    /// The server's gRPC endpoint, e.g. http://10.0.0.1:7070.
+    /// The server's gRPC endpoint, e.g. https://10.0.0.1:7070 (http:// for
+    /// a server started with --insecure-plaintext).
     #[arg(long, env = "HODEI_SERVER")]
     pub server: Option<String>,
-    /// The join token (prefer --join-token-file: flags show in `ps`).
+    /// Where the agent keeps its key and certificate (identity.json, mode
+    /// 0600) [default: /var/lib/hodei-agent for root, else
+    /// ~/.local/state/hodei-agent].
+    #[arg(long, env = "HODEI_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The join token (prefer --join-token-file: flags show in `ps`). For
+    /// a TLS server it is needed only until the agent has joined.
     #[arg(long, env = "HODEI_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
     /// A file holding the join token (mode 0600).
@@ -130,6 +138,7 @@ impl AgentSettings {
             };
         AgentSettings {
             server: self.server.or(other.server),
+            state_dir: self.state_dir.or(other.state_dir),
             join_token,
             join_token_file,
             name: self.name.or(other.name),
@@ -169,21 +178,34 @@ impl AgentSettings {
                 format!("{server:?} must start with http:// or https://"),
             ));
         }
+        let state_dir = self.state_dir.unwrap_or_else(crate::default_state_dir);
+        let joined = server.starts_with("https://") && state_dir.join(IDENTITY_FILE).exists();
         let token = match (self.join_token, self.join_token_file) {
             (Some(t), _) => t,
             (None, Some(p)) => read_secret_file(&p)
                 .map_err(|e| SettingsError::invalid("join_token_file", e.to_string()))?,
+            (None, None) if joined => String::new(),
             (None, None) => {
                 return Err(SettingsError::invalid(
                     "join_token",
-                    "required (--join-token-file, --join-token, HODEI_JOIN_TOKEN or the file)",
+                    "required (--join-token-file, --join-token, HODEI_JOIN_TOKEN or the file) \
+                     until the agent has joined",
                 ));
             }
         };
         let mut c = AgentConfig::new(server, token);
+        c.state_dir = state_dir;
         if let Some(n) = self.name {
             c.name = n;
         }
+        // Refused now rather than on every connection attempt.
+        crate::Identity::load(&c.server, &c.join_token, &c.state_dir, &c.name).map_err(
+            |e| match e {
+                crate::IdentityError::JoinToken(m) => SettingsError::invalid("join_token", m),
+                crate::IdentityError::State(m) => SettingsError::invalid("state_dir", m),
+                e => SettingsError::invalid("server", e.to_string()),
+            },
+        )?;
         c.labels = self.labels.into_iter().collect();
         // The server's rule: a label a job could never select is refused here.
         for (k, v) in &c.labels {

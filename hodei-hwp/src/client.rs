@@ -10,6 +10,7 @@ use tonic::{Request, Status, Streaming};
 use crate::proto;
 use crate::proto::job_service_client::JobServiceClient;
 use crate::proto::worker_service_client::WorkerServiceClient;
+use crate::tls::{ClientTls, TlsError};
 use crate::wire::spec_to_wire;
 
 /// Why a client could not be made.
@@ -27,14 +28,33 @@ pub enum ClientError {
     /// The token cannot travel as metadata (it must be printable ASCII).
     #[error("token: must be printable ASCII")]
     Token,
+    /// The TLS settings do not fit the endpoint, or cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Connecting failed.
-    #[error("connect: {0}")]
+    #[error("connect: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// The error and its causes on one line: a TLS refusal is in the causes.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Adds `authorization: Bearer <token>` to every call (or nothing, for
+/// callers identified by their certificate).
 #[derive(Clone, Debug)]
-pub struct BearerToken(MetadataValue<Ascii>);
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl BearerToken {
     /// The interceptor for `token`.
@@ -44,29 +64,44 @@ impl BearerToken {
     /// [`ClientError::Token`] if the token is not printable ASCII.
     pub fn new(token: &str) -> Result<Self, ClientError> {
         MetadataValue::try_from(format!("Bearer {token}"))
-            .map(BearerToken)
+            .map(|v| BearerToken(Some(v)))
             .map_err(|_| ClientError::Token)
+    }
+
+    /// No token: the caller is identified by its client certificate.
+    pub fn none() -> Self {
+        BearerToken(None)
     }
 }
 
 impl Interceptor for BearerToken {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
         Ok(req)
     }
 }
 
 /// The generated job client with the token attached.
 pub type JobClient = JobServiceClient<InterceptedService<Channel, BearerToken>>;
-/// The generated worker client with the join token attached.
+/// The generated worker client (with the join token attached on a
+/// plaintext connection).
 pub type AgentClient = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
 
-async fn channel(endpoint: &str) -> Result<Channel, ClientError> {
+/// A channel to `endpoint` secured by `tls`.
+///
+/// # Errors
+///
+/// [`ClientError`]: a bad endpoint, TLS settings that do not fit it, or no
+/// connection (a refused handshake names its cause).
+pub async fn channel(endpoint: &str, tls: &ClientTls) -> Result<Channel, ClientError> {
     let ep = Endpoint::from_shared(endpoint.to_string()).map_err(|e| ClientError::Endpoint {
         endpoint: endpoint.to_string(),
         reason: e.to_string(),
     })?;
-    Ok(ep
+    Ok(tls
+        .apply(ep)?
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
@@ -77,36 +112,67 @@ async fn channel(endpoint: &str) -> Result<Channel, ClientError> {
         .await?)
 }
 
-/// Connects an agent with its join token.
+/// Connects an agent: with a bearer token (its join token, to join or on a
+/// plaintext connection) or, with `None`, identified by the client
+/// certificate in `tls`.
 ///
 /// # Errors
 ///
 /// [`ClientError`]: a bad endpoint, a bad token, or no connection.
-pub async fn connect_agent(endpoint: &str, join_token: &str) -> Result<AgentClient, ClientError> {
-    let token = BearerToken::new(join_token)?;
+pub async fn connect_agent(
+    endpoint: &str,
+    tls: &ClientTls,
+    token: Option<&str>,
+) -> Result<AgentClient, ClientError> {
+    let token = match token {
+        Some(t) => BearerToken::new(t)?,
+        None => BearerToken::none(),
+    };
     Ok(WorkerServiceClient::with_interceptor(
-        channel(endpoint).await?,
+        channel(endpoint, tls).await?,
         token,
     ))
 }
+
+/// The generated admin client with the token attached.
+pub type AdminClient = crate::proto::admin_service_client::AdminServiceClient<
+    InterceptedService<Channel, BearerToken>,
+>;
 
 /// The job API, with typed helpers over the generated client.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: JobClient,
+    admin: AdminClient,
 }
 
 impl Client {
-    /// Connects to `endpoint` (`http://host:port`) with a client token.
+    /// Connects to `endpoint` (`https://host:port`, or `http://` for a
+    /// plaintext server) with a client token.
     ///
     /// # Errors
     ///
-    /// [`ClientError`]: a bad endpoint, a bad token, or no connection.
-    pub async fn connect(endpoint: &str, token: &str) -> Result<Self, ClientError> {
+    /// [`ClientError`]: a bad endpoint, TLS settings that do not fit it, a
+    /// bad token, or no connection.
+    pub async fn connect(
+        endpoint: &str,
+        tls: &ClientTls,
+        token: &str,
+    ) -> Result<Self, ClientError> {
         let token = BearerToken::new(token)?;
+        let channel = channel(endpoint, tls).await?;
         Ok(Client {
-            inner: JobServiceClient::with_interceptor(channel(endpoint).await?, token),
+            inner: JobServiceClient::with_interceptor(channel.clone(), token.clone()),
+            admin: crate::proto::admin_service_client::AdminServiceClient::with_interceptor(
+                channel, token,
+            ),
         })
+    }
+
+    /// The admin API (join tokens, worker revocation) on the same
+    /// connection and token.
+    pub fn admin(&mut self) -> &mut AdminClient {
+        &mut self.admin
     }
 
     /// The generated client, for calls the helpers do not cover.

@@ -4,7 +4,8 @@
 //!   (`proto/hodei/hwp/v1`, package `hodei.hwp.v1`), generated at build
 //!   time in pure Rust, and the checked conversions between wire messages
 //!   and `hodei-core` types.
-//! - [`client`]: what agents and the CLI connect with.
+//! - [`client`]: what agents and the CLI connect with; [`tls`]: what they
+//!   trust, and the join token that pins a server's CA.
 //! - [`server`] (cargo feature `server`, on by default): the [`Engine`]
 //!   on `hodei-sched` and `hodei-store`, the gRPC services on it (with
 //!   health and reflection), authentication, metrics and [`serve`].
@@ -18,15 +19,16 @@ pub mod secret_file;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod settings;
+pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "server")]
 pub use server::{
-    AgentLink, Applied, AuthError, Engine, EngineConfig, EngineError, EngineHandle, Histogram,
-    JobApi, MAX_LOG_BATCH, Metrics, Principal, Registration, RunningServer, ServeError,
-    ServerBuilder, ServerConfig, ServerError, ServerSettings, SettingsError, Snapshot, StatsOf,
-    StoreKind, ToAgent, Tokens, Welcome, WorkerApi, check_agent_message, serve, status_guard,
-    tokens,
+    AGENT_CERT_TTL, AdminApi, AgentLink, Applied, AuthError, Engine, EngineConfig, EngineError,
+    EngineHandle, Histogram, JobApi, MAX_LOG_BATCH, Metrics, Principal, Registration,
+    RunningServer, ServeError, ServerBuilder, ServerConfig, ServerError, ServerSettings,
+    SettingsError, Snapshot, StatsOf, StoreKind, ToAgent, Tokens, Welcome, WorkerApi,
+    check_agent_message, serve, status_guard, tokens,
 };
 #[cfg(feature = "server")]
 pub use wire::to_agent_wire;

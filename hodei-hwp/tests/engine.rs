@@ -455,6 +455,27 @@ impl Store for Failing {
     async fn recover(&self) -> Result<Vec<hodei_core::Job>, hodei_store::StoreError> {
         self.inner.recover().await
     }
+    async fn put_credential(
+        &self,
+        kind: &str,
+        id: &str,
+        value: Vec<u8>,
+    ) -> Result<bool, hodei_store::StoreError> {
+        self.inner.put_credential(kind, id, value).await
+    }
+    async fn remove_credential(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<bool, hodei_store::StoreError> {
+        self.inner.remove_credential(kind, id).await
+    }
+    async fn credentials(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, hodei_store::StoreError> {
+        self.inner.credentials(kind).await
+    }
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use hodei_core::{JobId, JobSpec, Secret, WorkerId};
 use hodei_hwp::client::{Client, connect_agent};
 use hodei_hwp::proto::{self, agent_message::Msg as In, server_message::Msg as Out};
-use hodei_hwp::{Engine, EngineConfig, Principal, Tokens, serve};
+use hodei_hwp::server::security::Security;
+use hodei_hwp::tls::ClientTls;
+use hodei_hwp::{AGENT_CERT_TTL, Engine, EngineConfig, Principal, Tokens, serve};
 use hodei_store::{RedbStore, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -48,7 +50,9 @@ async fn start(path: &std::path::Path) -> Server {
 
 async fn start_with(path: &std::path::Path, config: EngineConfig) -> Server {
     let store = Arc::new(RedbStore::open(path, StoreConfig::default()).unwrap());
-    let (engine, engine_task) = Engine::start(store, config.clone()).await.unwrap();
+    let (engine, engine_task) = Engine::start(Arc::clone(&store), config.clone())
+        .await
+        .unwrap();
     let mut tokens = Tokens::new();
     tokens.add_join_token(JOIN);
     tokens.add_client_token(ADMIN, Principal::Admin);
@@ -57,8 +61,13 @@ async fn start_with(path: &std::path::Path, config: EngineConfig) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel();
+    // Plaintext: these tests are of the protocol; TLS is tested in
+    // examples/tests/tls.rs.
+    let security = Security::load(store, None, AGENT_CERT_TTL, &tokens, None)
+        .await
+        .unwrap();
     let task = tokio::spawn(async move {
-        serve(listener, engine, tokens, &config, async {
+        serve(listener, engine, tokens, security, &config, async {
             let _ = stopped.await;
         })
         .await
@@ -84,7 +93,9 @@ async fn agent(
     id: Option<WorkerId>,
     held: Vec<(JobId, u32)>,
 ) -> (Agent, proto::Welcome) {
-    let mut c = connect_agent(url, JOIN).await.unwrap();
+    let mut c = connect_agent(url, &ClientTls::Plaintext, Some(JOIN))
+        .await
+        .unwrap();
     let (tx, out) = mpsc::channel(64);
     tx.send(register(id, held)).await.unwrap();
     let mut rx = c
@@ -228,7 +239,9 @@ fn a_job_is_assigned_logs_and_finishes() {
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
-        let mut c = Client::connect(&server.url, ACME).await.unwrap();
+        let mut c = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         let mut s = spec("acme");
         s.secrets.push(Secret {
             name: "TOKEN".into(),
@@ -276,7 +289,9 @@ fn cancel_and_timeout_end_jobs_with_the_right_state() {
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
-        let mut c = Client::connect(&server.url, ACME).await.unwrap();
+        let mut c = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         let (job, _) = c.submit(&spec("acme")).await.unwrap();
         let id: JobId = job.id.parse().unwrap();
         a.assignment().await;
@@ -318,7 +333,9 @@ fn a_silent_agent_s_job_is_retried_elsewhere_and_stale_reports_are_refused() {
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
-        let mut c = Client::connect(&server.url, ACME).await.unwrap();
+        let mut c = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         let s = retried_once(spec("acme"));
         let (job, _) = c.submit(&s).await.unwrap();
         let id: JobId = job.id.parse().unwrap();
@@ -365,7 +382,9 @@ fn jobs_survive_a_server_restart_and_agents_reattach() {
     let (running, queued) = rt().block_on(async {
         let server = start(&path).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
-        let mut c = Client::connect(&server.url, ADMIN).await.unwrap();
+        let mut c = Client::connect(&server.url, &ClientTls::Plaintext, ADMIN)
+            .await
+            .unwrap();
         let (r, _) = c.submit(&spec("acme")).await.unwrap();
         a.assignment().await;
         a.start(&r.id, 1).await;
@@ -379,7 +398,9 @@ fn jobs_survive_a_server_restart_and_agents_reattach() {
     });
     rt().block_on(async {
         let server = start(&path).await;
-        let mut c = Client::connect(&server.url, ADMIN).await.unwrap();
+        let mut c = Client::connect(&server.url, &ClientTls::Plaintext, ADMIN)
+            .await
+            .unwrap();
         let r = c.get(running.parse().unwrap()).await.unwrap();
         let worker: WorkerId = r.state.unwrap().worker_id.parse().unwrap();
         let (mut a, welcome) = agent(
@@ -402,8 +423,12 @@ fn submissions_are_idempotent_and_tenants_are_isolated() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
-        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
-        let mut globex = Client::connect(&server.url, GLOBEX).await.unwrap();
+        let mut acme = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
+        let mut globex = Client::connect(&server.url, &ClientTls::Plaintext, GLOBEX)
+            .await
+            .unwrap();
         let mut s = spec("acme");
         s.idempotency_key = Some("release-1".into());
         let (first, created) = acme.submit(&s).await.unwrap();
@@ -438,11 +463,15 @@ fn unauthenticated_and_malformed_requests_get_clear_statuses() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
-        let mut stranger = Client::connect(&server.url, "not-a-token").await.unwrap();
+        let mut stranger = Client::connect(&server.url, &ClientTls::Plaintext, "not-a-token")
+            .await
+            .unwrap();
         let err = stranger.submit(&spec("acme")).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
         // An agent with a client token is refused.
-        let mut c = connect_agent(&server.url, ACME).await.unwrap();
+        let mut c = connect_agent(&server.url, &ClientTls::Plaintext, Some(ACME))
+            .await
+            .unwrap();
         let (tx, out) = mpsc::channel(4);
         tx.send(register(None, vec![])).await.unwrap();
         let err = c
@@ -451,7 +480,9 @@ fn unauthenticated_and_malformed_requests_get_clear_statuses() {
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
         // An agent whose first message is not Register is refused.
-        let mut c = connect_agent(&server.url, JOIN).await.unwrap();
+        let mut c = connect_agent(&server.url, &ClientTls::Plaintext, Some(JOIN))
+            .await
+            .unwrap();
         let (tx, out) = mpsc::channel(4);
         tx.send(proto::AgentMessage {
             msg: Some(In::Heartbeat(proto::Heartbeat::default())),
@@ -465,7 +496,9 @@ fn unauthenticated_and_malformed_requests_get_clear_statuses() {
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("register"), "{err}");
         // A spec with no command and a bad tenant names both fields.
-        let mut acme = Client::connect(&server.url, ADMIN).await.unwrap();
+        let mut acme = Client::connect(&server.url, &ClientTls::Plaintext, ADMIN)
+            .await
+            .unwrap();
         let err = acme
             .raw()
             .submit(proto::SubmitRequest {
@@ -500,7 +533,9 @@ fn a_watch_resumes_from_a_given_point() {
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
-        let mut c = Client::connect(&server.url, ACME).await.unwrap();
+        let mut c = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         let mut live = c.watch(None, false).await.unwrap();
         let (job, _) = c.submit(&spec("acme")).await.unwrap();
         a.assignment().await;
@@ -550,8 +585,12 @@ fn workers_are_listed_and_only_admins_drain_them() {
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
-        let mut admin = Client::connect(&server.url, ADMIN).await.unwrap();
-        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut admin = Client::connect(&server.url, &ClientTls::Plaintext, ADMIN)
+            .await
+            .unwrap();
+        let mut acme = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         let workers = acme.workers().await.unwrap();
         assert_eq!(workers.len(), 1);
         assert_eq!(workers[0].id, a.id.to_string());
@@ -643,9 +682,15 @@ fn tenants_see_and_name_only_their_own_jobs() {
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
-        let mut admin = Client::connect(&server.url, ADMIN).await.unwrap();
-        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
-        let mut globex = Client::connect(&server.url, GLOBEX).await.unwrap();
+        let mut admin = Client::connect(&server.url, &ClientTls::Plaintext, ADMIN)
+            .await
+            .unwrap();
+        let mut acme = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
+        let mut globex = Client::connect(&server.url, &ClientTls::Plaintext, GLOBEX)
+            .await
+            .unwrap();
         let (job, _) = acme.submit(&spec("acme")).await.unwrap();
         let id: JobId = job.id.parse().unwrap();
         let assigned = a.assignment().await;
@@ -715,7 +760,9 @@ fn errors_are_bounded_and_an_oversized_request_names_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
-        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut acme = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         let mut s = spec("acme");
         for i in 0..10_000 {
             s.env
@@ -747,7 +794,9 @@ fn a_watch_of_one_job_ends_once_it_is_final() {
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
         let (mut a, _) = agent(&server.url, None, vec![]).await;
-        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut acme = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         let s = retried_once(spec("acme"));
         let (job, _) = acme.submit(&s).await.unwrap();
         let id: JobId = job.id.parse().unwrap();
@@ -858,7 +907,9 @@ fn accepted_connections_have_tcp_nodelay() {
         let server = start(&dir.path().join("h.redb")).await;
         let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
         let (_a, _) = agent(&server.url, None, vec![]).await;
-        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut acme = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         acme.list(proto::ListRequest::default()).await.unwrap();
         // This process holds both ends: find the server's side of each
         // connection (local port = the server's, not the listener).
@@ -919,7 +970,9 @@ fn a_worker_label_no_job_could_select_is_refused() {
     rt().block_on(async {
         let server = start(&dir.path().join("h.redb")).await;
         for (key, value) in [("bad key", "v"), ("-leading", "v"), ("zone", "a\u{7}b")] {
-            let mut c = connect_agent(&server.url, JOIN).await.unwrap();
+            let mut c = connect_agent(&server.url, &ClientTls::Plaintext, Some(JOIN))
+                .await
+                .unwrap();
             let (tx, out) = mpsc::channel(4);
             let mut reg = register(None, vec![]);
             if let Some(In::Register(r)) = reg.msg.as_mut() {
@@ -944,7 +997,9 @@ fn a_worker_label_no_job_could_select_is_refused() {
             );
         }
         // A label a constraint can name is accepted, and selects the worker.
-        let mut c = connect_agent(&server.url, JOIN).await.unwrap();
+        let mut c = connect_agent(&server.url, &ClientTls::Plaintext, Some(JOIN))
+            .await
+            .unwrap();
         let (tx, out) = mpsc::channel(4);
         let mut reg = register(None, vec![]);
         if let Some(In::Register(r)) = reg.msg.as_mut() {
@@ -958,7 +1013,9 @@ fn a_worker_label_no_job_could_select_is_refused() {
             .into_inner();
         let first = timeout(WAIT, rx.message()).await.unwrap().unwrap().unwrap();
         assert!(matches!(first.msg, Some(Out::Welcome(_))));
-        let mut acme = Client::connect(&server.url, ACME).await.unwrap();
+        let mut acme = Client::connect(&server.url, &ClientTls::Plaintext, ACME)
+            .await
+            .unwrap();
         let mut s = spec("acme");
         s.constraints.push(hodei_core::Constraint {
             key: "disk.kind/ssd".into(),

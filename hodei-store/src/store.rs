@@ -317,7 +317,12 @@ impl<B: Backend> Store for B {
         self.read(ops::recover)
     }
 
-    async fn put_credential(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+    async fn put_credential(
+        &self,
+        kind: &str,
+        id: &str,
+        value: Vec<u8>,
+    ) -> Result<bool, StoreError> {
         credential(self, kind, id, Some(value)).await
     }
 

@@ -535,7 +535,11 @@ async fn credentials_are_kept_by_kind_and_id<S: Store>(s: S) {
     assert!(!s.put_credential("token", "a", b"1".to_vec()).await.unwrap());
     // A kind that is a prefix of another does not see the other's records.
     assert!(!s.put_credential("tok", "z", b"x".to_vec()).await.unwrap());
-    assert!(!s.put_credential("token-x", "c", b"y".to_vec()).await.unwrap());
+    assert!(
+        !s.put_credential("token-x", "c", b"y".to_vec())
+            .await
+            .unwrap()
+    );
     assert!(s.put_credential("token", "b", b"3".to_vec()).await.unwrap());
     assert_eq!(
         s.credentials("token").await.unwrap(),

@@ -26,6 +26,7 @@ use hodei_hwp::proto::job_service_client::JobServiceClient;
 use hodei_hwp::proto::worker_service_client::WorkerServiceClient;
 use hodei_hwp::proto::{self, agent_message::Msg as Out, server_message::Msg as In};
 use hodei_hwp::spec_to_wire;
+use hodei_hwp::tls::ClientTls;
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -116,6 +117,7 @@ fn start_server(a: &Args) -> anyhow::Result<Server> {
         .arg(dir.path())
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(["--store", &a.store, "--log-level", "error"])
+        .arg("--insecure-plaintext")
         .arg("--heartbeat-interval")
         .arg(humantime::format_duration(a.heartbeat_interval).to_string())
         .arg("--heartbeat-timeout")
@@ -377,8 +379,12 @@ async fn run_real_agent(a: &Args, server: &Server) -> anyhow::Result<serde_json:
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let result = async {
-        let mut c = hodei_hwp::client::Client::connect(&server.grpc, &server.admin).await?;
-        let mut w = hodei_hwp::client::Client::connect(&server.grpc, &server.admin).await?;
+        let mut c =
+            hodei_hwp::client::Client::connect(&server.grpc, &ClientTls::Plaintext, &server.admin)
+                .await?;
+        let mut w =
+            hodei_hwp::client::Client::connect(&server.grpc, &ClientTls::Plaintext, &server.admin)
+                .await?;
         for _ in 0..200 {
             if c.workers().await?.iter().any(|w| w.status == "ready") {
                 break;

@@ -17,9 +17,11 @@ use hodei_hwp::tokens::{add_tenant_token, load_data_dir_tokens, private_dir};
 /// embedded database, serves the gRPC API and HTTP /metrics, /healthz and
 /// /readyz.
 ///
-/// On first start it creates a join token (for agents) and an admin token
-/// (for the CLI) in the data directory, mode 0600, and prints where they
-/// are. SIGTERM or SIGINT stops it cleanly: it stops accepting, tells
+/// On first start it creates, in the data directory, a CA and a server
+/// certificate (tls/), a join token (for agents) and an admin token (for
+/// the CLI), keys and tokens mode 0600, and prints where they are. Both
+/// listeners serve TLS unless --insecure-plaintext is given. SIGHUP reads
+/// the TLS files again. SIGTERM or SIGINT stops it cleanly: it stops accepting, tells
 /// agents, flushes the store and exits 0.
 #[derive(Debug, Parser)]
 #[command(name = "hodei-server", version)]
@@ -73,7 +75,29 @@ fn main() -> ExitCode {
             Err(e) => bad_config("hodei-server", e),
         };
     }
-    let tokens = match load_data_dir_tokens(&config.data_dir) {
+    let (tls, made) = match config.server_tls() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("hodei-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for path in made {
+        println!("hodei-server: created {}", path.display());
+    }
+    match &tls {
+        Some(t) => println!(
+            "hodei-server: TLS on both listeners; clients trust {}, agents pin CA sha256:{}",
+            t.pki().ca_path().display(),
+            t.fingerprint()
+        ),
+        None => eprintln!(
+            "hodei-server: WARNING: --insecure-plaintext: tokens, job secrets and logs cross the \
+             network unencrypted, and agents are identified by a shared token only"
+        ),
+    }
+    let tokens = match load_data_dir_tokens(&config.data_dir, tls.as_ref().map(|t| t.fingerprint()))
+    {
         Ok((tokens, made)) => {
             for path in made {
                 let what = if path.ends_with("join.token") {
@@ -96,13 +120,31 @@ fn main() -> ExitCode {
     let Ok(rt) = runtime("hodei-server", None) else {
         return ExitCode::FAILURE;
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let result = rt.block_on(async move {
         let shutdown = shutdown_signal().map_err(|e| e.to_string())?;
+        // SIGHUP: read the certificate, key and client CA files again now
+        // (they are also checked every few seconds).
+        if let Some(tls) = tls.clone() {
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("SIGHUP: {e}"))?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match tls.reload(true) {
+                        Ok(_) => tracing::info!("SIGHUP: TLS files reloaded"),
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "SIGHUP: TLS files cannot be used; keeping the ones in use"
+                        ),
+                    }
+                }
+            });
+        }
         config
-            .run(tokens, shutdown, |grpc, http| {
+            .run(tokens, tls, shutdown, move |grpc, http| {
                 // Scripts and tests read these two lines.
-                println!("hodei-server: gRPC on http://{grpc}");
-                println!("hodei-server: metrics on http://{http}/metrics");
+                println!("hodei-server: gRPC on {scheme}://{grpc}");
+                println!("hodei-server: metrics on {scheme}://{http}/metrics");
             })
             .await
             .map_err(|e| e.to_string())

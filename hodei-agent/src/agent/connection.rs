@@ -10,6 +10,8 @@ use hodei_hwp::proto::{self, agent_message::Msg as Out, server_message::Msg as I
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::identity::Identity;
+
 /// One live connection: the outbound queue and the server's stream.
 pub(super) struct Conn {
     pub(super) tx: mpsc::Sender<proto::AgentMessage>,
@@ -39,13 +41,15 @@ pub(super) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     cap.mul_f64(rand::random::<f64>())
 }
 
-/// Connects, registers, and waits for the Welcome.
+/// Connects (joining first if the agent has no certificate yet),
+/// registers, and waits for the Welcome.
 pub(super) async fn open(
     server: String,
-    token: String,
+    identity: Identity,
     register: proto::Register,
 ) -> Result<(Conn, proto::Welcome), String> {
-    let mut client = connect_agent(&server, &token)
+    let (tls, token) = identity.credentials().await.map_err(|e| e.to_string())?;
+    let mut client = connect_agent(&server, &tls, token.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(OUTBOUND);

@@ -26,6 +26,7 @@ pub use self::shutdown::Shutdown;
 use self::shutdown::Stopping;
 use crate::batch::BatchConfig;
 use crate::exec::ExecConfig;
+use crate::identity::{Identity, IdentityError, renew_loop};
 use crate::telemetry::Sampler;
 
 /// Job events queued toward the ledger; full: the job's output waits.
@@ -35,10 +36,13 @@ const EVENTS: usize = 256;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AgentConfig {
-    /// The server, `http://host:port`.
+    /// The server, `https://host:port` (or `http://` for a plaintext one).
     pub server: String,
-    /// The join token.
+    /// The join token: for `https://`, needed only until the agent holds a
+    /// certificate.
     pub join_token: String,
+    /// Where the agent keeps its key and certificate.
+    pub state_dir: PathBuf,
     /// The name shown for this worker (the host name by default).
     pub name: String,
     /// Labels placement constraints match against.
@@ -81,6 +85,7 @@ impl AgentConfig {
         AgentConfig {
             server: server.into(),
             join_token: join_token.into(),
+            state_dir: default_state_dir(),
             name: host_name(),
             labels: BTreeMap::new(),
             capacity: crate::telemetry::detect_capacity(),
@@ -100,6 +105,23 @@ impl AgentConfig {
     }
 }
 
+/// Where an agent keeps its identity by default: `/var/lib/hodei-agent`
+/// for root, else `$XDG_STATE_HOME/hodei-agent` or
+/// `~/.local/state/hodei-agent`.
+pub fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/hodei-agent");
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("hodei-agent");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/state/hodei-agent"),
+        None => std::env::temp_dir().join("hodei-agent-state"),
+    }
+}
+
 /// The machine's host name, or `"agent"`.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -116,6 +138,9 @@ pub enum AgentError {
     /// The telemetry thread could not start.
     #[error("telemetry: {0}")]
     Telemetry(std::io::Error),
+    /// The agent has neither a certificate nor a usable join token.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// What the agent left behind when it returned.
@@ -142,7 +167,8 @@ impl Report {
 ///
 /// # Errors
 ///
-/// [`AgentError::Telemetry`] if the telemetry sampler cannot start.
+/// [`AgentError::Telemetry`] if the telemetry sampler cannot start;
+/// [`AgentError::Identity`] without a certificate or usable join token.
 /// Losing the server is not an error: the agent reconnects with backoff
 /// and resends what is owed.
 ///
@@ -155,7 +181,15 @@ pub async fn run_agent(
     config: AgentConfig,
     mut shutdown: watch::Receiver<Shutdown>,
 ) -> Result<Report, AgentError> {
+    let identity = Identity::load(
+        &config.server,
+        &config.join_token,
+        &config.state_dir,
+        &config.name,
+    )?;
     let sampler = Sampler::start(Duration::from_secs(2)).map_err(AgentError::Telemetry)?;
+    // Ends with the agent (aborted below, and on drop of this future).
+    let renewal = AbortOnDrop(tokio::spawn(renew_loop(identity.clone())));
     tracing::info!(
         "jobs are contained by {}",
         config.exec.containment.describe()
@@ -180,10 +214,10 @@ pub async fn run_agent(
         if conn.is_none() && connecting.is_none() && Instant::now() >= retry_at {
             let register = ledger.register();
             let config = &ledger.config;
-            let (server, token) = (config.server.clone(), config.join_token.clone());
+            let (server, identity) = (config.server.clone(), identity.clone());
             let limit = config.connect_timeout;
             connecting = Some(Box::pin(async move {
-                tokio::time::timeout(limit, open(server, token, register))
+                tokio::time::timeout(limit, open(server, identity, register))
                     .await
                     .map_err(|_| "timed out".to_string())?
             }));
@@ -283,6 +317,7 @@ pub async fn run_agent(
             ledger.disconnected();
         }
     }
+    drop(renewal);
     let (unflushed_batches, unflushed_results) = ledger.unflushed();
     if stopping.level == Shutdown::Exit {
         ledger.cancel_all();
@@ -292,6 +327,15 @@ pub async fn run_agent(
         unflushed_batches,
         unflushed_results,
     })
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One message from the server; returns the reply to send, if any.

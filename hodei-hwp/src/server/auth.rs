@@ -81,7 +81,16 @@ impl From<AuthError> for tonic::Status {
     }
 }
 
-fn bearer(md: &MetadataMap) -> Result<&str, AuthError> {
+/// The secret of a join token: the part after `hodei-join.<fingerprint>.`
+/// when the full form is given.
+pub(crate) fn strip_pin(token: &str) -> &str {
+    match token.parse::<crate::tls::JoinToken>() {
+        Ok(_) => token.rsplit_once('.').map(|(_, s)| s).unwrap_or(token),
+        Err(_) => token,
+    }
+}
+
+pub(crate) fn bearer(md: &MetadataMap) -> Result<&str, AuthError> {
     let v = md.get("authorization").ok_or(AuthError::Missing)?;
     let v = v.to_str().map_err(|_| AuthError::Malformed)?;
     let token = v
@@ -101,9 +110,15 @@ impl Tokens {
         Tokens::default()
     }
 
-    /// Accepts `token` from agents joining the cluster.
+    /// Accepts `token` from agents joining the cluster (the full
+    /// `hodei-join.` form or its secret).
     pub fn add_join_token(&mut self, token: &str) {
-        self.join.push(Hashed::of(token));
+        self.join.push(Hashed::of(strip_pin(token)));
+    }
+
+    /// The join tokens' hashes.
+    pub(crate) fn join_hashes(&self) -> Vec<[u8; 32]> {
+        self.join.iter().map(|h| h.0).collect()
     }
 
     /// Accepts `token` from clients, as `principal`.
@@ -118,7 +133,7 @@ impl Tokens {
     /// [`AuthError`] when the bearer token is missing, malformed or not a join
     /// token.
     pub fn authenticate_agent(&self, md: &MetadataMap) -> Result<(), AuthError> {
-        let h = Hashed::of(bearer(md)?);
+        let h = Hashed::of(strip_pin(bearer(md)?));
         // Every entry is compared, so the time does not tell which matched.
         let found = self.join.iter().fold(false, |acc, t| acc | t.matches(&h));
         if found {

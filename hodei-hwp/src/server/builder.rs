@@ -3,8 +3,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
 use hodei_store::{MemStore, RedbStore, Store};
@@ -14,8 +16,12 @@ use tokio::task::JoinHandle;
 use super::auth::Tokens;
 use super::engine::{Engine, EngineConfig, EngineError, EngineHandle};
 use super::http::{Http, StatsOf, router};
+use super::pki::Pki;
+use super::security::{Security, SecurityError};
 use super::serve::{ServeError, serve};
-use super::settings::{ServerConfig, StoreKind};
+use super::settings::{ServerConfig, ServerTlsConfig, StoreKind};
+use super::tls::TlsSource;
+use super::tls::{ServerTls, TlsListener, accept_tls};
 
 /// Why a server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,12 @@ pub enum ServerError {
     /// A server task ended abnormally.
     #[error("server task: {0}")]
     Task(String),
+    /// The agent credentials could not be loaded.
+    #[error("credentials: {0}")]
+    Security(#[from] SecurityError),
+    /// The TLS files could not be used.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The store could not be opened.
     #[error("store {path}: {source}")]
     Store {
@@ -62,10 +74,33 @@ pub enum ServerError {
 }
 
 impl ServerConfig {
+    /// The server's TLS as these settings describe it: `None` for
+    /// plaintext; otherwise the server's own CA in `<data_dir>/tls` (made
+    /// on first start, with a server certificate unless files are given).
+    /// Returns it and the files just made.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Tls`] naming the file that cannot be made or used.
+    pub fn server_tls(&self) -> Result<(Option<Arc<ServerTls>>, Vec<PathBuf>), ServerError> {
+        let ServerTlsConfig::Tls { source, client_ca } = &self.tls else {
+            return Ok((None, Vec::new()));
+        };
+        let (pki, mut made) = Pki::load_or_create(&self.data_dir.join("tls"))?;
+        let pki = Arc::new(pki);
+        let fresh = !pki.server_cert_path().exists();
+        let tls = ServerTls::new(source.clone(), client_ca.clone(), Arc::clone(&pki))?;
+        if fresh && matches!(source, TlsSource::Generated { .. }) {
+            made.push(pki.server_cert_path());
+        }
+        Ok((Some(tls), made))
+    }
+
     /// Runs the server these settings describe until `shutdown` resolves:
     /// binds both listeners, opens the store in the data directory (or
-    /// memory), starts, calls `started` with the gRPC and HTTP addresses,
-    /// and returns once it has stopped and its store is flushed.
+    /// memory), starts (over `tls`, from [`server_tls`](Self::server_tls),
+    /// when given), calls `started` with the gRPC and HTTP addresses, and
+    /// returns once it has stopped and its store is flushed.
     ///
     /// # Errors
     ///
@@ -74,6 +109,7 @@ impl ServerConfig {
     pub async fn run(
         self,
         tokens: Tokens,
+        tls: Option<Arc<ServerTls>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
         started: impl FnOnce(SocketAddr, SocketAddr),
     ) -> Result<(), ServerError> {
@@ -84,11 +120,23 @@ impl ServerConfig {
         };
         let grpc = bind("listen", self.listen).await?;
         let http = bind("http_listen", self.http_listen).await?;
+        let parts = Parts {
+            http,
+            tokens,
+            engine: self.engine,
+            agent_cert_ttl: self.agent_cert_ttl,
+            join_file: self.data_dir.join("join.token"),
+            tls,
+        };
         match self.store_kind {
             StoreKind::Memory => {
                 let store = Arc::new(MemStore::new(self.store));
-                let b = ServerBuilder::new(store, grpc);
-                run_built(b, http, tokens, self.engine, shutdown, started).await
+                run_built(
+                    parts.apply(ServerBuilder::new(store, grpc)),
+                    shutdown,
+                    started,
+                )
+                .await
             }
             _ => {
                 let path = self.data_dir.join("hodei.redb");
@@ -96,26 +144,43 @@ impl ServerConfig {
                     .map_err(|source| ServerError::Store { path, source })?;
                 let b = ServerBuilder::new(Arc::new(store), grpc)
                     .write_stats(|s: &RedbStore| Some(s.write_stats()));
-                run_built(b, http, tokens, self.engine, shutdown, started).await
+                run_built(parts.apply(b), shutdown, started).await
             }
+        }
+    }
+}
+
+/// What [`ServerConfig::run`] gives the builder, whichever the store.
+struct Parts {
+    http: TcpListener,
+    tokens: Tokens,
+    engine: EngineConfig,
+    agent_cert_ttl: Duration,
+    join_file: PathBuf,
+    tls: Option<Arc<ServerTls>>,
+}
+
+impl Parts {
+    fn apply<S: Store>(self, b: ServerBuilder<S>) -> ServerBuilder<S> {
+        let b = b
+            .http_listener(self.http)
+            .tokens(self.tokens)
+            .engine_config(self.engine)
+            .agent_cert_ttl(self.agent_cert_ttl)
+            .join_token_file(self.join_file);
+        match self.tls {
+            Some(t) => b.tls(t),
+            None => b,
         }
     }
 }
 
 async fn run_built<S: Store>(
     b: ServerBuilder<S>,
-    http: TcpListener,
-    tokens: Tokens,
-    engine: EngineConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: impl FnOnce(SocketAddr, SocketAddr),
 ) -> Result<(), ServerError> {
-    let server = b
-        .http_listener(http)
-        .tokens(tokens)
-        .engine_config(engine)
-        .start(shutdown)
-        .await?;
+    let server = b.start(shutdown).await?;
     if let Some(http) = server.http_addr() {
         started(server.grpc_addr(), http);
     }
@@ -151,7 +216,16 @@ pub struct ServerBuilder<S> {
     tokens: Tokens,
     engine: EngineConfig,
     stats: StatsOf<S>,
+    tls: Option<Arc<ServerTls>>,
+    agent_cert_ttl: Duration,
+    join_file: Option<PathBuf>,
 }
+
+/// How often the TLS files are checked for changes.
+const TLS_POLL: Duration = Duration::from_secs(2);
+
+/// How long an agent's certificate is valid by default.
+pub const AGENT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// A started server.
 #[derive(Debug)]
@@ -173,7 +247,32 @@ impl<S: Store> ServerBuilder<S> {
             tokens: Tokens::new(),
             engine: EngineConfig::default(),
             stats: |_| None,
+            tls: None,
+            agent_cert_ttl: AGENT_CERT_TTL,
+            join_file: None,
         }
+    }
+
+    /// Serves both listeners over TLS; agents then join for a client
+    /// certificate and connect with it. Without it, everything is
+    /// plaintext.
+    pub fn tls(mut self, tls: Arc<ServerTls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// How long the certificates signed for agents are valid (they renew
+    /// at two thirds of it) [default: a day].
+    pub fn agent_cert_ttl(mut self, ttl: Duration) -> Self {
+        self.agent_cert_ttl = ttl;
+        self
+    }
+
+    /// The file that holds the join token, rewritten when the token is
+    /// rotated.
+    pub fn join_token_file(mut self, path: PathBuf) -> Self {
+        self.join_file = Some(path);
+        self
     }
 
     /// The tokens agents and clients authenticate with.
@@ -221,6 +320,14 @@ impl<S: Store> ServerBuilder<S> {
             Some(h) => Some(h.local_addr().map_err(listener("http_listen"))?),
             None => None,
         };
+        let security = Security::load(
+            Arc::clone(&self.store),
+            self.tls.clone(),
+            self.agent_cert_ttl,
+            &self.tokens,
+            self.join_file.clone(),
+        )
+        .await?;
         let (engine, engine_task) = Engine::start(self.store, self.engine.clone()).await?;
         let state = Arc::new(Http {
             engine: engine.clone(),
@@ -228,19 +335,57 @@ impl<S: Store> ServerBuilder<S> {
             stopping: AtomicBool::new(false),
         });
         let (http_stop_tx, http_stop) = tokio::sync::oneshot::channel::<()>();
+        let tls = self.tls.clone();
+        let failures = engine.clone();
         let http_task = self.http.map(|http| {
             let app = router(Arc::clone(&state));
+            let stop = async move {
+                let _ = http_stop.await;
+            };
             tokio::spawn(async move {
-                axum::serve(
-                    http.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    }),
-                    app,
-                )
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.await;
-                })
-                .await
+                match (tls, http_addr) {
+                    (Some(tls), Some(addr)) => {
+                        let failed = move || {
+                            failures
+                                .metrics()
+                                .tls_handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                        };
+                        let rx = accept_tls(http, tls, true, failed);
+                        axum::serve(TlsListener { rx, addr }, app)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    }
+                    _ => {
+                        axum::serve(
+                            http.tap_io(|tcp| {
+                                let _ = tcp.set_nodelay(true);
+                            }),
+                            app,
+                        )
+                        .with_graceful_shutdown(stop)
+                        .await
+                    }
+                }
+            })
+        });
+        // Certificate files replaced (or a generated certificate nearing
+        // its end) are picked up without a restart; open connections keep
+        // theirs.
+        let watcher = self.tls.clone().map(|tls| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TLS_POLL);
+                loop {
+                    tick.tick().await;
+                    match tls.reload(false) {
+                        Ok(true) => tracing::info!("TLS files changed: reloaded"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "TLS files changed but cannot be used; keeping the ones in use"
+                        ),
+                    }
+                }
             })
         });
         let handle = engine.clone();
@@ -248,7 +393,7 @@ impl<S: Store> ServerBuilder<S> {
         let (grpc, tokens) = (self.grpc, self.tokens);
         let task = tokio::spawn(async move {
             let ready = Arc::clone(&state);
-            let served = serve(grpc, handle, tokens, &config, async move {
+            let served = serve(grpc, handle, tokens, security, &config, async move {
                 shutdown.await;
                 ready.stopping.store(true, Ordering::Release);
             })
@@ -256,6 +401,9 @@ impl<S: Store> ServerBuilder<S> {
             // The HTTP listener closes last: /readyz said 503 while gRPC
             // drained.
             let _ = http_stop_tx.send(());
+            if let Some(w) = watcher {
+                w.abort();
+            }
             served?;
             if let Some(t) = http_task {
                 t.await

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub log_batches: AtomicU64,
     /// Jobs submitted (new ones, not idempotent repeats).
     pub submitted: AtomicU64,
+    /// TLS handshakes refused or timed out, on either listener.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// What only the engine knows, taken on request.
@@ -165,6 +167,12 @@ impl Metrics {
             "hodei_jobs_submitted_total",
             "Jobs accepted.",
             self.submitted.load(Ordering::Relaxed),
+        );
+        counter(
+            o,
+            "hodei_tls_handshake_failures_total",
+            "TLS handshakes refused or timed out.",
+            self.tls_handshake_failures.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             o,

@@ -5,20 +5,25 @@
 //! declaration for flags, environment and TOML), token files, and
 //! [`ServerBuilder`], which assembles them.
 
+pub(crate) mod admin_service;
 pub(crate) mod auth;
 pub(crate) mod builder;
 pub(crate) mod engine;
 pub(crate) mod http;
 pub(crate) mod job_service;
 pub(crate) mod metrics;
+pub mod pki;
+pub mod security;
 pub(crate) mod serve;
 pub(crate) mod settings;
 pub mod status_guard;
+pub mod tls;
 pub mod tokens;
 pub(crate) mod worker_service;
 
+pub use admin_service::AdminApi;
 pub use auth::{AuthError, Principal, Tokens};
-pub use builder::{RunningServer, ServerBuilder, ServerError};
+pub use builder::{AGENT_CERT_TTL, RunningServer, ServerBuilder, ServerError};
 pub use engine::{
     AgentLink, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration, ToAgent,
     Welcome,
@@ -27,5 +32,7 @@ pub use http::StatsOf;
 pub use job_service::JobApi;
 pub use metrics::{Histogram, Metrics, Snapshot};
 pub use serve::{ServeError, serve};
-pub use settings::{ServerConfig, ServerSettings, SettingsError, StoreKind, parse_duration};
+pub use settings::{
+    ServerConfig, ServerSettings, ServerTlsConfig, SettingsError, StoreKind, parse_duration,
+};
 pub use worker_service::{MAX_LOG_BATCH, WorkerApi, check_agent_message};

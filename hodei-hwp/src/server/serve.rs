@@ -9,12 +9,16 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
+use crate::server::admin_service::AdminApi;
 use crate::server::auth::Tokens;
 use crate::server::engine::EngineHandle;
 use crate::server::job_service::JobApi;
+use crate::server::security::Security;
 use crate::server::status_guard::StatusGuardLayer;
+use crate::server::tls::accept_tls;
 use crate::server::worker_service::{MAX_LOG_BATCH, WorkerApi};
 use crate::{EngineConfig, proto};
 
@@ -36,7 +40,10 @@ pub enum ServeError {
 }
 
 /// Serves `WorkerService`, `JobService`, `grpc.health.v1.Health` and
-/// server reflection on `listener` until `shutdown` resolves.
+/// `AdminService` and server reflection on `listener` until `shutdown`
+/// resolves: over TLS when `security` has it (handshakes run
+/// concurrently, each within a time limit; agents are identified by their
+/// client certificates), in plaintext otherwise (agents by join token).
 ///
 /// Shutdown goes in this order: gRPC health reports NOT_SERVING (for both
 /// services and the server as a whole); every agent, Watch and Logs stream
@@ -55,6 +62,7 @@ pub async fn serve<S: Store>(
     listener: TcpListener,
     engine: EngineHandle<S>,
     tokens: Tokens,
+    security: Arc<Security<S>>,
     config: &EngineConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -86,21 +94,18 @@ pub async fn serve<S: Store>(
         closer.close_agents().await;
         tokio::time::sleep(delay).await;
     };
-    // tonic applies its own TCP_NODELAY only to listeners it binds itself.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(conn)
-    });
+    let tls = security.tls().cloned();
+    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&tokens), Arc::clone(&security)));
     let workers = WorkerServiceServer::new(WorkerApi::new(
         engine.clone(),
-        Arc::clone(&tokens),
+        security,
         config.agent_queue_depth,
         stopping.clone(),
     ))
     .max_decoding_message_size(MAX_LOG_BATCH + 64 * 1024);
+    let metrics = engine.clone();
     let jobs = JobServiceServer::new(JobApi::new(engine, tokens, stopping));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // Agents stream output: HTTP/2's default 64 KiB window would cost a
         // round trip per log batch.
         .initial_stream_window_size(Some(STREAM_WINDOW))
@@ -110,7 +115,34 @@ pub async fn serve<S: Store>(
         .add_service(reflection)
         .add_service(workers)
         .add_service(jobs)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(admin);
+    match tls {
+        None => {
+            // tonic applies its own TCP_NODELAY only to listeners it binds
+            // itself.
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                let conn = conn?;
+                conn.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(conn)
+            });
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+        Some(tls) => {
+            let failed = move || {
+                metrics
+                    .metrics()
+                    .tls_handshake_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            };
+            let ready = accept_tls(listener, tls, false, failed);
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(ready)
+                .map(|(conn, _)| Ok::<_, std::io::Error>(conn));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+    }
     Ok(())
 }

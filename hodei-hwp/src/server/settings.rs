@@ -83,6 +83,52 @@ pub struct ServerSettings {
     /// error, warn, info, debug or trace [default: info].
     #[arg(long = "log-level", env = "HODEI_LOG")]
     pub log_level: Option<String>,
+    /// The server's certificate chain, PEM (its certificate first, the
+    /// CA's last) [default: made by the server's own CA in
+    /// <data_dir>/tls].
+    #[arg(long, env = "HODEI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert, PEM.
+    #[arg(long, env = "HODEI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) whose client certificates identify agents, in
+    /// addition to the server's own CA, which signs those agents get by
+    /// joining.
+    #[arg(long, env = "HODEI_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// A host name or address the generated server certificate names, in
+    /// addition to localhost, the loopback addresses, the host name and a
+    /// specific listen address; repeat for several.
+    #[arg(long = "tls-san", env = "HODEI_TLS_SANS", value_delimiter = ',')]
+    #[serde(default)]
+    pub tls_san: Vec<String>,
+    /// Serves gRPC and HTTP without TLS: tokens, secrets and logs cross the
+    /// network readable by anyone on the path. For a trusted loopback or a
+    /// network encrypted below Hodei only.
+    #[arg(long, env = "HODEI_INSECURE_PLAINTEXT")]
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// How long the certificates signed for agents are valid; agents renew
+    /// at two thirds of it [default: 24h].
+    #[arg(long, value_parser = parse_duration, env = "HODEI_AGENT_CERT_TTL")]
+    #[serde(default, with = "humantime_serde")]
+    pub agent_cert_ttl: Option<Duration>,
+}
+
+/// How a server secures its listeners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerTlsConfig {
+    /// No TLS (`--insecure-plaintext`).
+    Plaintext,
+    /// TLS with a certificate from `source`; agents' certificates from the
+    /// server's own CA or `client_ca`.
+    Tls {
+        /// Where the server's certificate comes from.
+        source: super::tls::TlsSource,
+        /// Other CAs whose client certificates are accepted.
+        client_ca: Option<PathBuf>,
+    },
 }
 
 /// Which store a server keeps its state in.
@@ -113,6 +159,10 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// The log level.
     pub log_level: String,
+    /// TLS or plaintext.
+    pub tls: ServerTlsConfig,
+    /// How long agents' certificates are valid.
+    pub agent_cert_ttl: Duration,
 }
 
 impl ServerSettings {
@@ -143,6 +193,16 @@ impl ServerSettings {
             weights,
             max_log_bytes_per_job: self.max_log_bytes_per_job.or(other.max_log_bytes_per_job),
             log_level: self.log_level.or(other.log_level),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            tls_client_ca: self.tls_client_ca.or(other.tls_client_ca),
+            tls_san: if self.tls_san.is_empty() {
+                other.tls_san
+            } else {
+                self.tls_san
+            },
+            insecure_plaintext: self.insecure_plaintext || other.insecure_plaintext,
+            agent_cert_ttl: self.agent_cert_ttl.or(other.agent_cert_ttl),
         }
     }
 
@@ -208,14 +268,67 @@ impl ServerSettings {
             ));
         }
         let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let listen = self.listen.unwrap_or(local(7070));
+        let tls = match (self.insecure_plaintext, self.tls_cert, self.tls_key) {
+            (true, None, None) if self.tls_client_ca.is_none() && self.tls_san.is_empty() => {
+                ServerTlsConfig::Plaintext
+            }
+            (true, ..) => {
+                return Err(SettingsError::invalid(
+                    "insecure_plaintext",
+                    "cannot be combined with tls_cert, tls_key, tls_client_ca or tls_san",
+                ));
+            }
+            (false, Some(cert), Some(key)) => ServerTlsConfig::Tls {
+                source: super::tls::TlsSource::Files { cert, key },
+                client_ca: self.tls_client_ca,
+            },
+            (false, None, None) => {
+                let mut names = super::tls::default_names(listen);
+                for n in self.tls_san {
+                    let ok = n.parse::<std::net::IpAddr>().is_ok()
+                        || rustls::pki_types::DnsName::try_from(n.as_str()).is_ok();
+                    if !ok {
+                        return Err(SettingsError::invalid(
+                            "tls_san",
+                            format!("{n:?} is neither a host name nor an address"),
+                        ));
+                    }
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+                ServerTlsConfig::Tls {
+                    source: super::tls::TlsSource::Generated { names },
+                    client_ca: self.tls_client_ca,
+                }
+            }
+            (false, Some(_), None) => {
+                return Err(SettingsError::invalid("tls_key", "tls_cert needs tls_key"));
+            }
+            (false, None, Some(_)) => {
+                return Err(SettingsError::invalid("tls_cert", "tls_key needs tls_cert"));
+            }
+        };
+        let agent_cert_ttl = self
+            .agent_cert_ttl
+            .unwrap_or(super::builder::AGENT_CERT_TTL);
+        if agent_cert_ttl < Duration::from_secs(10) {
+            return Err(SettingsError::invalid(
+                "agent_cert_ttl",
+                format!("{agent_cert_ttl:?} is too short: at least 10s"),
+            ));
+        }
         Ok(ServerConfig {
-            listen: self.listen.unwrap_or(local(7070)),
+            listen,
             http_listen: self.http_listen.unwrap_or(local(7071)),
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("hodei-data")),
             store_kind,
             engine,
             store,
             log_level,
+            tls,
+            agent_cert_ttl,
         })
     }
 }
@@ -261,6 +374,14 @@ mod tests {
             ("[weights]\nacme = 0", "weights.acme:"),
             ("[weights]\n\"a b\" = 1", "weights.a b:"),
             ("log_level = \"loud\"", "log_level:"),
+            ("tls_cert = \"/c\"", "tls_key:"),
+            ("tls_key = \"/k\"", "tls_cert:"),
+            (
+                "insecure_plaintext = true\ntls_client_ca = \"/ca\"",
+                "insecure_plaintext:",
+            ),
+            ("tls_san = [\"not a name\"]", "tls_san:"),
+            ("agent_cert_ttl = \"1s\"", "agent_cert_ttl:"),
         ];
         for (toml, want) in cases {
             let err = from_toml(toml)

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use hodei_core::TenantId;
 use rand::Rng;
 
-use super::auth::{Principal, Tokens};
+use super::auth::{Principal, Tokens, strip_pin};
 use crate::secret_file::io;
 pub use crate::secret_file::{TokenFileError, check_private, read_secret_file};
+use crate::tls::{Fingerprint, JoinToken, write_atomic};
 
 /// A new random token: 32 bytes from the operating system's generator,
 /// as 64 hex digits.
@@ -124,17 +125,36 @@ pub fn add_tenant_token(path: &Path, tenant: &str) -> Result<String, TokenFileEr
 /// `admin.token` (every tenant), made on first use, and the lines of
 /// `tenant-tokens`. Returns them and the files just made.
 ///
+/// With `pin` (the server serves TLS), `join.token` holds the full form an
+/// agent needs, `hodei-join.<CA fingerprint>.<secret>`: a bare secret or
+/// an old fingerprint is rewritten in place.
+///
 /// # Errors
 ///
 /// A token file cannot be made or read, or others may read it.
-pub fn load_data_dir_tokens(dir: &Path) -> Result<(Tokens, Vec<PathBuf>), TokenFileError> {
+pub fn load_data_dir_tokens(
+    dir: &Path,
+    pin: Option<Fingerprint>,
+) -> Result<(Tokens, Vec<PathBuf>), TokenFileError> {
     let mut tokens = Tokens::new();
     let mut made = Vec::new();
     let join = dir.join("join.token");
     let admin = dir.join("admin.token");
     let (join_token, created) = load_or_create(&join)?;
     if created {
-        made.push(join);
+        made.push(join.clone());
+    }
+    if let Some(ca) = pin {
+        let secret = strip_pin(&join_token).to_string();
+        let full = JoinToken { ca, secret }.to_string();
+        if full != join_token {
+            write_atomic(&join, format!("{full}\n").as_bytes(), true).map_err(|e| {
+                TokenFileError::Malformed {
+                    path: join.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
     }
     let (admin_token, created) = load_or_create(&admin)?;
     if created {

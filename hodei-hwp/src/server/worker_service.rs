@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::server::auth::Tokens;
 use crate::server::engine::{AgentLink, EngineHandle, ToAgent};
+use crate::server::pki::peer_cert;
+use crate::server::security::{Security, SecurityError};
 use crate::wire::{exit_from_wire, log_stream_from_wire, registration_from_wire, to_agent_wire};
 
 /// The sending half of an agent's stream; an `Err` ends the stream with
@@ -39,30 +40,86 @@ const REGISTER_WITHIN: Duration = Duration::from_secs(10);
 
 /// The worker stream service.
 #[derive(Debug)]
-pub struct WorkerApi<S> {
+pub struct WorkerApi<S: Store> {
     engine: EngineHandle<S>,
-    tokens: Arc<Tokens>,
+    security: Arc<Security<S>>,
     queue_depth: usize,
     stopping: watch::Receiver<bool>,
 }
 
-impl<S> WorkerApi<S> {
-    /// The service, on `engine`, admitting agents with a join token. When
-    /// `stopping` turns true, every agent stream stops reading.
+impl<S: Store> WorkerApi<S> {
+    /// The service, on `engine`, admitting agents by their client
+    /// certificate (over TLS) or their join token (plaintext), as
+    /// `security` says. When `stopping` turns true, every agent stream
+    /// stops reading.
     pub fn new(
         engine: EngineHandle<S>,
-        tokens: Arc<Tokens>,
+        security: Arc<Security<S>>,
         queue_depth: usize,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         WorkerApi {
             engine,
-            tokens,
+            security,
             queue_depth,
             stopping,
         }
     }
+
+    /// Who the caller's client certificate names, refusing a revoked
+    /// worker. `None` when the server serves plaintext.
+    fn certified<T>(&self, request: &Request<T>) -> Result<Option<WorkerId>, Status> {
+        if self.security.tls().is_none() {
+            return Ok(None);
+        }
+        let certs = request.peer_certs().ok_or_else(|| {
+            Status::unauthenticated(
+                "agents connect with their client certificate: start the agent once \
+                 with a join token to get one",
+            )
+        })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let peer = peer_cert(leaf).map_err(Status::unauthenticated)?;
+        if self.security.is_revoked(peer.worker) {
+            return Err(Status::permission_denied(format!(
+                "worker {} is revoked",
+                peer.worker
+            )));
+        }
+        Ok(Some(peer.worker))
+    }
+
+    fn issued(&self, worker: WorkerId, csr: &str) -> Result<proto::Certificate, Status> {
+        if csr.len() > MAX_CSR {
+            return Err(invalid("csr_pem", format!("at most {MAX_CSR} bytes")));
+        }
+        let issued = self.security.sign(csr, worker).map_err(|e| match e {
+            SecurityError::NoTls => Status::failed_precondition(e.to_string()),
+            e => Status::invalid_argument(e.to_string()),
+        })?;
+        let ca = self
+            .security
+            .tls()
+            .map(|t| t.pki().ca_pem().to_string())
+            .unwrap_or_default();
+        Ok(proto::Certificate {
+            worker_id: worker.to_string(),
+            certificate_pem: issued.chain_pem,
+            ca_pem: ca,
+            expires_at_ms: issued
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            serial: issued.serial,
+        })
+    }
 }
+
+/// The longest certificate request accepted, bytes.
+const MAX_CSR: usize = 16 * 1024;
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {why}"))
@@ -279,18 +336,61 @@ const MAX_FENCED: usize = 4096;
 impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
     type ConnectStream = ReceiverStream<Result<proto::ServerMessage, Status>>;
 
+    async fn join(
+        &self,
+        request: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::Certificate>, Status> {
+        if self.security.tls().is_none() {
+            return Err(Status::failed_precondition(
+                "this server serves plaintext: agents connect with the join token",
+            ));
+        }
+        self.security.authenticate_join(request.metadata())?;
+        let worker = WorkerId::new();
+        let cert = self.issued(worker, &request.get_ref().csr_pem)?;
+        tracing::info!(%worker, name = %request.get_ref().name, "agent joined");
+        Ok(Response::new(cert))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<proto::RenewRequest>,
+    ) -> Result<Response<proto::Certificate>, Status> {
+        let worker = self.certified(&request)?.ok_or_else(|| {
+            Status::failed_precondition("this server serves plaintext: it signs no certificates")
+        })?;
+        let cert = self.issued(worker, &request.get_ref().csr_pem)?;
+        tracing::debug!(%worker, "agent certificate renewed");
+        Ok(Response::new(cert))
+    }
+
     async fn connect(
         &self,
         request: Request<Streaming<proto::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        self.tokens.authenticate_agent(request.metadata())?;
+        let certified = self.certified(&request)?;
+        if certified.is_none() {
+            self.security.authenticate_join(request.metadata())?;
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_WITHIN, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("register: not received within 10 s"))??
             .ok_or_else(|| Status::invalid_argument("register: the stream ended before it"))?;
         let reg = match first.msg {
-            Some(In::Register(r)) => registration_from_wire(r)?,
+            Some(In::Register(mut r)) => {
+                // Over TLS the worker is who its certificate names.
+                if let Some(w) = certified {
+                    if !r.worker_id.is_empty() && r.worker_id != w.to_string() {
+                        return Err(Status::permission_denied(format!(
+                            "register.worker_id: {} is not the worker the certificate names ({w})",
+                            r.worker_id
+                        )));
+                    }
+                    r.worker_id = w.to_string();
+                }
+                registration_from_wire(r)?
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "register: must be the first message",
@@ -306,11 +406,12 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let api = WorkerApi {
             engine: self.engine.clone(),
-            tokens: Arc::clone(&self.tokens),
+            security: Arc::clone(&self.security),
             queue_depth: self.queue_depth,
             stopping: self.stopping.clone(),
         };
         let mut stopping = self.stopping.clone();
+        let mut live = self.security.connected(worker);
         tokio::spawn(async move {
             let mut writes: FuturesOrdered<PendingLog> = FuturesOrdered::new();
             let mut fenced = HashSet::new();
@@ -330,6 +431,15 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
                     }
                     m = inbound.message(), if writes.len() < LOG_WRITES_IN_FLIGHT => m,
                     () = async { let _ = stopping.wait_for(|s| *s).await; } => break,
+                    () = async { let _ = live.revoked.wait_for(|r| *r).await; } => {
+                        tracing::warn!(%worker, "worker revoked: disconnecting it");
+                        let _ = tx
+                            .send(Err(Status::permission_denied(format!(
+                                "worker {worker} is revoked"
+                            ))))
+                            .await;
+                        break;
+                    }
                 };
                 let result = match next {
                     Ok(Some(proto::AgentMessage {
@@ -372,6 +482,7 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
                     break;
                 }
             }
+            drop(live);
             api.engine.disconnected(worker, conn).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -1,0 +1,313 @@
+//! Who the agent is to the server, and how it proves it.
+//!
+//! Against a TLS server (`https://`) the agent joins once: it pins the
+//! server's CA by the fingerprint in its join token, generates a key that
+//! never leaves its state directory, sends a signing request with the
+//! token, and keeps the certificate it gets (`identity.json`, mode 0600,
+//! in the state directory). From then on it connects with that
+//! certificate (mutual TLS, no token) and renews it at two thirds of its
+//! life, with a new key, over its current certificate: no restart, and
+//! the connection and jobs carry on. Against a plaintext server
+//! (`http://`) it sends its join token on every connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hodei_hwp::client::connect_agent;
+use hodei_hwp::proto;
+use hodei_hwp::tls::{ClientTls, Fingerprint, JoinToken, new_key_and_request, write_atomic};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+/// The file in the state directory that holds the agent's certificate and
+/// key.
+pub const IDENTITY_FILE: &str = "identity.json";
+
+/// Why the agent has no identity (yet).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The join token is missing or not in the form a TLS server needs.
+    #[error("join_token: {0}")]
+    JoinToken(String),
+    /// The state directory or identity file cannot be used.
+    #[error("state_dir: {0}")]
+    State(String),
+    /// The server refused or could not be reached.
+    #[error("{0}")]
+    Server(String),
+}
+
+/// What `identity.json` holds.
+#[derive(Clone, Serialize, Deserialize)]
+struct Stored {
+    worker_id: String,
+    cert_pem: String,
+    key_pem: String,
+    ca_pem: String,
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+}
+
+#[derive(Clone)]
+enum Creds {
+    /// `http://`: the join token on every call.
+    Plaintext(String),
+    /// `https://`, not joined yet.
+    Unjoined(JoinToken),
+    /// `https://`, with a certificate.
+    Certified(Arc<Stored>),
+}
+
+/// The agent's credentials, shared by its connection attempts and its
+/// renewal task.
+#[derive(Clone)]
+pub struct Identity {
+    server: String,
+    name: String,
+    path: PathBuf,
+    creds: Arc<RwLock<Creds>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &*self.creds.read() {
+            Creds::Plaintext(_) => "plaintext".to_string(),
+            Creds::Unjoined(_) => "not joined".to_string(),
+            Creds::Certified(s) => format!("worker {}", s.worker_id),
+        };
+        f.debug_struct("Identity")
+            .field("server", &self.server)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn status(what: &str, s: tonic::Status) -> IdentityError {
+    IdentityError::Server(format!("{what}: {}: {}", s.code(), s.message()))
+}
+
+impl Identity {
+    /// The identity for `server`: the certificate in `state_dir` if the
+    /// agent joined before, else the join token (which, for `https://`,
+    /// must carry the CA fingerprint).
+    ///
+    /// # Errors
+    ///
+    /// No usable certificate and no usable join token, or an identity file
+    /// that cannot be read.
+    pub fn load(
+        server: &str,
+        join_token: &str,
+        state_dir: &Path,
+        name: &str,
+    ) -> Result<Self, IdentityError> {
+        let path = state_dir.join(IDENTITY_FILE);
+        let creds = if !server.starts_with("https://") {
+            if join_token.is_empty() {
+                return Err(IdentityError::JoinToken(
+                    "required for a plaintext (http://) server".into(),
+                ));
+            }
+            Creds::Plaintext(join_token.to_string())
+        } else if path.exists() {
+            hodei_hwp::secret_file::check_private(&path)
+                .map_err(|e| IdentityError::State(e.to_string()))?;
+            let text = std::fs::read(&path)
+                .map_err(|e| IdentityError::State(format!("{}: {e}", path.display())))?;
+            let s: Stored = serde_json::from_slice(&text)
+                .map_err(|e| IdentityError::State(format!("{}: {e}", path.display())))?;
+            Creds::Certified(Arc::new(s))
+        } else {
+            let t: JoinToken = join_token.parse().map_err(|e| {
+                IdentityError::JoinToken(format!(
+                    "{e} (a TLS server's join.token has this form; the agent has not joined yet, \
+                     so it needs one)"
+                ))
+            })?;
+            Creds::Unjoined(t)
+        };
+        Ok(Identity {
+            server: server.to_string(),
+            name: name.to_string(),
+            path,
+            creds: Arc::new(RwLock::new(creds)),
+        })
+    }
+
+    /// The worker id its certificate names, once it has one.
+    pub fn worker(&self) -> Option<String> {
+        match &*self.creds.read() {
+            Creds::Certified(s) => Some(s.worker_id.clone()),
+            _ => None,
+        }
+    }
+
+    /// A fingerprint of the current certificate (its PEM text), to tell
+    /// renewals apart.
+    pub fn certificate_fingerprint(&self) -> Option<Fingerprint> {
+        match &*self.creds.read() {
+            Creds::Certified(s) => Some(Fingerprint::of(s.cert_pem.as_bytes())),
+            _ => None,
+        }
+    }
+
+    /// How to connect now: TLS settings and the bearer token, if any.
+    /// Joins first if the agent has no certificate yet.
+    ///
+    /// # Errors
+    ///
+    /// Joining failed (the server refused the token or the request, or is
+    /// unreachable, or presented a CA other than the pinned one).
+    pub async fn credentials(&self) -> Result<(ClientTls, Option<String>), IdentityError> {
+        let creds = self.creds.read().clone();
+        let stored = match creds {
+            Creds::Plaintext(t) => return Ok((ClientTls::Plaintext, Some(t))),
+            Creds::Certified(s) => s,
+            Creds::Unjoined(token) => self.join(&token).await?,
+        };
+        Ok((tls_of(&stored), None))
+    }
+
+    async fn join(&self, token: &JoinToken) -> Result<Arc<Stored>, IdentityError> {
+        let (key_pem, csr_pem) =
+            new_key_and_request(&self.name).map_err(|e| IdentityError::State(e.to_string()))?;
+        let secret = token.to_string();
+        let mut client = connect_agent(&self.server, &ClientTls::Pinned(token.ca), Some(&secret))
+            .await
+            .map_err(|e| IdentityError::Server(format!("join: {e}")))?;
+        let cert = client
+            .join(proto::JoinRequest {
+                csr_pem,
+                name: self.name.clone(),
+            })
+            .await
+            .map_err(|s| status("join", s))?
+            .into_inner();
+        // The CA the agent will trust from now on must be the one it
+        // pinned.
+        let ca = hodei_hwp::tls::certs_from_pem("ca_pem", cert.ca_pem.as_bytes())
+            .map_err(|e| IdentityError::Server(format!("join: {e}")))?;
+        if !ca.iter().any(|c| Fingerprint::of(c) == token.ca) {
+            return Err(IdentityError::Server(
+                "join: the server sent a CA other than the one the join token pins".into(),
+            ));
+        }
+        let stored = self.keep(cert, key_pem)?;
+        tracing::info!(worker = %stored.worker_id, "joined: certificate received");
+        Ok(stored)
+    }
+
+    fn keep(
+        &self,
+        cert: proto::Certificate,
+        key_pem: String,
+    ) -> Result<Arc<Stored>, IdentityError> {
+        let stored = Arc::new(Stored {
+            worker_id: cert.worker_id,
+            cert_pem: cert.certificate_pem,
+            key_pem,
+            ca_pem: cert.ca_pem,
+            issued_at_ms: now_ms(),
+            expires_at_ms: cert.expires_at_ms,
+        });
+        let json =
+            serde_json::to_vec_pretty(&*stored).map_err(|e| IdentityError::State(e.to_string()))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| IdentityError::State(format!("{}: {e}", dir.display())))?;
+        }
+        write_atomic(&self.path, &json, true).map_err(|e| IdentityError::State(e.to_string()))?;
+        *self.creds.write() = Creds::Certified(Arc::clone(&stored));
+        Ok(stored)
+    }
+
+    /// When the certificate should be renewed: at two thirds of its life.
+    /// `None` without a certificate.
+    pub fn renew_at(&self) -> Option<SystemTime> {
+        match &*self.creds.read() {
+            Creds::Certified(s) => {
+                let life = s.expires_at_ms.saturating_sub(s.issued_at_ms);
+                Some(UNIX_EPOCH + Duration::from_millis(s.issued_at_ms + life * 2 / 3))
+            }
+            _ => None,
+        }
+    }
+
+    /// Renews the certificate: a new key, a request signed with the
+    /// current certificate's connection, the result kept. Connections
+    /// already open are not touched.
+    ///
+    /// # Errors
+    ///
+    /// No certificate to renew, or the server refused or is unreachable.
+    pub async fn renew(&self) -> Result<(), IdentityError> {
+        let current = match &*self.creds.read() {
+            Creds::Certified(s) => Arc::clone(s),
+            _ => return Err(IdentityError::State("no certificate to renew".into())),
+        };
+        let (key_pem, csr_pem) =
+            new_key_and_request(&self.name).map_err(|e| IdentityError::State(e.to_string()))?;
+        let mut client = connect_agent(&self.server, &tls_of(&current), None)
+            .await
+            .map_err(|e| IdentityError::Server(format!("renew: {e}")))?;
+        let cert = client
+            .renew(proto::RenewRequest { csr_pem })
+            .await
+            .map_err(|s| status("renew", s))?
+            .into_inner();
+        let stored = self.keep(cert, key_pem)?;
+        tracing::info!(
+            worker = %stored.worker_id,
+            expires_at_ms = stored.expires_at_ms,
+            "certificate renewed"
+        );
+        Ok(())
+    }
+}
+
+fn tls_of(s: &Stored) -> ClientTls {
+    ClientTls::Ca {
+        roots: s.ca_pem.clone().into_bytes(),
+        identity: Some((
+            s.cert_pem.clone().into_bytes(),
+            s.key_pem.clone().into_bytes(),
+        )),
+    }
+}
+
+/// Renews the certificate whenever due until the agent stops; a failed
+/// renewal is retried (every tenth of the time left, between 1 s and a
+/// minute) while the current certificate is still valid.
+pub(crate) async fn renew_loop(identity: Identity) {
+    loop {
+        let Some(at) = identity.renew_at() else {
+            // Not joined yet: look again shortly.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let wait = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+        if let Err(e) = identity.renew().await {
+            let left = match &*identity.creds.read() {
+                Creds::Certified(s) => {
+                    Duration::from_millis(s.expires_at_ms.saturating_sub(now_ms()))
+                }
+                _ => Duration::ZERO,
+            };
+            let retry = (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            tracing::warn!(error = %e, retry_in = ?retry, "cannot renew the certificate");
+            tokio::time::sleep(retry).await;
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The cluster's agent credentials, kept in the store: join tokens (only
+//! their hashes) and revoked workers; the agents connected now, so a
+//! revocation can disconnect one at once; and signing agents' certificates.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hodei_core::WorkerId;
+use hodei_store::{Store, StoreError};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use tonic::metadata::MetadataMap;
+
+use super::auth::{AuthError, Tokens, bearer, strip_pin};
+use super::pki::Issued;
+use super::tls::ServerTls;
+use super::tokens::generate_token;
+use crate::tls::{JoinToken, TlsError, write_atomic};
+
+const JOIN_KIND: &str = "join-token";
+const REVOKED_KIND: &str = "revoked-worker";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hash(secret: &str) -> [u8; 32] {
+    *blake3::hash(secret.as_bytes()).as_bytes()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A join token as stored: its hash, never the token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JoinRecord {
+    hash: String,
+    created_ms: u64,
+    expires_ms: Option<u64>,
+    revoked_ms: Option<u64>,
+}
+
+/// A join token as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JoinTokenInfo {
+    /// Its id (the start of its hash).
+    pub id: String,
+    /// When it was made, ms since the epoch.
+    pub created_ms: u64,
+    /// When it stops being accepted, if ever.
+    pub expires_ms: Option<u64>,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<u64>,
+}
+
+/// Why a credential operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecurityError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A record could not be encoded or decoded.
+    #[error("credential record {0}: {1}")]
+    Record(String, String),
+    /// No join token with this id.
+    #[error("join token {0} not found")]
+    UnknownJoinToken(String),
+    /// The server serves no TLS, so it has no certificates to sign.
+    #[error("this server serves plaintext: it signs no certificates")]
+    NoTls,
+    /// The certificate request or the files of the CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// The credentials of a server's agents. Shared by the worker service
+/// (joining, renewing, connecting) and the admin service.
+#[derive(Debug)]
+pub struct Security<S> {
+    store: Arc<S>,
+    tls: Option<Arc<ServerTls>>,
+    cert_ttl: Duration,
+    join_file: Option<PathBuf>,
+    join: RwLock<BTreeMap<String, JoinRecord>>,
+    revoked: RwLock<HashSet<WorkerId>>,
+    live: Mutex<HashMap<WorkerId, (u64, watch::Sender<bool>)>>,
+    next_conn: std::sync::atomic::AtomicU64,
+}
+
+/// An agent connection the server can cut: dropped when the connection
+/// ends.
+#[derive(Debug)]
+pub struct LiveConn<S: Store> {
+    security: Arc<Security<S>>,
+    worker: WorkerId,
+    id: u64,
+    /// Turns true when the worker is revoked.
+    pub revoked: watch::Receiver<bool>,
+}
+
+impl<S: Store> Drop for LiveConn<S> {
+    fn drop(&mut self) {
+        let mut live = self.security.live.lock();
+        if live.get(&self.worker).is_some_and(|(id, _)| *id == self.id) {
+            live.remove(&self.worker);
+        }
+    }
+}
+
+impl<S: Store> Security<S> {
+    /// Loads the records from `store`, and adds the join tokens given at
+    /// start (the join tokens of `tokens`: files, library callers) unless a record of
+    /// them is there already (so a revoked one stays revoked). `join_file`
+    /// is rewritten with the new token on rotation.
+    ///
+    /// # Errors
+    ///
+    /// The store fails or holds a record that cannot be read.
+    pub async fn load(
+        store: Arc<S>,
+        tls: Option<Arc<ServerTls>>,
+        cert_ttl: Duration,
+        tokens: &Tokens,
+        join_file: Option<PathBuf>,
+    ) -> Result<Arc<Self>, SecurityError> {
+        let mut join = BTreeMap::new();
+        for (id, v) in store.credentials(JOIN_KIND).await? {
+            let r: JoinRecord = serde_json::from_slice(&v)
+                .map_err(|e| SecurityError::Record(format!("{JOIN_KIND}/{id}"), e.to_string()))?;
+            join.insert(id, r);
+        }
+        for h in tokens.join_hashes() {
+            let h = hex(&h);
+            let id = h[..16].to_string();
+            if let std::collections::btree_map::Entry::Vacant(slot) = join.entry(id) {
+                let r = JoinRecord {
+                    hash: h,
+                    created_ms: now_ms(),
+                    expires_ms: None,
+                    revoked_ms: None,
+                };
+                put(&*store, slot.key(), &r).await?;
+                slot.insert(r);
+            }
+        }
+        let mut revoked = HashSet::new();
+        for (id, _) in store.credentials(REVOKED_KIND).await? {
+            if let Ok(w) = id.parse() {
+                revoked.insert(w);
+            }
+        }
+        Ok(Arc::new(Security {
+            store,
+            tls,
+            cert_ttl,
+            join_file,
+            join: RwLock::new(join),
+            revoked: RwLock::new(revoked),
+            live: Mutex::new(HashMap::new()),
+            next_conn: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    /// The server's TLS, if it serves TLS.
+    pub fn tls(&self) -> Option<&Arc<ServerTls>> {
+        self.tls.as_ref()
+    }
+
+    /// Checks a join token (bearer metadata; the full `hodei-join.` form or
+    /// its secret alone) and returns its id.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError`] when missing, malformed, unknown, revoked or expired.
+    pub fn authenticate_join(&self, md: &MetadataMap) -> Result<String, AuthError> {
+        let h = hash(strip_pin(bearer(md)?));
+        let now = now_ms();
+        let mut found = None;
+        // Every entry is compared, so the time does not tell which matched.
+        for (id, r) in self.join.read().iter() {
+            let stored = hex_to_32(&r.hash);
+            let same: bool = stored.ct_eq(&h).into();
+            let live = r.revoked_ms.is_none() && r.expires_ms.is_none_or(|e| e > now);
+            if same && live && found.is_none() {
+                found = Some(id.clone());
+            }
+        }
+        found.ok_or(AuthError::Unknown)
+    }
+
+    /// A new join token; with `rotate`, every other one is revoked. The
+    /// token file (if the server has one) then holds the new token.
+    ///
+    /// # Errors
+    ///
+    /// The store fails, or the token file cannot be written.
+    pub async fn create_join(
+        &self,
+        ttl: Option<Duration>,
+        rotate: bool,
+    ) -> Result<(JoinTokenInfo, String), SecurityError> {
+        let secret = generate_token();
+        let h = hex(&hash(&secret));
+        let id = h[..16].to_string();
+        let now = now_ms();
+        let r = JoinRecord {
+            hash: h,
+            created_ms: now,
+            expires_ms: ttl.map(|t| now + t.as_millis() as u64),
+            revoked_ms: None,
+        };
+        put(&*self.store, &id, &r).await?;
+        self.join.write().insert(id.clone(), r.clone());
+        if rotate {
+            let others: Vec<String> = self
+                .join
+                .read()
+                .iter()
+                .filter(|(i, r)| **i != id && r.revoked_ms.is_none())
+                .map(|(i, _)| i.clone())
+                .collect();
+            for other in others {
+                self.revoke_join(&other).await?;
+            }
+        }
+        let token = match &self.tls {
+            Some(tls) => JoinToken {
+                ca: tls.fingerprint(),
+                secret,
+            }
+            .to_string(),
+            None => secret,
+        };
+        if rotate && let Some(f) = &self.join_file {
+            write_atomic(f, format!("{token}\n").as_bytes(), true)?;
+        }
+        Ok((info(&id, &r), token))
+    }
+
+    /// Every join token, revoked and expired ones included.
+    pub fn list_join(&self) -> Vec<JoinTokenInfo> {
+        self.join.read().iter().map(|(id, r)| info(id, r)).collect()
+    }
+
+    /// Revokes a join token.
+    ///
+    /// # Errors
+    ///
+    /// [`SecurityError::UnknownJoinToken`], or the store fails.
+    pub async fn revoke_join(&self, id: &str) -> Result<JoinTokenInfo, SecurityError> {
+        let mut r = self
+            .join
+            .read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SecurityError::UnknownJoinToken(id.to_string()))?;
+        if r.revoked_ms.is_none() {
+            r.revoked_ms = Some(now_ms());
+            put(&*self.store, id, &r).await?;
+            self.join.write().insert(id.to_string(), r.clone());
+        }
+        Ok(info(id, &r))
+    }
+
+    /// Whether the worker was revoked.
+    pub fn is_revoked(&self, worker: WorkerId) -> bool {
+        self.revoked.read().contains(&worker)
+    }
+
+    /// Revokes a worker: stored first, then its connection (if any) is cut.
+    /// Returns whether it was connected.
+    ///
+    /// # Errors
+    ///
+    /// The store fails; nothing changed.
+    pub async fn revoke_worker(&self, worker: WorkerId) -> Result<bool, SecurityError> {
+        let at = now_ms().to_string().into_bytes();
+        self.store
+            .put_credential(REVOKED_KIND, &worker.to_string(), at)
+            .await?;
+        self.revoked.write().insert(worker);
+        let live = self.live.lock().remove(&worker);
+        Ok(match live {
+            Some((_, tx)) => tx.send(true).is_ok(),
+            None => false,
+        })
+    }
+
+    /// Signs an agent's request for `worker`, valid for the configured
+    /// lifetime.
+    ///
+    /// # Errors
+    ///
+    /// No TLS, or the request cannot be used (named `csr_pem`).
+    pub fn sign(&self, csr_pem: &str, worker: WorkerId) -> Result<Issued, SecurityError> {
+        let tls = self.tls.as_ref().ok_or(SecurityError::NoTls)?;
+        Ok(tls.pki().sign_agent(csr_pem, worker, self.cert_ttl)?)
+    }
+
+    /// Registers a worker's connection so that revoking it cuts this
+    /// connection. A newer connection of the same worker replaces an
+    /// older one here.
+    pub fn connected(self: &Arc<Self>, worker: WorkerId) -> LiveConn<S> {
+        let id = self
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = watch::channel(false);
+        self.live.lock().insert(worker, (id, tx));
+        // Revoked between the caller's check and now: revoke_worker marks
+        // before it looks here, so one of the two sees the other.
+        if self.is_revoked(worker)
+            && let Some((_, tx)) = self.live.lock().get(&worker)
+        {
+            let _ = tx.send(true);
+        }
+        LiveConn {
+            security: Arc::clone(self),
+            worker,
+            id,
+            revoked: rx,
+        }
+    }
+}
+
+fn info(id: &str, r: &JoinRecord) -> JoinTokenInfo {
+    JoinTokenInfo {
+        id: id.to_string(),
+        created_ms: r.created_ms,
+        expires_ms: r.expires_ms,
+        revoked_ms: r.revoked_ms,
+    }
+}
+
+async fn put<S: Store>(store: &S, id: &str, r: &JoinRecord) -> Result<(), SecurityError> {
+    let v = serde_json::to_vec(r)
+        .map_err(|e| SecurityError::Record(format!("{JOIN_KIND}/{id}"), e.to_string()))?;
+    store.put_credential(JOIN_KIND, id, v).await?;
+    Ok(())
+}
+
+fn hex_to_32(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = s
+            .get(2 * i..2 * i + 2)
+            .and_then(|b| u8::from_str_radix(b, 16).ok())
+            .unwrap_or(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hodei_store::{MemStore, StoreConfig};
+    use tonic::metadata::MetadataValue;
+
+    fn md(token: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+        );
+        m
+    }
+
+    #[tokio::test]
+    async fn join_tokens_are_stored_hashed_revoked_and_rotated() {
+        let store = Arc::new(MemStore::new(StoreConfig::default()));
+        let s = Security::load(
+            Arc::clone(&store),
+            None,
+            Duration::from_secs(60),
+            &{
+                let mut t = Tokens::new();
+                t.add_join_token("first");
+                t
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let first = s.authenticate_join(&md("first")).unwrap();
+        // The full form is accepted for its secret.
+        let pinned = format!("hodei-join.{}.first", crate::tls::Fingerprint::of(b"ca"));
+        assert_eq!(s.authenticate_join(&md(&pinned)).unwrap(), first);
+        assert!(s.authenticate_join(&md("other")).is_err());
+        let raw = store.credentials(JOIN_KIND).await.unwrap();
+        assert!(!String::from_utf8_lossy(&raw[0].1).contains("first"));
+
+        let (_, second) = s.create_join(None, true).await.unwrap();
+        assert!(s.authenticate_join(&md(&second)).is_ok());
+        assert_eq!(
+            s.authenticate_join(&md("first")),
+            Err(AuthError::Unknown),
+            "rotation revokes the others"
+        );
+        // A restart keeps the revocation even though the file still holds it.
+        let again = Security::load(
+            Arc::clone(&store),
+            None,
+            Duration::from_secs(60),
+            &{
+                let mut t = Tokens::new();
+                t.add_join_token("first");
+                t
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(again.authenticate_join(&md("first")).is_err());
+        assert!(again.authenticate_join(&md(&second)).is_ok());
+        assert_eq!(again.list_join().len(), 2);
+
+        let (i, expired) = again
+            .create_join(Some(Duration::from_millis(0)), false)
+            .await
+            .unwrap();
+        assert!(i.expires_ms.is_some());
+        assert!(again.authenticate_join(&md(&expired)).is_err());
+        assert!(matches!(
+            again.revoke_join("nope").await,
+            Err(SecurityError::UnknownJoinToken(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn revoking_a_worker_cuts_its_connection_and_lasts() {
+        let store = Arc::new(MemStore::new(StoreConfig::default()));
+        let s = Security::load(
+            Arc::clone(&store),
+            None,
+            Duration::from_secs(60),
+            &Tokens::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        let w = WorkerId::new();
+        let mut conn = s.connected(w);
+        assert!(!s.is_revoked(w));
+        assert!(s.revoke_worker(w).await.unwrap());
+        conn.revoked.changed().await.unwrap();
+        assert!(*conn.revoked.borrow());
+        assert!(!s.revoke_worker(w).await.unwrap());
+        let again = Security::load(store, None, Duration::from_secs(60), &Tokens::new(), None)
+            .await
+            .unwrap();
+        assert!(again.is_revoked(w));
+    }
+}
