@@ -3,17 +3,25 @@
 use hodei_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// What happened, by whom. Appended with [`Store::append_audit`].
+/// What happened, by whom, to what, with what outcome, from where.
+/// Appended with [`Store::append_audit`] or [`Batch::append_audit`].
 ///
 /// [`Store::append_audit`]: crate::Store::append_audit
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// [`Batch::append_audit`]: crate::Batch::append_audit
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// When.
     pub at: Timestamp,
-    /// Who: a tenant, a worker, `server`.
+    /// Who: a token's id and role, a worker, `server`, `unauthenticated`.
     pub actor: String,
     /// What: `submit`, `cancel`, `drain`, ...
     pub action: String,
+    /// To what: a job, a worker, a token id.
+    pub target: String,
+    /// `ok`, or why it was refused.
+    pub outcome: String,
+    /// The caller's address, when known.
+    pub peer: String,
     /// Details (never secret values).
     pub detail: String,
 }
@@ -50,7 +58,7 @@ fn hash(index: u64, e: &AuditEntry, prev: &[u8; 32]) -> [u8; 32] {
     h.update(&index.to_be_bytes());
     h.update(&e.at.0.to_be_bytes());
     // Length-prefixed so that moving bytes between fields changes the hash.
-    for field in [&e.actor, &e.action, &e.detail] {
+    for field in [&e.actor, &e.action, &e.target, &e.outcome, &e.peer, &e.detail] {
         h.update(&(field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
@@ -120,6 +128,7 @@ mod tests {
                         actor: "acme".into(),
                         action: "submit".into(),
                         detail: format!("job {i}"),
+                        ..AuditEntry::default()
                     },
                     prev,
                 );
@@ -139,6 +148,10 @@ mod tests {
         for i in 0..10 {
             let mut c = chain(10);
             c[i as usize].entry.detail.push('!');
+            assert!(matches!(verify_chain(&c), ChainCheck::Broken { index, .. } if index == i));
+            // Every field is covered, not only the detail.
+            let mut c = chain(10);
+            c[i as usize].entry.outcome = "ok".into();
             assert!(matches!(verify_chain(&c), ChainCheck::Broken { index, .. } if index == i));
 
             let mut c = chain(10);

@@ -129,6 +129,13 @@ impl Batch {
         self.ops.push(op);
         self.ops.len() - 1
     }
+
+    /// Appends `entry` to the audit chain, in the same commit as the rest
+    /// (the call it records and its record land together). Returns its
+    /// place.
+    pub fn append_audit(&mut self, entry: crate::AuditEntry) -> usize {
+        self.push(WriteOp::Audit(entry))
+    }
 }
 
 /// What one write of a [`Batch`] returned.
@@ -140,6 +147,8 @@ pub enum Written {
     Inserted(Inserted),
     /// [`Batch::transition`]: the job as stored after it.
     Job(Job),
+    /// [`Batch::append_audit`]: the record as chained.
+    Audit(crate::AuditRecord),
     /// An attempt record was written or patched.
     Done,
 }
@@ -149,6 +158,7 @@ impl Written {
         match r {
             Reply::Inserted(i) => Written::Inserted(*i),
             Reply::Job(j) => Written::Job(*j),
+            Reply::Audit(a) => Written::Audit(a),
             _ => Written::Done,
         }
     }

@@ -284,6 +284,7 @@ async fn audit_chain_holds<S: Store>(s: S) {
                 actor: "acme".into(),
                 action: "submit".into(),
                 detail: format!("job {i}"),
+                ..AuditEntry::default()
             })
             .await
             .unwrap();
@@ -293,7 +294,19 @@ async fn audit_chain_holds<S: Store>(s: S) {
         s.verify_audit().await.unwrap(),
         ChainCheck::Intact { records: 5 }
     );
-    let recs = s.audit_records(3, 10).await.unwrap();
+    // In a batch, with the writes it records: chained after the others.
+    let mut b = Batch::new();
+    let w = b.append_audit(AuditEntry {
+        action: "drain".into(),
+        ..AuditEntry::default()
+    });
+    let out = s.enqueue(b).await.unwrap().await.unwrap();
+    assert!(matches!(&out[w], Ok(Written::Audit(r)) if r.index == 5));
+    assert_eq!(
+        s.verify_audit().await.unwrap(),
+        ChainCheck::Intact { records: 6 }
+    );
+    let recs = s.audit_records(3, 2).await.unwrap();
     assert_eq!(recs.iter().map(|r| r.index).collect::<Vec<_>>(), vec![3, 4]);
     assert_eq!(recs[0].prev, s.audit_records(2, 1).await.unwrap()[0].hash);
 }

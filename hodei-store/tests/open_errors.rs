@@ -129,6 +129,7 @@ fn tampering_with_the_audit_file_is_detected() {
                 actor: "acme".into(),
                 action: "cancel".into(),
                 detail: format!("job {i}"),
+                ..AuditEntry::default()
             })
             .await
             .unwrap();
