@@ -150,6 +150,28 @@ pub enum Command {
         #[command(subcommand)]
         action: JoinTokenAction,
     },
+    /// Client tokens with a role and tenants: create (shown once), list,
+    /// revoke (admin tokens).
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// The audit trail: every mutating call and refused authentication,
+    /// oldest first (admin tokens).
+    Audit {
+        /// From this time on: RFC 3339 (2026-11-24T10:00:00Z) or a while
+        /// ago (1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records at most [default: every one].
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Check every link of the chain instead, and that none was cut
+        /// off; exits 1 if it does not hold.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Revokes a worker: disconnects it at once and refuses its
     /// certificate from then on; its jobs are retried elsewhere (admin
     /// tokens).
@@ -160,6 +182,33 @@ pub enum Command {
     /// Runs a server on a temporary embedded store and a local agent,
     /// submits a few jobs, shows their logs live and a summary, and stops.
     Demo,
+}
+
+/// What to do with client tokens.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Creates a token and prints it (it is not shown again).
+    Create {
+        /// admin, operator, submitter or viewer.
+        #[arg(long)]
+        role: String,
+        /// A tenant it acts within; repeat for several, * for all.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// What it is for (shown in lists and the audit trail).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// It stops being accepted after this long, e.g. 30d [default: never].
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Lists tokens made at run time (ids, roles, dates; never the tokens).
+    List,
+    /// Revokes a token by id; it is refused from now on.
+    Revoke {
+        /// The id `list` shows.
+        id: String,
+    },
 }
 
 /// What to do with join tokens.
@@ -351,15 +400,221 @@ async fn submit(c: &mut Client, a: &SubmitArgs, out: Output) -> Result<ExitCode,
     Ok(cli::exit_code(&end))
 }
 
-fn join_token_row(t: &proto::JoinTokenInfo) -> Vec<String> {
-    let when = |ms: u64| {
-        if ms == 0 {
-            "-".to_string()
-        } else {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-                .to_string()
+fn when(ms: u64) -> String {
+    if ms == 0 {
+        "-".to_string()
+    } else {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+async fn client_token(
+    c: &mut Client,
+    action: TokenAction,
+    out: Output,
+) -> Result<ExitCode, Failure> {
+    let infos = match action {
+        TokenAction::Create {
+            role,
+            tenants,
+            name,
+            ttl,
+        } => {
+            let r = c
+                .admin()
+                .create_token(proto::CreateTokenRequest {
+                    role,
+                    tenants,
+                    name,
+                    ttl_seconds: ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let id = r.info.as_ref().map(|i| i.id.clone()).unwrap_or_default();
+            if out.json {
+                println!(
+                    "{{\"id\":{},\"token\":{}}}",
+                    json_str(&id),
+                    json_str(&r.token)
+                );
+            } else {
+                // The token alone on stdout, for `> file`.
+                println!("{}", r.token);
+                out.note(&format!("token {id} created; it is not shown again"));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TokenAction::List => {
+            c.admin()
+                .list_tokens(proto::ListTokensRequest {})
+                .await?
+                .into_inner()
+                .tokens
+        }
+        TokenAction::Revoke { id } => vec![
+            c.admin()
+                .revoke_token(proto::RevokeTokenRequest { id })
+                .await?
+                .into_inner(),
+        ],
+    };
+    if out.json {
+        for t in &infos {
+            println!(
+                "{{\"id\":{},\"role\":{},\"tenants\":{},\"name\":{},\"created_at_ms\":{},\"expires_at_ms\":{},\"revoked_at_ms\":{}}}",
+                json_str(&t.id),
+                json_str(&t.role),
+                serde_json::Value::from(t.tenants.clone()),
+                json_str(&t.name),
+                t.created_at_ms,
+                t.expires_at_ms,
+                t.revoked_at_ms
+            );
+        }
+    } else {
+        let rows: Vec<_> = infos
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    t.role.clone(),
+                    t.tenants.join(","),
+                    t.name.clone(),
+                    when(t.created_at_ms),
+                    when(t.expires_at_ms),
+                    when(t.revoked_at_ms),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            cli::table(
+                &[
+                    "ID", "ROLE", "TENANTS", "NAME", "CREATED", "EXPIRES", "REVOKED"
+                ],
+                &rows
+            )
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: RFC 3339, or a while ago.
+fn since_ms(s: &str) -> Result<u64, Failure> {
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let ago = parse_duration(s).map_err(|_| {
+                Failure::usage(format!(
+                    "since: {s:?} is neither a time (2026-11-24T10:00:00Z) nor a while ago (1h)"
+                ))
+            })?;
+            std::time::SystemTime::now() - ago
         }
     };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        .max(1))
+}
+
+async fn audit(
+    c: &mut Client,
+    since: Option<String>,
+    limit: Option<u64>,
+    verify: bool,
+    out: Output,
+) -> Result<ExitCode, Failure> {
+    if verify {
+        let v = c
+            .admin()
+            .verify_audit(proto::VerifyAuditRequest {})
+            .await?
+            .into_inner();
+        if out.json {
+            println!(
+                "{{\"intact\":{},\"records\":{},\"broken_at\":{},\"reason\":{}}}",
+                v.intact,
+                v.records,
+                v.broken_at,
+                json_str(&v.reason)
+            );
+        } else if v.intact {
+            println!("audit trail intact: {} records", v.records);
+        } else {
+            println!("audit trail BROKEN at record {}: {}", v.broken_at, v.reason);
+        }
+        return Ok(if v.intact {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let mut req = proto::ListAuditRequest {
+        from_index: 0,
+        since_ms: match &since {
+            Some(s) => since_ms(s)?,
+            None => 0,
+        },
+        limit: 1000,
+    };
+    let mut left = limit.unwrap_or(u64::MAX);
+    let mut rows = Vec::new();
+    while left > 0 {
+        req.limit = left.min(1000) as u32;
+        let page = c.admin().list_audit(req).await?.into_inner();
+        let n = page.records.len() as u64;
+        for r in page.records {
+            if out.json {
+                println!(
+                    "{{\"index\":{},\"at_ms\":{},\"actor\":{},\"action\":{},\"target\":{},\"outcome\":{},\"peer\":{},\"detail\":{}}}",
+                    r.index,
+                    r.at_ms,
+                    json_str(&r.actor),
+                    json_str(&r.action),
+                    json_str(&r.target),
+                    json_str(&r.outcome),
+                    json_str(&r.peer),
+                    json_str(&r.detail)
+                );
+            } else {
+                rows.push(vec![
+                    r.index.to_string(),
+                    when(r.at_ms),
+                    r.actor,
+                    r.action,
+                    r.target,
+                    r.outcome,
+                    r.peer,
+                ]);
+            }
+        }
+        if n == 0 || page.next_index == req.from_index && req.since_ms == 0 {
+            break;
+        }
+        left = left.saturating_sub(n);
+        req.from_index = page.next_index;
+        req.since_ms = 0;
+    }
+    if !out.json {
+        print!(
+            "{}",
+            cli::table(
+                &["#", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "PEER"],
+                &rows
+            )
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join_token_row(t: &proto::JoinTokenInfo) -> Vec<String> {
     vec![
         t.id.clone(),
         when(t.created_at_ms),
@@ -547,6 +802,12 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::JoinToken { action } => join_token(&mut c, action, out).await,
+        Command::Token { action } => client_token(&mut c, action, out).await,
+        Command::Audit {
+            since,
+            limit,
+            verify,
+        } => audit(&mut c, since, limit, verify, out).await,
         Command::RevokeWorker { worker } => {
             let r = c
                 .admin()

@@ -121,7 +121,7 @@ pub async fn run(out: Output) -> Result<(), Failure> {
     let admin = generate();
     let mut tokens = Tokens::new();
     tokens.add_join_token(&join);
-    tokens.add_client_token(&admin, Principal::Admin);
+    tokens.add_client_token(&admin, Principal::admin());
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| fail("listen")(e.to_string()))?;

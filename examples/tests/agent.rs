@@ -64,7 +64,7 @@ async fn serve_on(listener: TcpListener, path: &std::path::Path) -> Server {
     let tls = ServerTls::new(TlsSource::Generated { names }, None, pki(dir)).unwrap();
     let mut tokens = Tokens::new();
     tokens.add_join_token(JOIN);
-    tokens.add_client_token(ADMIN, Principal::Admin);
+    tokens.add_client_token(ADMIN, Principal::admin());
     let (stop, stopped) = oneshot::channel::<()>();
     let running = ServerBuilder::new(store, listener)
         .tls(tls)

@@ -55,9 +55,9 @@ async fn start_with(path: &std::path::Path, config: EngineConfig) -> Server {
         .unwrap();
     let mut tokens = Tokens::new();
     tokens.add_join_token(JOIN);
-    tokens.add_client_token(ADMIN, Principal::Admin);
-    tokens.add_client_token(ACME, Principal::Tenant("acme".parse().unwrap()));
-    tokens.add_client_token(GLOBEX, Principal::Tenant("globex".parse().unwrap()));
+    tokens.add_client_token(ADMIN, Principal::admin());
+    tokens.add_client_token(ACME, Principal::tenant("acme".parse().unwrap()));
+    tokens.add_client_token(GLOBEX, Principal::tenant("globex".parse().unwrap()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel();
@@ -67,7 +67,7 @@ async fn start_with(path: &std::path::Path, config: EngineConfig) -> Server {
         .await
         .unwrap();
     let task = tokio::spawn(async move {
-        serve(listener, engine, tokens, security, &config, async {
+        serve(listener, engine, security, &config, async {
             let _ = stopped.await;
         })
         .await

@@ -58,7 +58,9 @@ fn hash(index: u64, e: &AuditEntry, prev: &[u8; 32]) -> [u8; 32] {
     h.update(&index.to_be_bytes());
     h.update(&e.at.0.to_be_bytes());
     // Length-prefixed so that moving bytes between fields changes the hash.
-    for field in [&e.actor, &e.action, &e.target, &e.outcome, &e.peer, &e.detail] {
+    for field in [
+        &e.actor, &e.action, &e.target, &e.outcome, &e.peer, &e.detail,
+    ] {
         h.update(&(field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }

@@ -158,7 +158,7 @@ impl Written {
         match r {
             Reply::Inserted(i) => Written::Inserted(*i),
             Reply::Job(j) => Written::Job(*j),
-            Reply::Audit(a) => Written::Audit(a),
+            Reply::Audit(a) => Written::Audit(*a),
             _ => Written::Done,
         }
     }

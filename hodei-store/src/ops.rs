@@ -143,7 +143,7 @@ pub(crate) enum Reply {
     Job(Box<Job>),
     Unit,
     Log(LogAppend),
-    Audit(AuditRecord),
+    Audit(Box<AuditRecord>),
     /// Whether the record written or removed was there before.
     Existed(bool),
     Batch(Vec<Result<Reply, StoreError>>),
@@ -266,7 +266,7 @@ pub(crate) fn apply(
             seq,
             chunk,
         } => append_log(t, job, attempt, seq, chunk, max_log_bytes).map(Reply::Log),
-        WriteOp::Audit(e) => append_audit(t, e).map(Reply::Audit),
+        WriteOp::Audit(e) => append_audit(t, e).map(|r| Reply::Audit(Box::new(r))),
         WriteOp::Patch {
             job,
             attempt,

@@ -300,7 +300,7 @@ impl<B: Backend> Store for B {
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
         match write(self, WriteOp::Audit(entry)).await? {
-            Reply::Audit(a) => Ok(a),
+            Reply::Audit(a) => Ok(*a),
             other => Err(ops::unexpected(other)),
         }
     }

@@ -6,23 +6,170 @@ use hodei_core::TenantId;
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 
-/// Who a client token speaks for.
+/// What a client may do. Each role can do what the ones after it can,
+/// within its tenants, and more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Role {
+    /// Everything: every tenant, workers, tokens, the audit trail.
+    Admin,
+    /// Cancels jobs, drains workers and reads, across its tenants.
+    Operator,
+    /// Submits, cancels and reads its tenant's jobs.
+    Submitter,
+    /// Reads its tenants' jobs and the workers.
+    Viewer,
+}
+
+impl Role {
+    /// `admin`, `operator`, `submitter` or `viewer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Submitter => "submitter",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "submitter" => Ok(Role::Submitter),
+            "viewer" => Ok(Role::Viewer),
+            _ => Err(format!(
+                "{s:?} is not a role: admin, operator, submitter or viewer"
+            )),
+        }
+    }
+}
+
+/// The tenants a principal acts within.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Principal {
-    /// Sees and acts on every tenant's jobs and on workers.
-    Admin,
-    /// Sees and acts on one tenant's jobs only.
-    Tenant(TenantId),
+pub enum Scope {
+    /// Every tenant.
+    All,
+    /// These tenants only.
+    Tenants(Vec<TenantId>),
+}
+
+impl Scope {
+    /// Whether `tenant` is within.
+    pub fn contains(&self, tenant: &TenantId) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tenants(ts) => ts.contains(tenant),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::All => f.write_str("*"),
+            Scope::Tenants(ts) => {
+                let names: Vec<&str> = ts.iter().map(|t| t.as_str()).collect();
+                f.write_str(&names.join(","))
+            }
+        }
+    }
+}
+
+/// Who a client is: a role within a scope of tenants, and a name for the
+/// audit trail (a token's id, never the token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// What it may do.
+    pub role: Role,
+    /// Where (admins: everywhere).
+    pub scope: Scope,
+    /// Who, for the audit trail: `token:<id>`, `jwt:<subject>`, a file's
+    /// name.
+    pub name: String,
 }
 
 impl Principal {
-    /// True if this principal may see or act on a job of `tenant`.
-    pub fn may_access(&self, tenant: &TenantId) -> bool {
-        match self {
-            Principal::Admin => true,
-            Principal::Tenant(t) => t == tenant,
+    /// An administrator (of every tenant).
+    pub fn admin() -> Self {
+        Principal {
+            role: Role::Admin,
+            scope: Scope::All,
+            name: "admin".into(),
         }
+    }
+
+    /// A submitter for one tenant: what a tenant token is.
+    pub fn tenant(t: TenantId) -> Self {
+        Principal {
+            name: format!("tenant:{t}"),
+            role: Role::Submitter,
+            scope: Scope::Tenants(vec![t]),
+        }
+    }
+
+    /// `role` within `scope`, named `name`.
+    pub fn new(role: Role, scope: Scope, name: impl Into<String>) -> Self {
+        let scope = if role == Role::Admin {
+            Scope::All
+        } else {
+            scope
+        };
+        Principal {
+            role,
+            scope,
+            name: name.into(),
+        }
+    }
+
+    /// Whether it is an administrator.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// True if this principal may see a job of `tenant`.
+    pub fn may_access(&self, tenant: &TenantId) -> bool {
+        self.is_admin() || self.scope.contains(tenant)
+    }
+
+    /// True if it may submit a job for `tenant`.
+    pub fn may_submit(&self, tenant: &TenantId) -> bool {
+        matches!(self.role, Role::Admin | Role::Submitter) && self.may_access(tenant)
+    }
+
+    /// True if it may cancel a job of `tenant`.
+    pub fn may_cancel(&self, tenant: &TenantId) -> bool {
+        self.role != Role::Viewer && self.may_access(tenant)
+    }
+
+    /// True if it may drain workers.
+    pub fn may_drain(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Operator)
+    }
+
+    /// The tenant a submission without one is for: its only tenant, or the
+    /// default for an administrator; `None` when it has several.
+    pub fn default_tenant(&self) -> Option<TenantId> {
+        match (&self.role, &self.scope) {
+            (Role::Admin, _) => Some(TenantId::default()),
+            (_, Scope::Tenants(ts)) if ts.len() == 1 => Some(ts[0].clone()),
+            _ => None,
+        }
+    }
+
+    /// The audit trail's name for it: `name (role)`.
+    pub fn audit_name(&self) -> String {
+        format!("{} ({})", self.name, self.role)
     }
 }
 
@@ -61,7 +208,7 @@ impl fmt::Debug for Tokens {
 }
 
 /// Why a call was refused; becomes `UNAUTHENTICATED`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
     /// No `authorization` metadata.
@@ -73,6 +220,15 @@ pub enum AuthError {
     /// The token is not known (for this kind of caller).
     #[error("unknown token")]
     Unknown,
+    /// The token was revoked.
+    #[error("token revoked")]
+    Revoked,
+    /// The token has expired.
+    #[error("token expired")]
+    Expired,
+    /// A JSON Web Token that does not verify.
+    #[error("JSON Web Token refused: {0}")]
+    Jwt(String),
 }
 
 impl From<AuthError> for tonic::Status {
@@ -126,6 +282,18 @@ impl Tokens {
         self.clients.push((Hashed::of(token), principal));
     }
 
+    /// The principal of a client token given at start, by its hash.
+    pub(crate) fn client_by_hash(&self, h: &[u8; 32]) -> Option<Principal> {
+        let h = Hashed(*h);
+        let mut found = None;
+        for (t, p) in &self.clients {
+            if t.matches(&h) && found.is_none() {
+                found = Some(p.clone());
+            }
+        }
+        found
+    }
+
     /// Checks an agent's call.
     ///
     /// # Errors
@@ -174,8 +342,8 @@ mod tests {
     fn tokens() -> Tokens {
         let mut t = Tokens::new();
         t.add_join_token("join-secret-1");
-        t.add_client_token("admin-token", Principal::Admin);
-        t.add_client_token("acme-token", Principal::Tenant("acme".parse().unwrap()));
+        t.add_client_token("admin-token", Principal::admin());
+        t.add_client_token("acme-token", Principal::tenant("acme".parse().unwrap()));
         t
     }
 
@@ -208,6 +376,7 @@ mod tests {
         let globex: TenantId = "globex".parse().unwrap();
         let p = t.authenticate_client(&md("Bearer acme-token")).unwrap();
         assert!(p.may_access(&acme) && !p.may_access(&globex));
+        assert!(p.may_submit(&acme) && p.may_cancel(&acme) && !p.may_drain());
         let admin = t.authenticate_client(&md("bearer admin-token")).unwrap();
         assert!(admin.may_access(&globex));
         assert_eq!(
@@ -216,6 +385,30 @@ mod tests {
         );
         let status = tonic::Status::from(AuthError::Unknown);
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn roles_allow_what_they_say_within_their_tenants() {
+        let acme: TenantId = "acme".parse().unwrap();
+        let globex: TenantId = "globex".parse().unwrap();
+        let both = Scope::Tenants(vec![acme.clone(), globex.clone()]);
+        let op = Principal::new(Role::Operator, both.clone(), "op");
+        assert!(op.may_access(&globex) && op.may_cancel(&acme) && op.may_drain());
+        assert!(!op.may_submit(&acme) && !op.is_admin());
+        assert_eq!(op.default_tenant(), None);
+        let viewer = Principal::new(Role::Viewer, Scope::Tenants(vec![acme.clone()]), "v");
+        assert!(viewer.may_access(&acme) && !viewer.may_access(&globex));
+        assert!(!viewer.may_cancel(&acme) && !viewer.may_submit(&acme) && !viewer.may_drain());
+        let sub = Principal::new(Role::Submitter, Scope::Tenants(vec![acme.clone()]), "s");
+        assert!(sub.may_submit(&acme) && !sub.may_submit(&globex) && !sub.may_drain());
+        assert_eq!(sub.default_tenant(), Some(acme.clone()));
+        // An admin is everywhere, whatever scope it was given.
+        let admin = Principal::new(Role::Admin, Scope::Tenants(vec![]), "a");
+        assert!(admin.may_submit(&globex) && admin.may_drain());
+        for r in ["admin", "operator", "submitter", "viewer"] {
+            assert_eq!(r.parse::<Role>().unwrap().as_str(), r);
+        }
+        assert!("root".parse::<Role>().is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use super::auth::Tokens;
 use super::engine::{Engine, EngineConfig, EngineError, EngineHandle};
 use super::http::{Http, StatsOf, router};
+use super::jwt::JwtConfig;
 use super::pki::Pki;
 use super::security::{Security, SecurityError};
 use super::serve::{ServeError, serve};
@@ -120,7 +121,18 @@ impl ServerConfig {
         };
         let grpc = bind("listen", self.listen).await?;
         let http = bind("http_listen", self.http_listen).await?;
+        let jwt = match &self.jwt {
+            Some(j) => Some(JwtConfig::from_file(
+                &j.key,
+                &j.issuer,
+                &j.audience,
+                &j.tenant_claim,
+                &j.role_claim,
+            )?),
+            None => None,
+        };
         let parts = Parts {
+            jwt,
             http,
             tokens,
             engine: self.engine,
@@ -152,6 +164,7 @@ impl ServerConfig {
 
 /// What [`ServerConfig::run`] gives the builder, whichever the store.
 struct Parts {
+    jwt: Option<JwtConfig>,
     http: TcpListener,
     tokens: Tokens,
     engine: EngineConfig,
@@ -168,6 +181,10 @@ impl Parts {
             .engine_config(self.engine)
             .agent_cert_ttl(self.agent_cert_ttl)
             .join_token_file(self.join_file);
+        let b = match self.jwt {
+            Some(j) => b.jwt(j),
+            None => b,
+        };
         match self.tls {
             Some(t) => b.tls(t),
             None => b,
@@ -219,6 +236,7 @@ pub struct ServerBuilder<S> {
     tls: Option<Arc<ServerTls>>,
     agent_cert_ttl: Duration,
     join_file: Option<PathBuf>,
+    jwt: Option<JwtConfig>,
 }
 
 /// How often the TLS files are checked for changes.
@@ -250,7 +268,14 @@ impl<S: Store> ServerBuilder<S> {
             tls: None,
             agent_cert_ttl: AGENT_CERT_TTL,
             join_file: None,
+            jwt: None,
         }
+    }
+
+    /// Accepts JSON Web Tokens as `jwt` says, besides client tokens.
+    pub fn jwt(mut self, jwt: JwtConfig) -> Self {
+        self.jwt = Some(jwt);
+        self
     }
 
     /// Serves both listeners over TLS; agents then join for a client
@@ -327,7 +352,8 @@ impl<S: Store> ServerBuilder<S> {
             &self.tokens,
             self.join_file.clone(),
         )
-        .await?;
+        .await?
+        .with_jwt(self.jwt);
         let (engine, engine_task) = Engine::start(self.store, self.engine.clone()).await?;
         let state = Arc::new(Http {
             engine: engine.clone(),
@@ -390,10 +416,10 @@ impl<S: Store> ServerBuilder<S> {
         });
         let handle = engine.clone();
         let config = self.engine;
-        let (grpc, tokens) = (self.grpc, self.tokens);
+        let grpc = self.grpc;
         let task = tokio::spawn(async move {
             let ready = Arc::clone(&state);
-            let served = serve(grpc, handle, tokens, security, &config, async move {
+            let served = serve(grpc, handle, security, &config, async move {
                 shutdown.await;
                 ready.stopping.store(true, Ordering::Release);
             })

@@ -9,8 +9,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::proto;
-use crate::server::auth::{Principal, Tokens};
+use crate::server::audit_log::AuditLog;
+use crate::server::auth::{Principal, Role, Scope};
 use crate::server::engine::{EngineError, EngineHandle};
+use crate::server::security::Security;
 use crate::wire::{
     job_to_wire, log_stream_to_wire, spec_from_wire, state_kind_from_wire, state_to_wire,
     worker_to_wire,
@@ -21,23 +23,27 @@ const LOG_PAGE: usize = 256;
 
 /// The job API service.
 #[derive(Debug)]
-pub struct JobApi<S> {
+pub struct JobApi<S: Store> {
     engine: EngineHandle<S>,
-    tokens: Arc<Tokens>,
+    security: Arc<Security<S>>,
+    audit: Arc<AuditLog<S>>,
     stopping: watch::Receiver<bool>,
 }
 
-impl<S> JobApi<S> {
-    /// The service, on `engine`, for clients holding a client token. When
-    /// `stopping` turns true, Watch and Logs streams end with UNAVAILABLE.
+impl<S: Store> JobApi<S> {
+    /// The service, on `engine`, for clients `security` authenticates;
+    /// what they change is recorded in `audit`. When `stopping` turns
+    /// true, Watch and Logs streams end with UNAVAILABLE.
     pub fn new(
         engine: EngineHandle<S>,
-        tokens: Arc<Tokens>,
+        security: Arc<Security<S>>,
+        audit: Arc<AuditLog<S>>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         JobApi {
             engine,
-            tokens,
+            security,
+            audit,
             stopping,
         }
     }
@@ -88,8 +94,84 @@ fn engine_status(e: EngineError) -> Status {
 }
 
 impl<S: Store> JobApi<S> {
-    fn principal<T>(&self, r: &Request<T>) -> Result<Principal, Status> {
-        Ok(self.tokens.authenticate_client(r.metadata())?)
+    /// The spec a submission carries, if `p` may submit it.
+    fn submittable(
+        &self,
+        p: &Principal,
+        wire: Option<proto::JobSpec>,
+    ) -> Result<hodei_core::JobSpec, Status> {
+        if !matches!(p.role, Role::Admin | Role::Submitter) {
+            return Err(Status::permission_denied(format!(
+                "submitting needs a submitter or admin token; this one is {}",
+                p.role
+            )));
+        }
+        let wire = wire.ok_or_else(|| invalid("spec", "must be set"))?;
+        let spec = match p.default_tenant() {
+            Some(t) => spec_from_wire(wire, &t)?,
+            None if wire.tenant.is_empty() => {
+                return Err(invalid(
+                    "spec.tenant",
+                    "this token spans several tenants: name one",
+                ));
+            }
+            None => spec_from_wire(wire, &TenantId::default())?,
+        };
+        if !p.may_submit(&spec.tenant) {
+            return Err(Status::permission_denied(format!(
+                "spec.tenant: this token may not submit for tenant {}",
+                spec.tenant
+            )));
+        }
+        Ok(spec)
+    }
+
+    async fn cancel_as(&self, p: &Principal, id: &str) -> Result<Response<proto::Job>, Status> {
+        let job = self.visible(p, "job_id", id).await?;
+        if !p.may_cancel(&job.spec.tenant) {
+            return Err(Status::permission_denied(format!(
+                "cancelling needs a submitter, operator or admin token; this one is {}",
+                p.role
+            )));
+        }
+        if job.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "job {} has already finished ({})",
+                job.id, job.state
+            )));
+        }
+        self.engine.cancel(job.id).await.map_err(engine_status)?;
+        let job = self.visible(p, "job_id", &job.id.to_string()).await?;
+        Ok(Response::new(job_to_wire(&job)))
+    }
+
+    async fn drain_as(&self, p: &Principal, id: &str) -> Result<Response<proto::Worker>, Status> {
+        if !p.may_drain() {
+            return Err(Status::permission_denied(format!(
+                "draining a worker needs an operator or admin token; this one is {}",
+                p.role
+            )));
+        }
+        let id: WorkerId = id.parse().map_err(|e| invalid("worker_id", e))?;
+        self.engine.drain(id).await.map_err(engine_status)?;
+        let w = self
+            .engine
+            .cluster()
+            .worker(id)
+            .ok_or_else(|| Status::not_found(format!("worker {id} not found")))?;
+        let name = self.engine.worker_name(w.id);
+        Ok(Response::new(worker_to_wire(w, name)))
+    }
+
+    /// Who is calling; a refusal is recorded in the audit trail.
+    async fn principal<T>(&self, r: &Request<T>, action: &str) -> Result<Principal, Status> {
+        match self.security.authenticate_client(r.metadata()) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.audit.refused(action, r.remote_addr(), &e).await;
+                Err(e.into())
+            }
+        }
     }
 
     /// The job, if it exists and the caller may see it; otherwise NOT_FOUND
@@ -115,23 +197,25 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::SubmitResponse>, Status> {
-        let p = self.principal(&request)?;
-        let wire = request
-            .into_inner()
-            .spec
-            .ok_or_else(|| invalid("spec", "must be set"))?;
-        let default_tenant = match &p {
-            Principal::Tenant(t) => t.clone(),
-            Principal::Admin => TenantId::default(),
+        let p = self.principal(&request, "submit").await?;
+        let peer = request.remote_addr();
+        let checked = self.submittable(&p, request.into_inner().spec);
+        let spec = match checked {
+            Ok(s) => s,
+            Err(e) => {
+                self.audit
+                    .call(&p, "submit", "", peer, &Err::<(), _>(e.clone()))
+                    .await;
+                return Err(e);
+            }
         };
-        let spec = spec_from_wire(wire, &default_tenant)?;
-        if !p.may_access(&spec.tenant) {
-            return Err(Status::permission_denied(format!(
-                "spec.tenant: this token may not submit for tenant {}",
-                spec.tenant
-            )));
-        }
-        let (job, created) = self.engine.submit(spec).await.map_err(engine_status)?;
+        let mut entry = AuditLog::<S>::entry(&p.audit_name(), "submit", "", peer);
+        entry.detail = format!("tenant {} name {:?}", spec.tenant, spec.name);
+        let (job, created) = self
+            .engine
+            .submit_audited(spec, Some(entry))
+            .await
+            .map_err(engine_status)?;
         Ok(Response::new(proto::SubmitResponse {
             job: Some(job_to_wire(&job)),
             created,
@@ -142,7 +226,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let p = self.principal(&request)?;
+        let p = self.principal(&request, "read").await?;
         let job = self
             .visible(&p, "job_id", &request.get_ref().job_id)
             .await?;
@@ -153,21 +237,27 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let p = self.principal(&request)?;
+        let p = self.principal(&request, "read").await?;
         let r = request.into_inner();
         let asked: Option<TenantId> = if r.tenant.is_empty() {
             None
         } else {
             Some(r.tenant.parse().map_err(|e| invalid("tenant", e))?)
         };
-        let tenant = match (&p, asked) {
-            (Principal::Admin, t) => t,
-            (Principal::Tenant(own), None) => Some(own.clone()),
-            (Principal::Tenant(own), Some(t)) if &t == own => Some(t),
-            (Principal::Tenant(_), Some(t)) => {
+        let tenant = match (&p.scope, asked) {
+            (_, Some(t)) if !p.may_access(&t) => {
                 return Err(Status::permission_denied(format!(
                     "tenant: this token may not list tenant {t}"
                 )));
+            }
+            (_, Some(t)) => Some(t),
+            (Scope::All, None) => None,
+            (Scope::Tenants(ts), None) if ts.len() == 1 => Some(ts[0].clone()),
+            (Scope::Tenants(_), None) => {
+                return Err(invalid(
+                    "tenant",
+                    "this token spans several tenants: name one",
+                ));
             }
         };
         let after = if r.page_token.is_empty() {
@@ -199,19 +289,12 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::CancelRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let p = self.principal(&request)?;
-        let job = self
-            .visible(&p, "job_id", &request.get_ref().job_id)
-            .await?;
-        if job.is_terminal() {
-            return Err(Status::failed_precondition(format!(
-                "job {} has already finished ({})",
-                job.id, job.state
-            )));
-        }
-        self.engine.cancel(job.id).await.map_err(engine_status)?;
-        let job = self.visible(&p, "job_id", &job.id.to_string()).await?;
-        Ok(Response::new(job_to_wire(&job)))
+        let p = self.principal(&request, "cancel").await?;
+        let peer = request.remote_addr();
+        let target = request.get_ref().job_id.clone();
+        let r = self.cancel_as(&p, &target).await;
+        self.audit.call(&p, "cancel", &target, peer, &r).await;
+        r
     }
 
     type WatchStream = ReceiverStream<Result<proto::JobEvent, Status>>;
@@ -220,7 +303,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let p = self.principal(&request)?;
+        let p = self.principal(&request, "read").await?;
         let r = request.into_inner();
         // Subscribe before reading the current state, so nothing between
         // the two is missed.
@@ -319,7 +402,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        let p = self.principal(&request)?;
+        let p = self.principal(&request, "read").await?;
         let r = request.into_inner();
         let mut sub = self.engine.bus().subscribe();
         let job = self.visible(&p, "job_id", &r.job_id).await?;
@@ -409,12 +492,12 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::ListWorkersRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
-        let p = self.principal(&request)?;
+        let p = self.principal(&request, "read").await?;
         let mut workers = Vec::new();
         for mut w in self.engine.cluster().workers() {
             // A tenant sees which of its own jobs run where, never another
             // tenant's job ids.
-            if p != Principal::Admin {
+            if !p.is_admin() {
                 let mut own = Vec::with_capacity(w.jobs.len());
                 for id in w.jobs {
                     match self.engine.store().get_job(id).await {
@@ -435,24 +518,11 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         &self,
         request: Request<proto::DrainWorkerRequest>,
     ) -> Result<Response<proto::Worker>, Status> {
-        let p = self.principal(&request)?;
-        if p != Principal::Admin {
-            return Err(Status::permission_denied(
-                "draining a worker needs an admin token",
-            ));
-        }
-        let id: WorkerId = request
-            .get_ref()
-            .worker_id
-            .parse()
-            .map_err(|e| invalid("worker_id", e))?;
-        self.engine.drain(id).await.map_err(engine_status)?;
-        let w = self
-            .engine
-            .cluster()
-            .worker(id)
-            .ok_or_else(|| Status::not_found(format!("worker {id} not found")))?;
-        let name = self.engine.worker_name(w.id);
-        Ok(Response::new(worker_to_wire(w, name)))
+        let p = self.principal(&request, "drain").await?;
+        let peer = request.remote_addr();
+        let target = request.get_ref().worker_id.clone();
+        let r = self.drain_as(&p, &target).await;
+        self.audit.call(&p, "drain", &target, peer, &r).await;
+        r
     }
 }

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub submitted: AtomicU64,
     /// TLS handshakes refused or timed out, on either listener.
     pub tls_handshake_failures: AtomicU64,
+    /// Refused authentications past the audit trail's rate, counted only.
+    pub audit_refusals_suppressed: AtomicU64,
 }
 
 /// What only the engine knows, taken on request.
@@ -173,6 +175,12 @@ impl Metrics {
             "hodei_tls_handshake_failures_total",
             "TLS handshakes refused or timed out.",
             self.tls_handshake_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            o,
+            "hodei_audit_refusals_suppressed_total",
+            "Refused authentications past the audit trail's rate (counted, not recorded).",
+            self.audit_refusals_suppressed.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             o,

@@ -6,11 +6,13 @@
 //! [`ServerBuilder`], which assembles them.
 
 pub(crate) mod admin_service;
+pub mod audit_log;
 pub(crate) mod auth;
 pub(crate) mod builder;
 pub(crate) mod engine;
 pub(crate) mod http;
 pub(crate) mod job_service;
+pub mod jwt;
 pub(crate) mod metrics;
 pub mod pki;
 pub mod security;
@@ -22,7 +24,7 @@ pub mod tokens;
 pub(crate) mod worker_service;
 
 pub use admin_service::AdminApi;
-pub use auth::{AuthError, Principal, Tokens};
+pub use auth::{AuthError, Principal, Role, Scope, Tokens};
 pub use builder::{AGENT_CERT_TTL, RunningServer, ServerBuilder, ServerError};
 pub use engine::{
     AgentLink, Applied, Engine, EngineConfig, EngineError, EngineHandle, Registration, ToAgent,
@@ -33,6 +35,7 @@ pub use job_service::JobApi;
 pub use metrics::{Histogram, Metrics, Snapshot};
 pub use serve::{ServeError, serve};
 pub use settings::{
-    ServerConfig, ServerSettings, ServerTlsConfig, SettingsError, StoreKind, parse_duration,
+    JwtSettings, ServerConfig, ServerSettings, ServerTlsConfig, SettingsError, StoreKind,
+    parse_duration,
 };
 pub use worker_service::{MAX_LOG_BATCH, WorkerApi, check_agent_message};

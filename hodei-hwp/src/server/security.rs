@@ -15,13 +15,15 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 
-use super::auth::{AuthError, Tokens, bearer, strip_pin};
+use super::auth::{AuthError, Principal, Role, Scope, Tokens, bearer, strip_pin};
+use super::jwt::JwtConfig;
 use super::pki::Issued;
 use super::tls::ServerTls;
 use super::tokens::generate_token;
 use crate::tls::{JoinToken, TlsError, write_atomic};
 
 const JOIN_KIND: &str = "join-token";
+const CLIENT_KIND: &str = "client-token";
 const REVOKED_KIND: &str = "revoked-worker";
 
 fn now_ms() -> u64 {
@@ -46,6 +48,48 @@ struct JoinRecord {
     created_ms: u64,
     expires_ms: Option<u64>,
     revoked_ms: Option<u64>,
+}
+
+/// A client token as stored: its hash, never the token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ClientRecord {
+    hash: String,
+    role: String,
+    /// Tenant names, or `["*"]` for all.
+    tenants: Vec<String>,
+    name: String,
+    created_ms: u64,
+    expires_ms: Option<u64>,
+    revoked_ms: Option<u64>,
+}
+
+impl ClientRecord {
+    fn scope(&self) -> Scope {
+        if self.tenants.iter().any(|t| t == "*") {
+            return Scope::All;
+        }
+        Scope::Tenants(self.tenants.iter().filter_map(|t| t.parse().ok()).collect())
+    }
+}
+
+/// A client token as listed (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientTokenInfo {
+    /// Its id (the start of its hash).
+    pub id: String,
+    /// Its role.
+    pub role: Role,
+    /// Its tenants.
+    pub scope: Scope,
+    /// What it was made for.
+    pub name: String,
+    /// When it was made, ms since the epoch.
+    pub created_ms: u64,
+    /// When it stops being accepted, if ever.
+    pub expires_ms: Option<u64>,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<u64>,
 }
 
 /// A join token as listed.
@@ -75,6 +119,12 @@ pub enum SecurityError {
     /// No join token with this id.
     #[error("join token {0} not found")]
     UnknownJoinToken(String),
+    /// No client token with this id.
+    #[error("token {0} not found")]
+    UnknownToken(String),
+    /// A field of a request is not acceptable.
+    #[error("{0}: {1}")]
+    Invalid(&'static str, String),
     /// The server serves no TLS, so it has no certificates to sign.
     #[error("this server serves plaintext: it signs no certificates")]
     NoTls,
@@ -92,6 +142,9 @@ pub struct Security<S> {
     cert_ttl: Duration,
     join_file: Option<PathBuf>,
     join: RwLock<BTreeMap<String, JoinRecord>>,
+    clients: RwLock<BTreeMap<String, ClientRecord>>,
+    fixed: Tokens,
+    jwt: Option<JwtConfig>,
     revoked: RwLock<HashSet<WorkerId>>,
     live: Mutex<HashMap<WorkerId, (u64, watch::Sender<bool>)>>,
     next_conn: std::sync::atomic::AtomicU64,
@@ -153,6 +206,12 @@ impl<S: Store> Security<S> {
                 slot.insert(r);
             }
         }
+        let mut clients = BTreeMap::new();
+        for (id, v) in store.credentials(CLIENT_KIND).await? {
+            let r: ClientRecord = serde_json::from_slice(&v)
+                .map_err(|e| SecurityError::Record(format!("{CLIENT_KIND}/{id}"), e.to_string()))?;
+            clients.insert(id, r);
+        }
         let mut revoked = HashSet::new();
         for (id, _) in store.credentials(REVOKED_KIND).await? {
             if let Ok(w) = id.parse() {
@@ -165,10 +224,133 @@ impl<S: Store> Security<S> {
             cert_ttl,
             join_file,
             join: RwLock::new(join),
+            clients: RwLock::new(clients),
+            fixed: tokens.clone(),
+            jwt: None,
             revoked: RwLock::new(revoked),
             live: Mutex::new(HashMap::new()),
             next_conn: std::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// Accepts JSON Web Tokens as `jwt` says. Call before sharing.
+    pub fn with_jwt(mut self: Arc<Self>, jwt: Option<JwtConfig>) -> Arc<Self> {
+        if let Some(s) = Arc::get_mut(&mut self) {
+            s.jwt = jwt;
+        }
+        self
+    }
+
+    /// Checks a client's bearer token: a token given at start, one made at
+    /// run time (not revoked, not expired), or a JSON Web Token when they
+    /// are configured. Says who it is.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError`]: missing, malformed, unknown, revoked, expired, or a
+    /// JSON Web Token that does not verify.
+    pub fn authenticate_client(&self, md: &MetadataMap) -> Result<Principal, AuthError> {
+        let token = bearer(md)?;
+        if let Some(jwt) = &self.jwt
+            && JwtConfig::looks_like_jwt(token)
+        {
+            return jwt.verify(token);
+        }
+        let h = hash(token);
+        if let Some(p) = self.fixed.client_by_hash(&h) {
+            return Ok(p);
+        }
+        let mut found = None;
+        for (id, r) in self.clients.read().iter() {
+            let same: bool = hex_to_32(&r.hash).ct_eq(&h).into();
+            if same && found.is_none() {
+                found = Some((id.clone(), r.clone()));
+            }
+        }
+        let (id, r) = found.ok_or(AuthError::Unknown)?;
+        if r.revoked_ms.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        if r.expires_ms.is_some_and(|e| e <= now_ms()) {
+            return Err(AuthError::Expired);
+        }
+        let role: Role = r.role.parse().map_err(|_| AuthError::Unknown)?;
+        Ok(Principal::new(role, r.scope(), format!("token:{id}")))
+    }
+
+    /// A new client token for `role` within `scope`, shown once; kept only
+    /// as its hash.
+    ///
+    /// # Errors
+    ///
+    /// [`SecurityError::Invalid`] for a non-admin token without tenants;
+    /// the store fails.
+    pub async fn create_token(
+        &self,
+        role: Role,
+        scope: Scope,
+        name: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(ClientTokenInfo, String), SecurityError> {
+        let tenants = match (&role, &scope) {
+            (Role::Admin, _) | (_, Scope::All) => vec!["*".to_string()],
+            (_, Scope::Tenants(ts)) if ts.is_empty() => {
+                return Err(SecurityError::Invalid(
+                    "tenants",
+                    format!("a {role} token needs at least one tenant (or * for all)"),
+                ));
+            }
+            (_, Scope::Tenants(ts)) => ts.iter().map(|t| t.as_str().to_string()).collect(),
+        };
+        if name.len() > 200 {
+            return Err(SecurityError::Invalid("name", "at most 200 bytes".into()));
+        }
+        let token = generate_token();
+        let h = hex(&hash(&token));
+        let id = h[..16].to_string();
+        let now = now_ms();
+        let r = ClientRecord {
+            hash: h,
+            role: role.as_str().to_string(),
+            tenants,
+            name: name.to_string(),
+            created_ms: now,
+            expires_ms: ttl.map(|t| now + t.as_millis() as u64),
+            revoked_ms: None,
+        };
+        put_record(&*self.store, CLIENT_KIND, &id, &r).await?;
+        self.clients.write().insert(id.clone(), r.clone());
+        Ok((client_info(&id, &r), token))
+    }
+
+    /// Every client token made at run time, revoked and expired ones
+    /// included.
+    pub fn list_tokens(&self) -> Vec<ClientTokenInfo> {
+        self.clients
+            .read()
+            .iter()
+            .map(|(id, r)| client_info(id, r))
+            .collect()
+    }
+
+    /// Revokes a client token; it is refused from now on.
+    ///
+    /// # Errors
+    ///
+    /// [`SecurityError::UnknownToken`], or the store fails.
+    pub async fn revoke_token(&self, id: &str) -> Result<ClientTokenInfo, SecurityError> {
+        let mut r = self
+            .clients
+            .read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SecurityError::UnknownToken(id.to_string()))?;
+        if r.revoked_ms.is_none() {
+            r.revoked_ms = Some(now_ms());
+            put_record(&*self.store, CLIENT_KIND, id, &r).await?;
+            self.clients.write().insert(id.to_string(), r.clone());
+        }
+        Ok(client_info(id, &r))
     }
 
     /// The server's TLS, if it serves TLS.
@@ -332,6 +514,30 @@ impl<S: Store> Security<S> {
     }
 }
 
+fn client_info(id: &str, r: &ClientRecord) -> ClientTokenInfo {
+    ClientTokenInfo {
+        id: id.to_string(),
+        role: r.role.parse().unwrap_or(Role::Viewer),
+        scope: r.scope(),
+        name: r.name.clone(),
+        created_ms: r.created_ms,
+        expires_ms: r.expires_ms,
+        revoked_ms: r.revoked_ms,
+    }
+}
+
+async fn put_record<S: Store, T: Serialize>(
+    store: &S,
+    kind: &str,
+    id: &str,
+    r: &T,
+) -> Result<(), SecurityError> {
+    let v = serde_json::to_vec(r)
+        .map_err(|e| SecurityError::Record(format!("{kind}/{id}"), e.to_string()))?;
+    store.put_credential(kind, id, v).await?;
+    Ok(())
+}
+
 fn info(id: &str, r: &JoinRecord) -> JoinTokenInfo {
     JoinTokenInfo {
         id: id.to_string(),
@@ -342,10 +548,7 @@ fn info(id: &str, r: &JoinRecord) -> JoinTokenInfo {
 }
 
 async fn put<S: Store>(store: &S, id: &str, r: &JoinRecord) -> Result<(), SecurityError> {
-    let v = serde_json::to_vec(r)
-        .map_err(|e| SecurityError::Record(format!("{JOIN_KIND}/{id}"), e.to_string()))?;
-    store.put_credential(JOIN_KIND, id, v).await?;
-    Ok(())
+    put_record(store, JOIN_KIND, id, r).await
 }
 
 fn hex_to_32(s: &str) -> [u8; 32] {
@@ -433,6 +636,67 @@ mod tests {
             again.revoke_join("nope").await,
             Err(SecurityError::UnknownJoinToken(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn client_tokens_carry_a_role_expire_and_are_revoked_at_once() {
+        let store = Arc::new(MemStore::new(StoreConfig::default()));
+        let mut fixed = Tokens::new();
+        fixed.add_client_token("boot-admin", Principal::admin());
+        let s = Security::load(
+            Arc::clone(&store),
+            None,
+            Duration::from_secs(60),
+            &fixed,
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(s.authenticate_client(&md("boot-admin")).unwrap().is_admin());
+        let acme: hodei_core::TenantId = "acme".parse().unwrap();
+        let (info, tok) = s
+            .create_token(
+                Role::Viewer,
+                Scope::Tenants(vec![acme.clone()]),
+                "dash",
+                None,
+            )
+            .await
+            .unwrap();
+        let p = s.authenticate_client(&md(&tok)).unwrap();
+        assert_eq!(p.role, Role::Viewer);
+        assert!(p.may_access(&acme) && !p.may_cancel(&acme));
+        assert_eq!(p.name, format!("token:{}", info.id));
+        // Stored hashed; listed without the token.
+        let raw = store.credentials(CLIENT_KIND).await.unwrap();
+        assert!(!String::from_utf8_lossy(&raw[0].1).contains(&tok));
+        assert!(!format!("{:?}", s.list_tokens()).contains(&tok));
+        s.revoke_token(&info.id).await.unwrap();
+        assert_eq!(s.authenticate_client(&md(&tok)), Err(AuthError::Revoked));
+        let (_, short) = s
+            .create_token(
+                Role::Submitter,
+                Scope::Tenants(vec![acme]),
+                "ci",
+                Some(Duration::ZERO),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.authenticate_client(&md(&short)), Err(AuthError::Expired));
+        assert!(matches!(
+            s.create_token(Role::Operator, Scope::Tenants(vec![]), "x", None)
+                .await,
+            Err(SecurityError::Invalid("tenants", _))
+        ));
+        // After a restart: still revoked, still expired.
+        let again = Security::load(store, None, Duration::from_secs(60), &fixed, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.authenticate_client(&md(&tok)),
+            Err(AuthError::Revoked)
+        );
+        assert_eq!(again.list_tokens().len(), 2);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::server::admin_service::AdminApi;
-use crate::server::auth::Tokens;
+use crate::server::audit_log::AuditLog;
 use crate::server::engine::EngineHandle;
 use crate::server::job_service::JobApi;
 use crate::server::security::Security;
@@ -61,12 +61,10 @@ pub enum ServeError {
 pub async fn serve<S: Store>(
     listener: TcpListener,
     engine: EngineHandle<S>,
-    tokens: Tokens,
     security: Arc<Security<S>>,
     config: &EngineConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let tokens = Arc::new(tokens);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobApi<S>>>().await;
     health
@@ -95,16 +93,22 @@ pub async fn serve<S: Store>(
         tokio::time::sleep(delay).await;
     };
     let tls = security.tls().cloned();
-    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&tokens), Arc::clone(&security)));
+    let audit = Arc::new(AuditLog::new(engine.clone()));
+    let admin = AdminServiceServer::new(AdminApi::new(
+        Arc::clone(&security),
+        Arc::clone(&audit),
+        Arc::clone(engine.store()),
+    ));
     let workers = WorkerServiceServer::new(WorkerApi::new(
         engine.clone(),
-        security,
+        Arc::clone(&security),
+        Arc::clone(&audit),
         config.agent_queue_depth,
         stopping.clone(),
     ))
     .max_decoding_message_size(MAX_LOG_BATCH + 64 * 1024);
     let metrics = engine.clone();
-    let jobs = JobServiceServer::new(JobApi::new(engine, tokens, stopping));
+    let jobs = JobServiceServer::new(JobApi::new(engine, security, audit, stopping));
     let router = tonic::transport::Server::builder()
         // Agents stream output: HTTP/2's default 64 KiB window would cost a
         // round trip per log batch.

@@ -108,6 +108,25 @@ pub struct ServerSettings {
     #[arg(long, env = "HODEI_INSECURE_PLAINTEXT")]
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// Accept JSON Web Tokens signed with this key: a PEM public key (RSA,
+    /// EC P-256 or Ed25519) or a JWKS file. Needs --jwt-issuer and
+    /// --jwt-audience.
+    #[arg(long, env = "HODEI_JWT_KEY", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwt_key: Option<PathBuf>,
+    /// The `iss` JSON Web Tokens must carry.
+    #[arg(long, env = "HODEI_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` JSON Web Tokens must carry.
+    #[arg(long, env = "HODEI_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The claim naming the tenant(s): a string, a list, or "*"
+    /// [default: tenant].
+    #[arg(long, env = "HODEI_JWT_TENANT_CLAIM")]
+    pub jwt_tenant_claim: Option<String>,
+    /// The claim naming the role: admin, operator, submitter or viewer
+    /// [default: role].
+    #[arg(long, env = "HODEI_JWT_ROLE_CLAIM")]
+    pub jwt_role_claim: Option<String>,
     /// How long the certificates signed for agents are valid; agents renew
     /// at two thirds of it [default: 24h].
     #[arg(long, value_parser = parse_duration, env = "HODEI_AGENT_CERT_TTL")]
@@ -163,6 +182,24 @@ pub struct ServerConfig {
     pub tls: ServerTlsConfig,
     /// How long agents' certificates are valid.
     pub agent_cert_ttl: Duration,
+    /// JSON Web Tokens, when accepted.
+    pub jwt: Option<JwtSettings>,
+}
+
+/// Where JSON Web Tokens' key is and what they must say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JwtSettings {
+    /// The public key or JWKS file.
+    pub key: PathBuf,
+    /// The issuer.
+    pub issuer: String,
+    /// The audience.
+    pub audience: String,
+    /// The tenant claim.
+    pub tenant_claim: String,
+    /// The role claim.
+    pub role_claim: String,
 }
 
 impl ServerSettings {
@@ -203,6 +240,11 @@ impl ServerSettings {
             },
             insecure_plaintext: self.insecure_plaintext || other.insecure_plaintext,
             agent_cert_ttl: self.agent_cert_ttl.or(other.agent_cert_ttl),
+            jwt_key: self.jwt_key.or(other.jwt_key),
+            jwt_issuer: self.jwt_issuer.or(other.jwt_issuer),
+            jwt_audience: self.jwt_audience.or(other.jwt_audience),
+            jwt_tenant_claim: self.jwt_tenant_claim.or(other.jwt_tenant_claim),
+            jwt_role_claim: self.jwt_role_claim.or(other.jwt_role_claim),
         }
     }
 
@@ -319,6 +361,34 @@ impl ServerSettings {
                 format!("{agent_cert_ttl:?} is too short: at least 10s"),
             ));
         }
+        let jwt = match (self.jwt_key, self.jwt_issuer, self.jwt_audience) {
+            (None, None, None) => None,
+            (Some(key), Some(issuer), Some(audience)) => Some(JwtSettings {
+                key,
+                issuer,
+                audience,
+                tenant_claim: self.jwt_tenant_claim.unwrap_or_else(|| "tenant".into()),
+                role_claim: self.jwt_role_claim.unwrap_or_else(|| "role".into()),
+            }),
+            (None, ..) => {
+                return Err(SettingsError::invalid(
+                    "jwt_key",
+                    "required with jwt_issuer and jwt_audience",
+                ));
+            }
+            (_, None, _) => {
+                return Err(SettingsError::invalid(
+                    "jwt_issuer",
+                    "required with jwt_key (tokens' iss is checked)",
+                ));
+            }
+            (_, _, None) => {
+                return Err(SettingsError::invalid(
+                    "jwt_audience",
+                    "required with jwt_key (tokens' aud is checked)",
+                ));
+            }
+        };
         Ok(ServerConfig {
             listen,
             http_listen: self.http_listen.unwrap_or(local(7071)),
@@ -329,6 +399,7 @@ impl ServerSettings {
             log_level,
             tls,
             agent_cert_ttl,
+            jwt,
         })
     }
 }
@@ -382,6 +453,9 @@ mod tests {
             ),
             ("tls_san = [\"not a name\"]", "tls_san:"),
             ("agent_cert_ttl = \"1s\"", "agent_cert_ttl:"),
+            ("jwt_key = \"/k.pem\"\njwt_audience = \"a\"", "jwt_issuer:"),
+            ("jwt_key = \"/k.pem\"\njwt_issuer = \"i\"", "jwt_audience:"),
+            ("jwt_issuer = \"i\"", "jwt_key:"),
         ];
         for (toml, want) in cases {
             let err = from_toml(toml)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use hodei_core::TenantId;
 use rand::Rng;
 
-use super::auth::{Principal, Tokens, strip_pin};
+use super::auth::{Principal, Role, Scope, Tokens, strip_pin};
 use crate::secret_file::io;
 pub use crate::secret_file::{TokenFileError, check_private, read_secret_file};
 use crate::tls::{Fingerprint, JoinToken, write_atomic};
@@ -161,9 +161,16 @@ pub fn load_data_dir_tokens(
         made.push(admin);
     }
     tokens.add_join_token(&join_token);
-    tokens.add_client_token(&admin_token, Principal::Admin);
+    tokens.add_client_token(
+        &admin_token,
+        Principal::new(Role::Admin, Scope::All, "admin.token"),
+    );
     for (tenant, token) in tenant_tokens(&dir.join("tenant-tokens"))? {
-        tokens.add_client_token(&token, Principal::Tenant(tenant));
+        let name = format!("tenant-tokens:{tenant}");
+        tokens.add_client_token(
+            &token,
+            Principal::new(Role::Submitter, Scope::Tenants(vec![tenant]), name),
+        );
     }
     Ok((tokens, made))
 }

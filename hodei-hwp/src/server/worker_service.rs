@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::server::audit_log::AuditLog;
+use crate::server::auth::AuthError;
 use crate::server::engine::{AgentLink, EngineHandle, ToAgent};
 use crate::server::pki::peer_cert;
 use crate::server::security::{Security, SecurityError};
@@ -43,6 +45,7 @@ const REGISTER_WITHIN: Duration = Duration::from_secs(10);
 pub struct WorkerApi<S: Store> {
     engine: EngineHandle<S>,
     security: Arc<Security<S>>,
+    audit: Arc<AuditLog<S>>,
     queue_depth: usize,
     stopping: watch::Receiver<bool>,
 }
@@ -55,20 +58,44 @@ impl<S: Store> WorkerApi<S> {
     pub fn new(
         engine: EngineHandle<S>,
         security: Arc<Security<S>>,
+        audit: Arc<AuditLog<S>>,
         queue_depth: usize,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         WorkerApi {
             engine,
             security,
+            audit,
             queue_depth,
             stopping,
         }
     }
 
+    /// [`certified_now`](Self::certified_now), with a refusal recorded in
+    /// the audit trail.
+    async fn certified<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+    ) -> Result<Option<WorkerId>, Status> {
+        let r = self.certified_now(request);
+        if let Err(s) = &r {
+            let mut e = AuditLog::<S>::entry("agent", action, "", request.remote_addr());
+            e.outcome = format!("refused: {:?}: {}", s.code(), s.message());
+            if s.code() == tonic::Code::PermissionDenied {
+                self.audit.record(e).await;
+            } else {
+                self.audit
+                    .refused(action, request.remote_addr(), &AuthError::Unknown)
+                    .await;
+            }
+        }
+        r
+    }
+
     /// Who the caller's client certificate names, refusing a revoked
     /// worker. `None` when the server serves plaintext.
-    fn certified<T>(&self, request: &Request<T>) -> Result<Option<WorkerId>, Status> {
+    fn certified_now<T>(&self, request: &Request<T>) -> Result<Option<WorkerId>, Status> {
         if self.security.tls().is_none() {
             return Ok(None);
         }
@@ -345,9 +372,22 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
                 "this server serves plaintext: agents connect with the join token",
             ));
         }
-        self.security.authenticate_join(request.metadata())?;
+        let peer = request.remote_addr();
+        let token = match self.security.authenticate_join(request.metadata()) {
+            Ok(id) => id,
+            Err(e) => {
+                self.audit.refused("worker join", peer, &e).await;
+                return Err(e.into());
+            }
+        };
         let worker = WorkerId::new();
-        let cert = self.issued(worker, &request.get_ref().csr_pem)?;
+        let cert = self.issued(worker, &request.get_ref().csr_pem);
+        let mut e =
+            AuditLog::<S>::entry(&format!("join-token:{token}"), "worker join", worker, peer);
+        e.outcome = crate::server::audit_log::outcome(&cert);
+        e.detail = format!("name {:?}", request.get_ref().name);
+        self.audit.record(e).await;
+        let cert = cert?;
         tracing::info!(%worker, name = %request.get_ref().name, "agent joined");
         Ok(Response::new(cert))
     }
@@ -356,10 +396,27 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
         &self,
         request: Request<proto::RenewRequest>,
     ) -> Result<Response<proto::Certificate>, Status> {
-        let worker = self.certified(&request)?.ok_or_else(|| {
-            Status::failed_precondition("this server serves plaintext: it signs no certificates")
-        })?;
-        let cert = self.issued(worker, &request.get_ref().csr_pem)?;
+        let worker = self
+            .certified(&request, "worker renew")
+            .await?
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "this server serves plaintext: it signs no certificates",
+                )
+            })?;
+        let cert = self.issued(worker, &request.get_ref().csr_pem);
+        let mut e = AuditLog::<S>::entry(
+            &format!("worker:{worker}"),
+            "worker renew",
+            worker,
+            request.remote_addr(),
+        );
+        e.outcome = crate::server::audit_log::outcome(&cert);
+        if let Ok(c) = &cert {
+            e.detail = format!("serial {}", c.serial);
+        }
+        self.audit.record(e).await;
+        let cert = cert?;
         tracing::debug!(%worker, "agent certificate renewed");
         Ok(Response::new(cert))
     }
@@ -368,9 +425,14 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
         &self,
         request: Request<Streaming<proto::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let certified = self.certified(&request)?;
-        if certified.is_none() {
-            self.security.authenticate_join(request.metadata())?;
+        let certified = self.certified(&request, "worker connect").await?;
+        if certified.is_none()
+            && let Err(e) = self.security.authenticate_join(request.metadata())
+        {
+            self.audit
+                .refused("worker connect", request.remote_addr(), &e)
+                .await;
+            return Err(e.into());
         }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_WITHIN, inbound.message())
@@ -407,6 +469,7 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
         let api = WorkerApi {
             engine: self.engine.clone(),
             security: Arc::clone(&self.security),
+            audit: Arc::clone(&self.audit),
             queue_depth: self.queue_depth,
             stopping: self.stopping.clone(),
         };

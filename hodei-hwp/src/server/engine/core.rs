@@ -121,8 +121,10 @@ impl<S: Store> Core<S> {
                 job,
                 done,
                 begun,
+                audit,
                 reply,
-            } => self.submit(*job, done, begun, reply).await,
+            } => self.submit(*job, done, begun, audit, reply).await,
+            Command::Audit { entry } => self.round.audit.push(entry),
             Command::Cancel { job, reply } => {
                 let r = self.sched.cancel(job);
                 self.owe(r, reply);
@@ -228,8 +230,16 @@ impl<S: Store> Core<S> {
         job: hodei_core::Job,
         done: Vec<(JobId, bool)>,
         begun: Instant,
+        audit: Option<hodei_store::AuditEntry>,
         reply: SubmitReply,
     ) {
+        let record = |round: &mut Round, target: JobId, outcome: String| {
+            if let Some(mut a) = audit.clone() {
+                a.target = target.to_string();
+                a.outcome = outcome;
+                round.audit.push(a);
+            }
+        };
         let key = job
             .spec
             .idempotency_key
@@ -239,16 +249,19 @@ impl<S: Store> Core<S> {
             // The engine is the only writer of new jobs, so the keys in
             // flight and the store together are every key taken.
             if let Some(first) = self.pending_keys.get(k) {
+                record(&mut self.round, *first, "ok: an earlier job".into());
                 self.key_waiters.entry(*first).or_default().push(reply);
                 return;
             }
             match self.store.find_idempotent(&k.0, &k.1).await {
                 Ok(Some(existing)) => {
+                    record(&mut self.round, existing.id, "ok: an earlier job".into());
                     let _ = reply.send(Ok((existing, false)));
                     return;
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    record(&mut self.round, job.id, format!("refused: {e}"));
                     let _ = reply.send(Err(e.into()));
                     return;
                 }
@@ -261,6 +274,8 @@ impl<S: Store> Core<S> {
         }
         match self.sched.submit(JobRequest::from_spec(job.id, &job.spec)) {
             Ok(actions) => {
+                // In the same commit as the job.
+                record(&mut self.round, job.id, "ok".into());
                 if let Some(k) = key {
                     self.pending_keys.insert(k, job.id);
                 }
@@ -273,6 +288,7 @@ impl<S: Store> Core<S> {
                 });
             }
             Err(e) => {
+                record(&mut self.round, job.id, format!("refused: {e}"));
                 let _ = reply.send(Err(e.into()));
             }
         }

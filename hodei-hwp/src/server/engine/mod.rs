@@ -131,7 +131,13 @@ enum Command {
         /// whether each succeeded.
         done: Vec<(JobId, bool)>,
         begun: std::time::Instant,
+        /// Its audit record, stored in the same commit as the job.
+        audit: Option<hodei_store::AuditEntry>,
         reply: SubmitReply,
+    },
+    /// A record for the audit chain, stored with the next round.
+    Audit {
+        entry: hodei_store::AuditEntry,
     },
     Snapshot {
         reply: oneshot::Sender<Result<Snapshot, EngineError>>,
@@ -331,6 +337,22 @@ impl<S: Store> EngineHandle<S> {
     /// completes; only its answer is lost. Submit again with an
     /// idempotency key to learn it.
     pub async fn submit(&self, spec: JobSpec) -> Result<(Job, bool), EngineError> {
+        self.submit_audited(spec, None).await
+    }
+
+    /// [`submit`](Self::submit), with the call's audit record: stored in
+    /// the same commit as the job (its target and outcome filled in here),
+    /// or with the next round when the submission is refused or returns
+    /// an earlier job.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn submit_audited(
+        &self,
+        spec: JobSpec,
+        audit: Option<hodei_store::AuditEntry>,
+    ) -> Result<(Job, bool), EngineError> {
         let begun = std::time::Instant::now();
         // Read once, here: the engine task takes the outcome with the job.
         let mut done = Vec::new();
@@ -341,7 +363,14 @@ impl<S: Store> EngineHandle<S> {
                         done.push((d.id, d.state == JobState::Succeeded));
                     }
                 }
-                _ => return Err(EngineError::UnknownDependency(*dep)),
+                _ => {
+                    let e = EngineError::UnknownDependency(*dep);
+                    if let Some(mut a) = audit {
+                        a.outcome = format!("refused: {e}");
+                        self.audit(a).await;
+                    }
+                    return Err(e);
+                }
             }
         }
         let job = Job::new(JobId::new(), spec, SystemClock.now());
@@ -350,10 +379,20 @@ impl<S: Store> EngineHandle<S> {
             job: Box::new(job),
             done,
             begun,
+            audit,
             reply,
         })
         .await?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Appends `entry` to the audit chain with the next round (durable
+    /// with it). Waits while the engine's queue is full; an entry sent
+    /// while the engine stops is dropped and logged.
+    pub async fn audit(&self, entry: hodei_store::AuditEntry) {
+        if self.send(Command::Audit { entry }).await.is_err() {
+            tracing::warn!("audit record dropped: the engine has stopped");
+        }
     }
 
     /// Cancels a job the scheduler still tracks.

@@ -34,6 +34,8 @@ pub(super) struct Round {
     pub(super) new_jobs: Vec<NewJob>,
     pub(super) patches: Vec<(JobId, u32, AttemptPatch)>,
     pub(super) replies: Vec<(Reply, Result<(), EngineError>)>,
+    /// Records for the audit chain, stored with the round's writes.
+    pub(super) audit: Vec<hodei_store::AuditEntry>,
 }
 
 impl Round {
@@ -42,6 +44,7 @@ impl Round {
             && self.new_jobs.is_empty()
             && self.patches.is_empty()
             && self.replies.is_empty()
+            && self.audit.is_empty()
     }
 }
 
@@ -165,6 +168,9 @@ impl<S: Store> Core<S> {
         }
         for (job, attempt, patch) in round.patches {
             batch.patch_attempt(job, attempt, patch);
+        }
+        for entry in round.audit {
+            batch.append_audit(entry);
         }
         let awaiting = Awaiting {
             actions: round.actions,
