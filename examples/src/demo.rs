@@ -8,6 +8,7 @@ use hodei_agent::{AgentConfig, Shutdown, run_agent};
 use hodei_core::{Backoff, JobId, JobSpec, RetryPolicy, Secret};
 use hodei_hwp::client::Client;
 use hodei_hwp::server::pki::Pki;
+use hodei_hwp::server::secrets::SecretKeys;
 use hodei_hwp::server::tls::{ServerTls, TlsSource};
 use hodei_hwp::tls::{ClientTls, JoinToken};
 use hodei_hwp::{EngineConfig, Principal, ServerBuilder, Tokens};
@@ -100,6 +101,13 @@ pub async fn run(out: Output) -> Result<(), Failure> {
         c.heartbeat_interval = Duration::from_secs(1);
         c.heartbeat_timeout = Duration::from_secs(5);
         c.cancel_grace = Duration::from_secs(2);
+        c
+    };
+    let (keys, _) = SecretKeys::load_or_create(&dir.path().join("secrets.key"))
+        .map_err(|e| fail("secrets key")(e.to_string()))?;
+    let config = {
+        let mut c = config;
+        c.secret_keys = Some(Arc::new(keys));
         c
     };
     let path = dir.path().join("hodei.redb");

@@ -633,3 +633,87 @@ fn after_sigterm_readyz_says_503_before_the_listeners_close() {
     assert!(saw_503, "/readyz never said 503 before closing");
     assert!(s.proc.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// Whether any file under `dir` holds `needle`.
+fn any_file_holds(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            if let Some(hit) = any_file_holds(&p, needle) {
+                return Some(hit);
+            }
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// A secret's value is in no file of the server's data directory, in the
+/// clear, while its job waits or after it ran; once the job is final the
+/// stored job keeps the secret's name and not even its sealed value; the
+/// job saw the value and its log shows it masked.
+#[test]
+fn secret_values_are_sealed_at_rest_and_erased_once_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start_server(dir.path(), "127.0.0.1:0");
+    let value = "sup3r-s3cret-v4lue-9f1c27";
+    // No agent yet: the job waits in the store with its secret.
+    let out = Command::new(CLI)
+        .args(["--server", &s.grpc, "--ca-file"])
+        .arg(s.dir.join("tls/ca.crt"))
+        .arg("--token-file")
+        .arg(s.dir.join("admin.token"))
+        .args([
+            "--output",
+            "json",
+            "submit",
+            "--secret-env",
+            "API_TOKEN",
+            "--",
+        ])
+        .args(["sh", "-c", "echo \"token=$API_TOKEN len=${#API_TOKEN}\""])
+        .env("API_TOKEN", value)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let job: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(s.state(&id), "queued");
+    assert_eq!(any_file_holds(dir.path(), value.as_bytes()), None);
+    assert!(
+        any_file_holds(dir.path(), b"hodei-sealed:v1:").is_some(),
+        "the sealed value is stored"
+    );
+
+    let _agent = s.agent("a1");
+    assert_eq!(s.wait_state(&id, &["succeeded", "failed"]), "succeeded");
+    let logs = s.cli(&["logs", &id]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        text.contains(&format!("token=*** len={}", value.len())),
+        "{text}"
+    );
+    assert_eq!(any_file_holds(dir.path(), value.as_bytes()), None);
+
+    s.proc.signal(libc::SIGTERM);
+    assert!(s.proc.wait_exit(Duration::from_secs(20)).success());
+    let store = hodei_store::RedbStore::open(
+        dir.path().join("hodei.redb"),
+        hodei_store::StoreConfig::default(),
+    )
+    .unwrap();
+    let job = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(hodei_store::Store::get_job(&store, id.parse().unwrap()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.spec.secrets.len(), 1);
+    assert_eq!(job.spec.secrets[0].name, "API_TOKEN");
+    assert!(job.spec.secrets[0].value.is_empty(), "erased once final");
+}

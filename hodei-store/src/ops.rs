@@ -383,6 +383,13 @@ fn transition(
     }
     let before = StateKind::of(&job.state);
     job.transition(tr, now)?;
+    if job.is_terminal() {
+        // Nothing runs the job again: its secrets' values (sealed or not)
+        // are no longer needed. The names stay.
+        for s in &mut job.spec.secrets {
+            s.value.clear();
+        }
+    }
     let key = id.to_be_bytes();
     t.put(Table::Jobs, &key, &encode("job", &job)?)?;
     let after = StateKind::of(&job.state);

@@ -542,6 +542,33 @@ async fn queued_batches_apply_in_order<S: Store>(s: S) {
     }
 }
 
+async fn a_final_job_keeps_its_secrets_names_not_their_values<S: Store>(s: S) {
+    let mut spec = JobSpec::script("echo $K");
+    spec.secrets = vec![hodei_core::Secret {
+        name: "K".into(),
+        value: "v4lue".into(),
+    }];
+    let job = Job::new(JobId::new(), spec, Timestamp(1));
+    let id = job.id;
+    s.insert_job(job).await.unwrap();
+    let queued = s.get_job(id).await.unwrap().unwrap();
+    assert_eq!(queued.spec.secrets[0].value, "v4lue");
+    let j = s
+        .transition(
+            id,
+            queued.state,
+            queued.attempt,
+            Transition::Cancel,
+            Timestamp(2),
+        )
+        .await
+        .unwrap();
+    assert!(j.is_terminal());
+    let stored = s.get_job(id).await.unwrap().unwrap();
+    assert_eq!(stored.spec.secrets[0].name, "K");
+    assert!(stored.spec.secrets[0].value.is_empty());
+}
+
 async fn credentials_are_kept_by_kind_and_id<S: Store>(s: S) {
     assert!(s.credentials("token").await.unwrap().is_empty());
     assert!(!s.put_credential("token", "b", b"2".to_vec()).await.unwrap());
@@ -608,4 +635,5 @@ conformance!(
     batches_keep_order_and_their_own_outcomes,
     queued_batches_apply_in_order,
     credentials_are_kept_by_kind_and_id,
+    a_final_job_keeps_its_secrets_names_not_their_values,
 );

@@ -45,6 +45,11 @@ enum Command {
         /// The tenant the token may act for.
         tenant: String,
     },
+    /// Puts a new key first in the data directory's secrets.key: jobs
+    /// submitted from the next start on are sealed with it; the old keys
+    /// stay to open jobs sealed before. Delete an old line once every job
+    /// sealed with it is final (their values are erased then).
+    RotateSecretsKey,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,31 @@ fn main() -> ExitCode {
             }
             Err(e) => bad_config("hodei-server", e),
         };
+    }
+    if let Some(Command::RotateSecretsKey) = &args.command {
+        let path = config.data_dir.join("secrets.key");
+        return match hodei_hwp::server::secrets::SecretKeys::rotate(&path) {
+            Ok(id) => {
+                println!(
+                    "new secrets key {id} first in {}; restart the server to seal with it",
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_config("hodei-server", e),
+        };
+    }
+    let mut config = config;
+    match config.load_secret_keys() {
+        Ok(true) => println!(
+            "hodei-server: created {} (seals jobs' secret values at rest)",
+            config.data_dir.join("secrets.key").display()
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("hodei-server: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let (tls, made) = match config.server_tls() {
         Ok(t) => t,

@@ -18,6 +18,7 @@ use super::engine::{Engine, EngineConfig, EngineError, EngineHandle};
 use super::http::{Http, StatsOf, router};
 use super::jwt::JwtConfig;
 use super::pki::Pki;
+use super::secrets::SecretKeys;
 use super::security::{Security, SecurityError};
 use super::serve::{ServeError, serve};
 use super::settings::{ServerConfig, ServerTlsConfig, StoreKind};
@@ -63,6 +64,9 @@ pub enum ServerError {
     /// The TLS files could not be used.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The secrets key file could not be used.
+    #[error("secrets key: {0}")]
+    Secrets(#[from] crate::server::secrets::SecretsError),
     /// The store could not be opened.
     #[error("store {path}: {source}")]
     Store {
@@ -97,6 +101,20 @@ impl ServerConfig {
         Ok((Some(tls), made))
     }
 
+    /// Loads the key that seals jobs' secret values
+    /// (`<data_dir>/secrets.key`, made on first start) into the engine's
+    /// settings. Returns whether the file was just made. [`run`](Self::run)
+    /// does it when it was not done.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Secrets`]: the file cannot be made, read or trusted.
+    pub fn load_secret_keys(&mut self) -> Result<bool, ServerError> {
+        let (keys, made) = SecretKeys::load_or_create(&self.data_dir.join("secrets.key"))?;
+        self.engine.secret_keys = Some(Arc::new(keys));
+        Ok(made)
+    }
+
     /// Runs the server these settings describe until `shutdown` resolves:
     /// binds both listeners, opens the store in the data directory (or
     /// memory), starts (over `tls`, from [`server_tls`](Self::server_tls),
@@ -114,14 +132,18 @@ impl ServerConfig {
         shutdown: impl Future<Output = ()> + Send + 'static,
         started: impl FnOnce(SocketAddr, SocketAddr),
     ) -> Result<(), ServerError> {
+        let mut this = self;
+        if this.engine.secret_keys.is_none() {
+            this.load_secret_keys()?;
+        }
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServerError::Bind { what, addr, source })
         };
-        let grpc = bind("listen", self.listen).await?;
-        let http = bind("http_listen", self.http_listen).await?;
-        let jwt = match &self.jwt {
+        let grpc = bind("listen", this.listen).await?;
+        let http = bind("http_listen", this.http_listen).await?;
+        let jwt = match &this.jwt {
             Some(j) => Some(JwtConfig::from_file(
                 &j.key,
                 &j.issuer,
@@ -135,14 +157,14 @@ impl ServerConfig {
             jwt,
             http,
             tokens,
-            engine: self.engine,
-            agent_cert_ttl: self.agent_cert_ttl,
-            join_file: self.data_dir.join("join.token"),
+            engine: this.engine,
+            agent_cert_ttl: this.agent_cert_ttl,
+            join_file: this.data_dir.join("join.token"),
             tls,
         };
-        match self.store_kind {
+        match this.store_kind {
             StoreKind::Memory => {
-                let store = Arc::new(MemStore::new(self.store));
+                let store = Arc::new(MemStore::new(this.store));
                 run_built(
                     parts.apply(ServerBuilder::new(store, grpc)),
                     shutdown,
@@ -151,8 +173,8 @@ impl ServerConfig {
                 .await
             }
             _ => {
-                let path = self.data_dir.join("hodei.redb");
-                let store = RedbStore::open(&path, self.store)
+                let path = this.data_dir.join("hodei.redb");
+                let store = RedbStore::open(&path, this.store)
                     .map_err(|source| ServerError::Store { path, source })?;
                 let b = ServerBuilder::new(Arc::new(store), grpc)
                     .write_stats(|s: &RedbStore| Some(s.write_stats()));

@@ -15,6 +15,7 @@ pub(crate) mod job_service;
 pub mod jwt;
 pub(crate) mod metrics;
 pub mod pki;
+pub mod secrets;
 pub mod security;
 pub(crate) mod serve;
 pub(crate) mod settings;

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// and before it stops accepting: load balancers and clients see it
     /// leave while in-flight work drains.
     pub shutdown_delay: Duration,
+    /// Seals jobs' secret values before they are stored and opens them
+    /// for the AssignJob only. Without keys, values are stored as given.
+    pub secret_keys: Option<Arc<crate::server::secrets::SecretKeys>>,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +83,7 @@ impl Default for EngineConfig {
             agent_queue_depth: 8192,
             tenant_weights: Vec::new(),
             shutdown_delay: Duration::ZERO,
+            secret_keys: None,
         }
     }
 }
@@ -100,6 +104,9 @@ pub enum EngineError {
     /// The engine has stopped.
     #[error("the server is shutting down")]
     Stopped,
+    /// A secret could not be sealed.
+    #[error(transparent)]
+    Secrets(#[from] crate::server::secrets::SecretsError),
 }
 
 /// Where a submission's answer goes: the job as stored, and whether this
@@ -190,6 +197,7 @@ pub struct EngineHandle<S> {
     metrics: Arc<Metrics>,
     /// Names workers registered with.
     names: Arc<std::sync::RwLock<HashMap<WorkerId, String>>>,
+    secret_keys: Option<Arc<crate::server::secrets::SecretKeys>>,
 }
 
 impl<S> Clone for EngineHandle<S> {
@@ -202,6 +210,7 @@ impl<S> Clone for EngineHandle<S> {
             conns: Arc::clone(&self.conns),
             metrics: Arc::clone(&self.metrics),
             names: Arc::clone(&self.names),
+            secret_keys: self.secret_keys.clone(),
         }
     }
 }
@@ -272,6 +281,7 @@ impl Engine {
             conns: Arc::default(),
             metrics: Arc::clone(&metrics),
             names: Arc::default(),
+            secret_keys: config.secret_keys.clone(),
         };
         let mut core = Core::new(sched, store, bus, config, metrics);
         let task = tokio::spawn(async move {
@@ -373,7 +383,12 @@ impl<S: Store> EngineHandle<S> {
                 }
             }
         }
-        let job = Job::new(JobId::new(), spec, SystemClock.now());
+        let mut job = Job::new(JobId::new(), spec, SystemClock.now());
+        // Sealed before it leaves this call: the engine, the store and
+        // every reply only ever hold the sealed value.
+        if let Some(keys) = &self.secret_keys {
+            keys.seal(&mut job)?;
+        }
         let (reply, rx) = oneshot::channel();
         self.send(Command::Submit {
             job: Box::new(job),

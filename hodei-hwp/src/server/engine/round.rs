@@ -334,10 +334,24 @@ impl<S: Store> Core<S> {
                     let Some(j) = stored.get(&job) else {
                         continue;
                     };
+                    // Opened here, for this agent's AssignJob only.
+                    let spec = match &self.config.secret_keys {
+                        Some(keys) => match keys.open(job, &j.spec) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                // Not sent: the attempt is never reported
+                                // started and is lost with the worker's
+                                // next reconnect, then retried.
+                                tracing::error!(%job, error = %e, "cannot open the job's secrets");
+                                continue;
+                            }
+                        },
+                        None => j.spec.clone(),
+                    };
                     let m = ToAgent::Assign {
                         job,
                         attempt,
-                        spec: Box::new(j.spec.clone()),
+                        spec: Box::new(spec),
                     };
                     if !self.deliver(worker, m) && !lost.contains(&worker) {
                         lost.push(worker);
