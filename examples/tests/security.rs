@@ -14,6 +14,7 @@ use hodei_core::JobId;
 use hodei_hwp::client::Client;
 use hodei_hwp::proto::{self, JobStateKind};
 use hodei_hwp::server::jwt::JwtConfig;
+use hodei_hwp::server::limits::LimitConfig;
 use tonic::Code;
 
 async fn token(admin: &mut Client, role: &str, tenants: &[&str], ttl: u64) -> (String, String) {
@@ -553,4 +554,110 @@ fn edit_audit(db: &Path, f: impl FnOnce(&Records) -> Vec<(Vec<u8>, Option<Vec<u8
         }
     }
     txn.commit().unwrap();
+}
+
+/// One client flooding Submit, or opening more Watch and Logs streams than
+/// it may, is answered RESOURCE_EXHAUSTED; another client is served all
+/// the while. An agent holds one connection at a time: a second one with
+/// the same certificate takes over and the first is closed.
+#[test]
+fn limits_per_caller_keep_a_flooding_client_from_starving_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let cl = Cluster::start_limited(dir.path(), LimitConfig::new(20.0, 5)).await;
+        let mut admin = cl.client(ADMIN).await;
+        let (_, flood) = token(&mut admin, "submitter", &["acme"], 0).await;
+        let (_, calm) = token(&mut admin, "submitter", &["acme"], 0).await;
+        let mut f = cl.client(&flood).await;
+        let mut exhausted = 0;
+        let mut accepted = 0;
+        for i in 0..200 {
+            match f.submit(&job_for("acme", &format!("echo {i}"))).await {
+                Ok(_) => accepted += 1,
+                Err(e) => {
+                    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                    assert!(e.message().contains("retry in"), "{e:?}");
+                    exhausted += 1;
+                }
+            }
+        }
+        assert!(
+            exhausted > 100 && accepted >= 40,
+            "{accepted} accepted, {exhausted} refused"
+        );
+        let mut c = cl.client(&calm).await;
+        let (j, _) = c.submit(&job_for("acme", "echo calm")).await.unwrap();
+        let id: JobId = j.id.parse().unwrap();
+
+        // Streams: five at once for the flooding client, then refused.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut open = Vec::new();
+        for _ in 0..5 {
+            open.push(f.watch(None, false).await.unwrap());
+        }
+        let e = f.watch(None, false).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        let e = f.logs(id, true).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        // The other client still opens its own.
+        let _mine = c.watch(Some(id), true).await.unwrap();
+        // Closing one frees its place.
+        drop(open.pop());
+        let mut reopened = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if f.watch(None, false).await.is_ok() {
+                reopened = true;
+                break;
+            }
+        }
+        assert!(reopened, "a closed stream's place was not freed");
+
+        // One connection per agent.
+        let agent = cl.agent("a1", cl.join_token());
+        ready_workers(&mut admin, 1).await;
+        let id = hodei_agent::Identity::load(&cl.url, "", &dir.path().join("a1"), "a1").unwrap();
+        let (tls, _) = id.credentials().await.unwrap();
+        let mut second = hodei_hwp::client::connect_agent(&cl.url, &tls, None)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(proto::AgentMessage {
+            msg: Some(proto::agent_message::Msg::Register(proto::Register {
+                name: "a1-again".into(),
+                capacity: Some(proto::Resources {
+                    cpu_millis: 1000,
+                    memory_mb: 100,
+                    gpus: 0,
+                }),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inbound = second
+            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = inbound.message().await.unwrap().unwrap();
+        assert!(matches!(
+            welcome.msg,
+            Some(proto::server_message::Msg::Welcome(_))
+        ));
+        // The server now sees the newer connection's name.
+        let mut took_over = false;
+        for _ in 0..100 {
+            let w = admin.workers().await.unwrap();
+            if w.iter().any(|w| w.name == "a1-again") {
+                took_over = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(took_over);
+        drop(tx);
+        agent.stop(Shutdown::Exit).await;
+        cl.stop().await;
+    });
 }

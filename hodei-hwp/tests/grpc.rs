@@ -8,6 +8,7 @@ use std::time::Duration;
 use hodei_core::{JobId, JobSpec, Secret, WorkerId};
 use hodei_hwp::client::{Client, connect_agent};
 use hodei_hwp::proto::{self, agent_message::Msg as In, server_message::Msg as Out};
+use hodei_hwp::server::limits::LimitConfig;
 use hodei_hwp::server::security::Security;
 use hodei_hwp::tls::ClientTls;
 use hodei_hwp::{AGENT_CERT_TTL, Engine, EngineConfig, Principal, Tokens, serve};
@@ -67,9 +68,16 @@ async fn start_with(path: &std::path::Path, config: EngineConfig) -> Server {
         .await
         .unwrap();
     let task = tokio::spawn(async move {
-        serve(listener, engine, security, &config, async {
-            let _ = stopped.await;
-        })
+        serve(
+            listener,
+            engine,
+            security,
+            LimitConfig::new(0.0, 0),
+            &config,
+            async {
+                let _ = stopped.await;
+            },
+        )
         .await
         .unwrap();
         // The engine ends once the server has dropped its handles.

@@ -11,6 +11,7 @@ use hodei_core::{JobId, JobSpec};
 use hodei_hwp::client::Client;
 use hodei_hwp::proto::{self, JobStateKind};
 use hodei_hwp::server::jwt::JwtConfig;
+use hodei_hwp::server::limits::LimitConfig;
 use hodei_hwp::server::pki::Pki;
 use hodei_hwp::server::tls::{ServerTls, TlsSource};
 use hodei_hwp::tls::{ClientTls, JoinToken};
@@ -45,13 +46,26 @@ impl Cluster {
     }
 
     pub async fn start_on(dir: &Path, cert_ttl: Duration, listener: TcpListener) -> Cluster {
-        Cluster::start_full(dir, cert_ttl, listener, None).await
+        Cluster::start_full(dir, cert_ttl, listener, None, LimitConfig::default()).await
+    }
+
+    /// A server whose clients each have `limits`.
+    pub async fn start_limited(dir: &Path, limits: LimitConfig) -> Cluster {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Cluster::start_full(dir, Duration::from_secs(3600), listener, None, limits).await
     }
 
     /// A server accepting JSON Web Tokens as `jwt` says.
     pub async fn start_jwt(dir: &Path, jwt: JwtConfig) -> Cluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Cluster::start_full(dir, Duration::from_secs(3600), listener, Some(jwt)).await
+        Cluster::start_full(
+            dir,
+            Duration::from_secs(3600),
+            listener,
+            Some(jwt),
+            LimitConfig::default(),
+        )
+        .await
     }
 
     pub async fn start_full(
@@ -59,6 +73,7 @@ impl Cluster {
         cert_ttl: Duration,
         listener: TcpListener,
         jwt: Option<JwtConfig>,
+        limits: LimitConfig,
     ) -> Cluster {
         let addr = listener.local_addr().unwrap();
         let pki = Arc::new(Pki::load_or_create(&dir.join("tls")).unwrap().0);
@@ -75,7 +90,7 @@ impl Cluster {
         config.heartbeat_timeout = Duration::from_secs(3);
         config.cancel_grace = Duration::from_millis(500);
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut builder = ServerBuilder::new(store, listener);
+        let mut builder = ServerBuilder::new(store, listener).limits(limits);
         if let Some(j) = jwt {
             builder = builder.jwt(j);
         }

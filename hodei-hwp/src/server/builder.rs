@@ -17,6 +17,7 @@ use super::auth::Tokens;
 use super::engine::{Engine, EngineConfig, EngineError, EngineHandle};
 use super::http::{Http, StatsOf, router};
 use super::jwt::JwtConfig;
+use super::limits::LimitConfig;
 use super::pki::Pki;
 use super::secrets::SecretKeys;
 use super::security::{Security, SecurityError};
@@ -154,6 +155,7 @@ impl ServerConfig {
             None => None,
         };
         let parts = Parts {
+            limits: this.limits,
             jwt,
             http,
             tokens,
@@ -186,6 +188,7 @@ impl ServerConfig {
 
 /// What [`ServerConfig::run`] gives the builder, whichever the store.
 struct Parts {
+    limits: LimitConfig,
     jwt: Option<JwtConfig>,
     http: TcpListener,
     tokens: Tokens,
@@ -202,7 +205,8 @@ impl Parts {
             .tokens(self.tokens)
             .engine_config(self.engine)
             .agent_cert_ttl(self.agent_cert_ttl)
-            .join_token_file(self.join_file);
+            .join_token_file(self.join_file)
+            .limits(self.limits);
         let b = match self.jwt {
             Some(j) => b.jwt(j),
             None => b,
@@ -259,6 +263,7 @@ pub struct ServerBuilder<S> {
     agent_cert_ttl: Duration,
     join_file: Option<PathBuf>,
     jwt: Option<JwtConfig>,
+    limits: LimitConfig,
 }
 
 /// How often the TLS files are checked for changes.
@@ -291,7 +296,15 @@ impl<S: Store> ServerBuilder<S> {
             agent_cert_ttl: AGENT_CERT_TTL,
             join_file: None,
             jwt: None,
+            limits: LimitConfig::default(),
         }
+    }
+
+    /// What each client may do: requests a second, streams at once
+    /// [default: [`LimitConfig::default`]].
+    pub fn limits(mut self, limits: LimitConfig) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Accepts JSON Web Tokens as `jwt` says, besides client tokens.
@@ -438,10 +451,10 @@ impl<S: Store> ServerBuilder<S> {
         });
         let handle = engine.clone();
         let config = self.engine;
-        let grpc = self.grpc;
+        let (grpc, limits) = (self.grpc, self.limits);
         let task = tokio::spawn(async move {
             let ready = Arc::clone(&state);
-            let served = serve(grpc, handle, security, &config, async move {
+            let served = serve(grpc, handle, security, limits, &config, async move {
                 shutdown.await;
                 ready.stopping.store(true, Ordering::Release);
             })

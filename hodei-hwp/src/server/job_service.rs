@@ -12,6 +12,7 @@ use crate::proto;
 use crate::server::audit_log::AuditLog;
 use crate::server::auth::{Principal, Role, Scope};
 use crate::server::engine::{EngineError, EngineHandle};
+use crate::server::limits::Limits;
 use crate::server::security::Security;
 use crate::wire::{
     job_to_wire, log_stream_to_wire, spec_from_wire, state_kind_from_wire, state_to_wire,
@@ -27,23 +28,27 @@ pub struct JobApi<S: Store> {
     engine: EngineHandle<S>,
     security: Arc<Security<S>>,
     audit: Arc<AuditLog<S>>,
+    limits: Arc<Limits>,
     stopping: watch::Receiver<bool>,
 }
 
 impl<S: Store> JobApi<S> {
-    /// The service, on `engine`, for clients `security` authenticates;
-    /// what they change is recorded in `audit`. When `stopping` turns
-    /// true, Watch and Logs streams end with UNAVAILABLE.
+    /// The service, on `engine`, for clients `security` authenticates,
+    /// each within `limits`; what they change is recorded in `audit`.
+    /// When `stopping` turns true, Watch and Logs streams end with
+    /// UNAVAILABLE.
     pub fn new(
         engine: EngineHandle<S>,
         security: Arc<Security<S>>,
         audit: Arc<AuditLog<S>>,
+        limits: Arc<Limits>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         JobApi {
             engine,
             security,
             audit,
+            limits,
             stopping,
         }
     }
@@ -163,10 +168,14 @@ impl<S: Store> JobApi<S> {
         Ok(Response::new(worker_to_wire(w, name)))
     }
 
-    /// Who is calling; a refusal is recorded in the audit trail.
+    /// Who is calling, within its request rate; a refused authentication
+    /// is recorded in the audit trail.
     async fn principal<T>(&self, r: &Request<T>, action: &str) -> Result<Principal, Status> {
         match self.security.authenticate_client(r.metadata()) {
-            Ok(p) => Ok(p),
+            Ok(p) => {
+                self.limits.request(&p.name)?;
+                Ok(p)
+            }
             Err(e) => {
                 self.audit.refused(action, r.remote_addr(), &e).await;
                 Err(e.into())
@@ -304,6 +313,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let p = self.principal(&request, "read").await?;
+        let permit = self.limits.stream(&p.name)?;
         let r = request.into_inner();
         // Subscribe before reading the current state, so nothing between
         // the two is missed.
@@ -341,6 +351,8 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         }
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
+            // Counted against its caller while the stream is open.
+            let _permit = permit;
             loop {
                 let Some(next) = next_event(&mut sub, &mut stopping, &tx).await else {
                     return;
@@ -403,6 +415,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         request: Request<proto::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
         let p = self.principal(&request, "read").await?;
+        let permit = self.limits.stream(&p.name)?;
         let r = request.into_inner();
         let mut sub = self.engine.bus().subscribe();
         let job = self.visible(&p, "job_id", &r.job_id).await?;
@@ -410,6 +423,8 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
+            // Counted against its caller while the stream is open.
+            let _permit = permit;
             let id = job.id;
             let mut cursor = LogCursor {
                 attempt: r.from_attempt,

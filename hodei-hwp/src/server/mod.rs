@@ -13,6 +13,7 @@ pub(crate) mod engine;
 pub(crate) mod http;
 pub(crate) mod job_service;
 pub mod jwt;
+pub mod limits;
 pub(crate) mod metrics;
 pub mod pki;
 pub mod secrets;

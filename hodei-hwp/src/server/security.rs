@@ -146,8 +146,21 @@ pub struct Security<S> {
     fixed: Tokens,
     jwt: Option<JwtConfig>,
     revoked: RwLock<HashSet<WorkerId>>,
-    live: Mutex<HashMap<WorkerId, (u64, watch::Sender<bool>)>>,
+    live: Mutex<HashMap<WorkerId, (u64, watch::Sender<Cut>)>>,
     next_conn: std::sync::atomic::AtomicU64,
+}
+
+/// Why the server cuts an agent's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cut {
+    /// It is not cut.
+    Live,
+    /// The worker was revoked.
+    Revoked,
+    /// A newer connection of the same worker took over: an agent holds
+    /// one connection at a time.
+    Superseded,
 }
 
 /// An agent connection the server can cut: dropped when the connection
@@ -157,8 +170,8 @@ pub struct LiveConn<S: Store> {
     security: Arc<Security<S>>,
     worker: WorkerId,
     id: u64,
-    /// Turns true when the worker is revoked.
-    pub revoked: watch::Receiver<bool>,
+    /// Leaves [`Cut::Live`] when the connection must end.
+    pub cut: watch::Receiver<Cut>,
 }
 
 impl<S: Store> Drop for LiveConn<S> {
@@ -473,7 +486,7 @@ impl<S: Store> Security<S> {
         self.revoked.write().insert(worker);
         let live = self.live.lock().remove(&worker);
         Ok(match live {
-            Some((_, tx)) => tx.send(true).is_ok(),
+            Some((_, tx)) => tx.send(Cut::Revoked).is_ok(),
             None => false,
         })
     }
@@ -490,26 +503,28 @@ impl<S: Store> Security<S> {
     }
 
     /// Registers a worker's connection so that revoking it cuts this
-    /// connection. A newer connection of the same worker replaces an
-    /// older one here.
+    /// connection. An agent holds one connection at a time: an older
+    /// connection of the same worker is cut ([`Cut::Superseded`]).
     pub fn connected(self: &Arc<Self>, worker: WorkerId) -> LiveConn<S> {
         let id = self
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = watch::channel(false);
-        self.live.lock().insert(worker, (id, tx));
+        let (tx, rx) = watch::channel(Cut::Live);
+        if let Some((_, older)) = self.live.lock().insert(worker, (id, tx)) {
+            let _ = older.send(Cut::Superseded);
+        }
         // Revoked between the caller's check and now: revoke_worker marks
         // before it looks here, so one of the two sees the other.
         if self.is_revoked(worker)
             && let Some((_, tx)) = self.live.lock().get(&worker)
         {
-            let _ = tx.send(true);
+            let _ = tx.send(Cut::Revoked);
         }
         LiveConn {
             security: Arc::clone(self),
             worker,
             id,
-            revoked: rx,
+            cut: rx,
         }
     }
 }
@@ -712,11 +727,18 @@ mod tests {
         .await
         .unwrap();
         let w = WorkerId::new();
+        let older = s.connected(w);
         let mut conn = s.connected(w);
+        assert_eq!(
+            *older.cut.borrow(),
+            Cut::Superseded,
+            "one connection at a time"
+        );
         assert!(!s.is_revoked(w));
         assert!(s.revoke_worker(w).await.unwrap());
-        conn.revoked.changed().await.unwrap();
-        assert!(*conn.revoked.borrow());
+        conn.cut.changed().await.unwrap();
+        assert_eq!(*conn.cut.borrow(), Cut::Revoked);
+        drop(older);
         assert!(!s.revoke_worker(w).await.unwrap());
         let again = Security::load(store, None, Duration::from_secs(60), &Tokens::new(), None)
             .await

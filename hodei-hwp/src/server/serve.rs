@@ -16,6 +16,7 @@ use crate::server::admin_service::AdminApi;
 use crate::server::audit_log::AuditLog;
 use crate::server::engine::EngineHandle;
 use crate::server::job_service::JobApi;
+use crate::server::limits::{LimitConfig, Limits};
 use crate::server::security::Security;
 use crate::server::status_guard::StatusGuardLayer;
 use crate::server::tls::accept_tls;
@@ -62,6 +63,7 @@ pub async fn serve<S: Store>(
     listener: TcpListener,
     engine: EngineHandle<S>,
     security: Arc<Security<S>>,
+    limits: LimitConfig,
     config: &EngineConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -108,7 +110,13 @@ pub async fn serve<S: Store>(
     ))
     .max_decoding_message_size(MAX_LOG_BATCH + 64 * 1024);
     let metrics = engine.clone();
-    let jobs = JobServiceServer::new(JobApi::new(engine, security, audit, stopping));
+    let jobs = JobServiceServer::new(JobApi::new(
+        engine,
+        security,
+        audit,
+        Limits::new(limits),
+        stopping,
+    ));
     let router = tonic::transport::Server::builder()
         // Agents stream output: HTTP/2's default 64 KiB window would cost a
         // round trip per log batch.

@@ -127,6 +127,15 @@ pub struct ServerSettings {
     /// [default: role].
     #[arg(long, env = "HODEI_JWT_ROLE_CLAIM")]
     pub jwt_role_claim: Option<String>,
+    /// Requests a second each client (token, JSON Web Token subject) may
+    /// make, twice that in a burst; past it, RESOURCE_EXHAUSTED. 0: no
+    /// limit [default: 1000].
+    #[arg(long, env = "HODEI_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+    /// Watch and Logs streams each client may hold open at once. 0: no
+    /// limit [default: 100].
+    #[arg(long, env = "HODEI_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
     /// How long the certificates signed for agents are valid; agents renew
     /// at two thirds of it [default: 24h].
     #[arg(long, value_parser = parse_duration, env = "HODEI_AGENT_CERT_TTL")]
@@ -184,6 +193,8 @@ pub struct ServerConfig {
     pub agent_cert_ttl: Duration,
     /// JSON Web Tokens, when accepted.
     pub jwt: Option<JwtSettings>,
+    /// What each client may do.
+    pub limits: super::limits::LimitConfig,
 }
 
 /// Where JSON Web Tokens' key is and what they must say.
@@ -245,6 +256,8 @@ impl ServerSettings {
             jwt_audience: self.jwt_audience.or(other.jwt_audience),
             jwt_tenant_claim: self.jwt_tenant_claim.or(other.jwt_tenant_claim),
             jwt_role_claim: self.jwt_role_claim.or(other.jwt_role_claim),
+            rate_limit: self.rate_limit.or(other.rate_limit),
+            max_streams: self.max_streams.or(other.max_streams),
         }
     }
 
@@ -389,6 +402,14 @@ impl ServerSettings {
                 ));
             }
         };
+        let rate = self.rate_limit.unwrap_or(1000.0);
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(SettingsError::invalid(
+                "rate_limit",
+                format!("{rate} must be a number of requests a second, 0 or more"),
+            ));
+        }
+        let limits = super::limits::LimitConfig::new(rate, self.max_streams.unwrap_or(100));
         Ok(ServerConfig {
             listen,
             http_listen: self.http_listen.unwrap_or(local(7071)),
@@ -400,6 +421,7 @@ impl ServerSettings {
             tls,
             agent_cert_ttl,
             jwt,
+            limits,
         })
     }
 }
@@ -456,6 +478,7 @@ mod tests {
             ("jwt_key = \"/k.pem\"\njwt_audience = \"a\"", "jwt_issuer:"),
             ("jwt_key = \"/k.pem\"\njwt_issuer = \"i\"", "jwt_audience:"),
             ("jwt_issuer = \"i\"", "jwt_key:"),
+            ("rate_limit = -1.0", "rate_limit:"),
         ];
         for (toml, want) in cases {
             let err = from_toml(toml)

@@ -19,7 +19,7 @@ use crate::server::audit_log::AuditLog;
 use crate::server::auth::AuthError;
 use crate::server::engine::{AgentLink, EngineHandle, ToAgent};
 use crate::server::pki::peer_cert;
-use crate::server::security::{Security, SecurityError};
+use crate::server::security::{Cut, Security, SecurityError};
 use crate::wire::{exit_from_wire, log_stream_from_wire, registration_from_wire, to_agent_wire};
 
 /// The sending half of an agent's stream; an `Err` ends the stream with
@@ -494,13 +494,17 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
                     }
                     m = inbound.message(), if writes.len() < LOG_WRITES_IN_FLIGHT => m,
                     () = async { let _ = stopping.wait_for(|s| *s).await; } => break,
-                    () = async { let _ = live.revoked.wait_for(|r| *r).await; } => {
-                        tracing::warn!(%worker, "worker revoked: disconnecting it");
-                        let _ = tx
-                            .send(Err(Status::permission_denied(format!(
-                                "worker {worker} is revoked"
-                            ))))
-                            .await;
+                    () = async { let _ = live.cut.wait_for(|c| *c != Cut::Live).await; } => {
+                        let status = if *live.cut.borrow() == Cut::Revoked {
+                            tracing::warn!(%worker, "worker revoked: disconnecting it");
+                            Status::permission_denied(format!("worker {worker} is revoked"))
+                        } else {
+                            tracing::info!(%worker, "a newer connection of this worker took over");
+                            Status::aborted(
+                                "a newer connection of this worker took over: one connection at a time",
+                            )
+                        };
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };
