@@ -74,3 +74,49 @@ pub fn init_logging(level: &str) -> Result<(), String> {
 pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
     hodei_hwp::tokens::read_secret_file(path).map_err(|e| e.to_string())
 }
+
+/// `GET path` over HTTP/1.0 to `addr` (`host:port`), through TLS trusting
+/// the CA certificates in `ca` when given; the whole response, headers
+/// first. For scripts, tests and the load generator reading `/metrics`.
+///
+/// # Errors
+///
+/// The CA file cannot be read, or the connection or handshake fails.
+pub fn http_get(addr: &str, path: &str, ca: Option<&std::path::Path>) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut resp = String::new();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let Some(ca) = ca else {
+        let mut tcp = tcp;
+        tcp.write_all(request.as_bytes())?;
+        tcp.read_to_string(&mut resp)?;
+        return Ok(resp);
+    };
+    let pem = std::fs::read(ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in hodei_hwp::tls::certs_from_pem("ca", &pem).map_err(|e| bad(e.to_string()))? {
+        roots.add(c).map_err(|e| bad(e.to_string()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(hodei_hwp::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| bad(e.to_string()))?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(request.as_bytes())?;
+    match s.read_to_string(&mut resp) {
+        Ok(_) => {}
+        // A server that closes without close_notify still sent it all.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e),
+    }
+    Ok(resp)
+}

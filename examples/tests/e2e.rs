@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -41,36 +41,6 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// GET over TLS (HTTP/1.0), trusting the CA in `ca`; the whole response.
-fn https_get(addr: &str, path: &str, ca: &Path) -> std::io::Result<String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let tcp = std::net::TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut resp = String::new();
-    match s.read_to_string(&mut resp) {
-        Ok(_) => {}
-        // A server that closes without close_notify still sent it all.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        Err(e) => return Err(e),
-    }
-    Ok(resp)
 }
 
 struct Server {
@@ -189,7 +159,8 @@ impl Server {
 
     fn http_get(&self, path: &str) -> (u16, String) {
         let addr = self.http.trim_start_matches("https://");
-        let resp = https_get(addr, path, &self.dir.join("tls/ca.crt")).unwrap();
+        let resp =
+            hodei_examples::http_get(addr, path, Some(&self.dir.join("tls/ca.crt"))).unwrap();
         let status = resp
             .split_whitespace()
             .nth(1)

@@ -10,7 +10,7 @@
 //! ResultAck for the finished job (stored).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Load generator for a Hodei server.
 #[derive(Debug, Parser)]
@@ -86,15 +86,43 @@ struct Args {
     /// Running event on a Watch stream).
     #[arg(long)]
     real_agent: bool,
+    /// Serve TLS (the server's default) instead of plaintext: simulated
+    /// agents join for their own certificates and each connects with
+    /// mutual TLS on a connection of its own; clients trust the CA.
+    #[arg(long)]
+    tls: bool,
+    /// Instead of a run: open this many connections (TCP, handshake, one
+    /// call, close), 32 at a time, to a plaintext server, a TLS server,
+    /// and the TLS server with a client certificate, in this one run;
+    /// print each rate and the ratios.
+    #[arg(long)]
+    compare_connections: Option<usize>,
 }
 
 struct Server {
     child: Child,
     grpc: String,
     http: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     join: String,
     admin: String,
+    tls: bool,
+}
+
+impl Server {
+    /// What clients trust.
+    fn trust(&self) -> anyhow::Result<ClientTls> {
+        Ok(if self.tls {
+            ClientTls::ca_file(&self.dir.path().join("tls/ca.crt"))?
+        } else {
+            ClientTls::Plaintext
+        })
+    }
+
+    fn metrics(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let ca = self.tls.then(|| self.dir.path().join("tls/ca.crt"));
+        metrics(&self.http, ca.as_deref())
+    }
 }
 
 impl Drop for Server {
@@ -104,7 +132,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(a: &Args) -> anyhow::Result<Server> {
+fn start_server(a: &Args, tls: bool) -> anyhow::Result<Server> {
     let bin = match &a.server_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("hodei-server"),
@@ -117,11 +145,15 @@ fn start_server(a: &Args) -> anyhow::Result<Server> {
         .arg(dir.path())
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(["--store", &a.store, "--log-level", "error"])
-        .arg("--insecure-plaintext")
+        // One admin token submits everything: no per-caller limit.
+        .args(["--rate-limit", "0", "--max-streams", "0"])
         .arg("--heartbeat-interval")
         .arg(humantime::format_duration(a.heartbeat_interval).to_string())
         .arg("--heartbeat-timeout")
         .arg(humantime::format_duration(a.heartbeat_interval * 6).to_string());
+    if !tls {
+        cmd.arg("--insecure-plaintext");
+    }
     for (i, w) in a.weights.iter().enumerate() {
         cmd.arg("--weight").arg(format!("t{i}={w}"));
     }
@@ -145,6 +177,7 @@ fn start_server(a: &Args) -> anyhow::Result<Server> {
             http = Some(
                 x.trim_end_matches("/metrics")
                     .trim_start_matches("http://")
+                    .trim_start_matches("https://")
                     .to_string(),
             );
         }
@@ -162,16 +195,13 @@ fn start_server(a: &Args) -> anyhow::Result<Server> {
         child,
         grpc: grpc.context("grpc address")?,
         http: http.context("metrics address")?,
-        _dir: dir,
+        dir,
+        tls,
     })
 }
 
-fn metrics(addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+fn metrics(addr: &str, ca: Option<&std::path::Path>) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = hodei_examples::http_get(addr, "/metrics", ca)?;
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Ok(body
         .lines()
@@ -232,13 +262,25 @@ impl Record {
     }
 }
 
-async fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(1 << 20))
-        .initial_connection_window_size(Some(8 << 20))
-        .connect()
-        .await?)
+async fn channel(url: &str, tls: &ClientTls) -> anyhow::Result<Channel> {
+    Ok(hodei_hwp::client::channel(url, tls).await?)
+}
+
+/// A simulated agent's own certificate: a key, a request, Join.
+async fn join_one(joiner: &Channel, join: &BearerToken, i: usize) -> anyhow::Result<ClientTls> {
+    let (key, csr) = hodei_hwp::tls::new_key_and_request(&format!("sim-{i}"))?;
+    let mut c = WorkerServiceClient::with_interceptor(joiner.clone(), join.clone());
+    let cert = c
+        .join(proto::JoinRequest {
+            csr_pem: csr,
+            name: format!("sim-{i}"),
+        })
+        .await?
+        .into_inner();
+    Ok(ClientTls::Ca {
+        roots: cert.ca_pem.into_bytes(),
+        identity: Some((cert.certificate_pem.into_bytes(), key.into_bytes())),
+    })
 }
 
 /// One simulated agent: its number, job slots and job duration.
@@ -370,6 +412,8 @@ async fn run_real_agent(a: &Args, server: &Server) -> anyhow::Result<serde_json:
     )?;
     let mut agent = Command::new(&bin)
         .args(["--server", &server.grpc, "--log-level", "error"])
+        .arg("--state-dir")
+        .arg(spill.path().join("state"))
         .arg("--join-token-file")
         .arg(&token_file)
         .arg("--spill-dir")
@@ -417,8 +461,89 @@ async fn run_real_agent(a: &Args, server: &Server) -> anyhow::Result<serde_json:
     result
 }
 
+/// Connections a second to `server`: each a TCP connection, a handshake
+/// (TLS when it serves it, with `identity` when given), one ListWorkers
+/// call, closed; `conc` at a time.
+async fn connection_rate(
+    server: &Server,
+    tls: ClientTls,
+    n: usize,
+    conc: usize,
+) -> anyhow::Result<f64> {
+    let admin = BearerToken::new(&server.admin)?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (next, tls, admin, url) = (
+            Arc::clone(&next),
+            tls.clone(),
+            admin.clone(),
+            server.grpc.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let ch = channel(&url, &tls).await?;
+                let mut c = JobServiceClient::with_interceptor(ch, admin.clone());
+                c.list_workers(proto::ListWorkersRequest {}).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / began.elapsed().as_secs_f64())
+}
+
+async fn compare_connections(a: &Args, n: usize) -> anyhow::Result<serde_json::Value> {
+    let plain = start_server(a, false)?;
+    let tls = start_server(a, true)?;
+    // A client certificate for the mutual-TLS figure.
+    let joiner = channel(
+        &tls.grpc,
+        &ClientTls::Pinned(tls.join.parse::<hodei_hwp::tls::JoinToken>()?.ca),
+    )
+    .await?;
+    let agent = join_one(&joiner, &BearerToken::new(&tls.join)?, 0).await?;
+    // Interleaved, twice each, so both see the same machine.
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..2 {
+        rates
+            .entry("plaintext")
+            .or_default()
+            .push(connection_rate(&plain, ClientTls::Plaintext, n, 32).await?);
+        rates
+            .entry("tls")
+            .or_default()
+            .push(connection_rate(&tls, tls.trust()?, n, 32).await?);
+        rates
+            .entry("mutual_tls")
+            .or_default()
+            .push(connection_rate(&tls, agent.clone(), n, 32).await?);
+    }
+    let best = |k: &str| rates[k].iter().copied().fold(0.0, f64::max);
+    let (p, t, m) = (best("plaintext"), best("tls"), best("mutual_tls"));
+    let (tls_cpu, plain_cpu) = (proc_stat(tls.child.id()).1, proc_stat(plain.child.id()).1);
+    Ok(json!({
+        "connections_each": n,
+        "concurrency": 32,
+        "per_s_runs": rates,
+        "plaintext_per_s": p,
+        "tls_per_s": t,
+        "mutual_tls_per_s": m,
+        "tls_over_plaintext": t / p,
+        "mutual_tls_over_plaintext": m / p,
+        "server_cpu_seconds_plaintext": plain_cpu,
+        "server_cpu_seconds_tls_both_runs": tls_cpu,
+    }))
+}
+
 async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
-    let server = start_server(&a)?;
+    if let Some(n) = a.compare_connections {
+        return compare_connections(&a, n).await;
+    }
+    let server = start_server(&a, a.tls)?;
     if a.real_agent {
         return run_real_agent(&a, &server).await;
     }
@@ -436,12 +561,42 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let join = BearerToken::new(&server.join)?;
     let admin = BearerToken::new(&server.admin)?;
+    let trust = server.trust()?;
+    // Over TLS each agent has its own certificate, so its own connection;
+    // they join first (64 at a time), through one pinned connection.
+    let identities: Vec<ClientTls> = if a.tls {
+        let pin = server.join.parse::<hodei_hwp::tls::JoinToken>()?.ca;
+        let joiner = channel(&url, &ClientTls::Pinned(pin)).await?;
+        let mut ids = Vec::with_capacity(a.agents);
+        let all: Vec<usize> = (0..a.agents).collect();
+        for chunk in all.chunks(64) {
+            let mut joining = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let (joiner, join) = (joiner.clone(), join.clone());
+                joining.push(tokio::spawn(
+                    async move { join_one(&joiner, &join, i).await },
+                ));
+            }
+            for j in joining {
+                ids.push(j.await??);
+            }
+        }
+        ids
+    } else {
+        Vec::new()
+    };
+    let identities = Arc::new(identities);
 
     let connect_agents = |rec: Arc<Record>| {
         let (url, join, stop_rx) = (url.clone(), join.clone(), stop_rx.clone());
+        let identities = Arc::clone(&identities);
         let (n, per, slots, dur) = (
             a.agents,
-            a.agents_per_connection.max(1),
+            if a.tls {
+                1
+            } else {
+                a.agents_per_connection.max(1)
+            },
             a.slots,
             a.job_duration,
         );
@@ -451,12 +606,18 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
             let mut ch = None;
             for i in 0..n {
                 if i % per == 0 {
-                    ch = Some(channel(&url).await?);
+                    let tls = identities.get(i).cloned().unwrap_or_default();
+                    ch = Some(channel(&url, &tls).await?);
                 }
                 let Some(c) = ch.clone() else { continue };
+                let token = if identities.is_empty() {
+                    join.clone()
+                } else {
+                    BearerToken::none()
+                };
                 tasks.push(tokio::spawn(sim_agent(
                     c,
-                    join.clone(),
+                    token,
                     Sim {
                         i,
                         slots,
@@ -477,7 +638,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
     };
 
     let submit_all = |rec: Arc<Record>| {
-        let (url, admin) = (url.clone(), admin.clone());
+        let (url, admin, trust) = (url.clone(), admin.clone(), trust.clone());
         let (m, k, t, rate) = (a.jobs, a.clients.max(1), a.tenants.max(1), a.rate);
         async move {
             let next = Arc::new(AtomicUsize::new(0));
@@ -486,7 +647,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
             let mut ch = None;
             for i in 0..k {
                 if i % 16 == 0 {
-                    ch = Some(channel(&url).await?);
+                    ch = Some(channel(&url, &trust).await?);
                 }
                 let Some(c) = ch.clone() else { continue };
                 let mut client = JobServiceClient::with_interceptor(c, admin.clone());
@@ -521,7 +682,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
         }
     };
 
-    let m0 = metrics(&server.http)?;
+    let m0 = server.metrics()?;
     let t0 = Instant::now();
     let (agents, up, submit_time) = if a.backlog_first {
         let st = submit_all(Arc::clone(&rec)).await?;
@@ -538,7 +699,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
     // Holding agents only: count from when all are connected, so the rate
     // is the steady one, not diluted by the connect ramp.
     let (m0, t0) = if a.jobs == 0 {
-        (metrics(&server.http)?, Instant::now())
+        (server.metrics()?, Instant::now())
     } else {
         (m0, t0)
     };
@@ -555,7 +716,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = t0.elapsed();
-    let m1 = metrics(&server.http)?;
+    let m1 = server.metrics()?;
     let (rss, cpu) = proc_stat(pid);
     let _ = stop_tx.send(true);
     for t in agents {
@@ -592,6 +753,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
     let commits = d("hodei_store_commit_batch_size_count");
     Ok(json!({
         "agents": a.agents,
+        "tls": a.tls,
         "jobs": a.jobs,
         "clients": a.clients,
         "tenants": a.tenants,
