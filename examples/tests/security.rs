@@ -618,28 +618,9 @@ fn limits_per_caller_keep_a_flooding_client_from_starving_the_others() {
         ready_workers(&mut admin, 1).await;
         let id = hodei_agent::Identity::load(&cl.url, "", &dir.path().join("a1"), "a1").unwrap();
         let (tls, _) = id.credentials().await.unwrap();
-        let mut second = hodei_hwp::client::connect_agent(&cl.url, &tls, None)
+        let (tx, mut inbound) = register_by_hand(&cl.url, &tls, "", "a1-again")
             .await
             .unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(proto::AgentMessage {
-            msg: Some(proto::agent_message::Msg::Register(proto::Register {
-                name: "a1-again".into(),
-                capacity: Some(proto::Resources {
-                    cpu_millis: 1000,
-                    memory_mb: 100,
-                    gpus: 0,
-                }),
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
-        let mut inbound = second
-            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
         let welcome = inbound.message().await.unwrap().unwrap();
         assert!(matches!(
             welcome.msg,

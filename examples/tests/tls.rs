@@ -112,24 +112,7 @@ fn an_agent_joins_with_a_pinned_token_and_is_its_certificate() {
 
         // The worker id is the certificate's: claiming another is refused.
         let (tls, _) = id.credentials().await.unwrap();
-        let mut raw = connect_agent(&cl.url, &tls, None).await.unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(proto::AgentMessage {
-            msg: Some(proto::agent_message::Msg::Register(proto::Register {
-                worker_id: WorkerId::new().to_string(),
-                name: "impostor".into(),
-                capacity: Some(proto::Resources {
-                    cpu_millis: 1000,
-                    memory_mb: 100,
-                    gpus: 0,
-                }),
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
-        let s = raw
-            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        let s = register_by_hand(&cl.url, &tls, &WorkerId::new().to_string(), "impostor")
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");

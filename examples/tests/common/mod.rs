@@ -230,3 +230,42 @@ pub fn text<E: std::fmt::Display>(r: Result<impl Sized, E>) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// Opens an agent stream by hand with `tls` (an agent's credentials):
+/// Register (as `worker_id`, or none), then the server's answer.
+pub async fn register_by_hand(
+    url: &str,
+    tls: &ClientTls,
+    worker_id: &str,
+    name: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<proto::AgentMessage>,
+        tonic::Streaming<proto::ServerMessage>,
+    ),
+    tonic::Status,
+> {
+    let mut c = hodei_hwp::client::connect_agent(url, tls, None)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(proto::AgentMessage {
+        msg: Some(proto::agent_message::Msg::Register(proto::Register {
+            worker_id: worker_id.into(),
+            name: name.into(),
+            capacity: Some(proto::Resources {
+                cpu_millis: 1000,
+                memory_mb: 100,
+                gpus: 0,
+            }),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let inbound = c
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, inbound))
+}

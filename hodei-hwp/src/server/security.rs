@@ -592,22 +592,19 @@ mod tests {
         m
     }
 
+    /// Credentials over `store`, with `join` given at start.
+    async fn with_join(store: &Arc<MemStore>, join: &str) -> Arc<Security<MemStore>> {
+        let mut t = Tokens::new();
+        t.add_join_token(join);
+        Security::load(Arc::clone(store), None, Duration::from_secs(60), &t, None)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn join_tokens_are_stored_hashed_revoked_and_rotated() {
         let store = Arc::new(MemStore::new(StoreConfig::default()));
-        let s = Security::load(
-            Arc::clone(&store),
-            None,
-            Duration::from_secs(60),
-            &{
-                let mut t = Tokens::new();
-                t.add_join_token("first");
-                t
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        let s = with_join(&store, "first").await;
         let first = s.authenticate_join(&md("first")).unwrap();
         // The full form is accepted for its secret.
         let pinned = format!("hodei-join.{}.first", crate::tls::Fingerprint::of(b"ca"));
@@ -624,19 +621,7 @@ mod tests {
             "rotation revokes the others"
         );
         // A restart keeps the revocation even though the file still holds it.
-        let again = Security::load(
-            Arc::clone(&store),
-            None,
-            Duration::from_secs(60),
-            &{
-                let mut t = Tokens::new();
-                t.add_join_token("first");
-                t
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        let again = with_join(&store, "first").await;
         assert!(again.authenticate_join(&md("first")).is_err());
         assert!(again.authenticate_join(&md(&second)).is_ok());
         assert_eq!(again.list_join().len(), 2);
