@@ -434,3 +434,135 @@ fn a_standard_grpc_client_connects_with_the_ca_file() {
         cl.stop().await;
     });
 }
+
+/// An issuing CA of "your own PKI", made with rcgen.
+struct Ca {
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let cert = p.self_signed(&key).unwrap();
+        Ca { key, cert }
+    }
+
+    /// A certificate for `cn` (a server's when `server`), and its key.
+    fn issue(&self, cn: &str, server: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let sans = if server {
+            vec!["127.0.0.1".to_string()]
+        } else {
+            vec![]
+        };
+        let mut p = rcgen::CertificateParams::new(sans).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let issuer = rcgen::Issuer::from_ca_cert_der(self.cert.der(), &self.key).unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (
+            format!("{}{}", cert.pem(), self.cert.pem()),
+            key.serialize_pem(),
+        )
+    }
+}
+
+/// --tls-cert, --tls-key and --tls-client-ca: a server certificate from
+/// another CA (the one clients trust and join tokens pin), agents with
+/// certificates from a third, connecting with no join at all; the
+/// certificate files replaced on disk are picked up without a restart,
+/// and the connected agent carries on.
+#[test]
+fn an_existing_pki_is_used_and_its_files_are_reloaded_when_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let corp = Ca::new("Corp server CA");
+    let fleet = Ca::new("Corp agent CA");
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let client_ca = dir.path().join("agents-ca.pem");
+    let (chain, k) = corp.issue("scheduler", true);
+    std::fs::write(&cert, chain).unwrap();
+    std::fs::write(&key, k).unwrap();
+    std::fs::write(&client_ca, fleet.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("corp-ca.pem"), corp.cert.pem()).unwrap();
+    rt().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let source = hodei_hwp::server::tls::TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let cl = Cluster::start_tls(
+            dir.path(),
+            Duration::from_secs(3600),
+            listener,
+            None,
+            hodei_hwp::server::limits::LimitConfig::default(),
+            source,
+            Some(client_ca.clone()),
+        )
+        .await;
+        // Join tokens pin the CA the chain ends with.
+        assert_eq!(cl.tls.fingerprint(), Fingerprint::of(corp.cert.der()));
+        let trust = ClientTls::ca_file(&dir.path().join("corp-ca.pem")).unwrap();
+        let mut admin = Client::connect(&cl.url, &trust, ADMIN).await.unwrap();
+        // The server's own CA's file is not what this server presents.
+        assert!(match Client::connect(&cl.url, &cl.trust(), ADMIN).await {
+            Err(_) => true,
+            Ok(mut c) => c.workers().await.is_err(),
+        });
+
+        // An agent with a certificate from the fleet CA, no join: its
+        // worker id is its common name.
+        let w = WorkerId::new();
+        let (chain, k) = fleet.issue(&w.to_string(), false);
+        let state = dir.path().join("fleet-agent");
+        std::fs::create_dir_all(&state).unwrap();
+        let identity = serde_json::json!({
+            "worker_id": w.to_string(), "cert_pem": chain, "key_pem": k,
+            "ca_pem": corp.cert.pem(), "issued_at_ms": 0u64,
+            "expires_at_ms": u64::MAX / 2,
+        });
+        hodei_hwp::tls::write_atomic(
+            &state.join("identity.json"),
+            identity.to_string().as_bytes(),
+            true,
+        )
+        .unwrap();
+        let agent = cl.agent("fleet-agent", String::new());
+        let ready = ready_workers(&mut admin, 1).await;
+        assert_eq!(ready[0].id, w.to_string());
+
+        // Replace the server's certificate on disk: picked up (checked
+        // every 2 s), no restart, the agent still connected.
+        let before = cl.tls.certificate_fingerprint();
+        let (chain, k) = corp.issue("scheduler-renewed", true);
+        hodei_hwp::tls::write_atomic(&key, k.as_bytes(), true).unwrap();
+        hodei_hwp::tls::write_atomic(&cert, chain.as_bytes(), false).unwrap();
+        let mut reloaded = false;
+        for _ in 0..100 {
+            if cl.tls.certificate_fingerprint() != before {
+                reloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(reloaded, "the replaced certificate was not picked up");
+        let mut fresh = Client::connect(&cl.url, &trust, ADMIN).await.unwrap();
+        let (j, _) = fresh.submit(&acme("echo after reload")).await.unwrap();
+        let done = wait_final(&mut fresh, j.id.parse().unwrap()).await;
+        assert_eq!(kind(&done), JobStateKind::Succeeded);
+        assert_eq!(ready_workers(&mut admin, 1).await[0].id, w.to_string());
+        assert!(agent.stop(Shutdown::Drain).await.is_clean());
+        cl.stop().await;
+    });
+}

@@ -75,10 +75,25 @@ impl Cluster {
         jwt: Option<JwtConfig>,
         limits: LimitConfig,
     ) -> Cluster {
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let source = TlsSource::Generated { names };
+        Cluster::start_tls(dir, cert_ttl, listener, jwt, limits, source, None).await
+    }
+
+    /// A server with its certificate from `source`, accepting agents'
+    /// certificates from `client_ca` too.
+    pub async fn start_tls(
+        dir: &Path,
+        cert_ttl: Duration,
+        listener: TcpListener,
+        jwt: Option<JwtConfig>,
+        limits: LimitConfig,
+        source: TlsSource,
+        client_ca: Option<PathBuf>,
+    ) -> Cluster {
         let addr = listener.local_addr().unwrap();
         let pki = Arc::new(Pki::load_or_create(&dir.join("tls")).unwrap().0);
-        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        let tls = ServerTls::new(TlsSource::Generated { names }, None, pki).unwrap();
+        let tls = ServerTls::new(source, client_ca, pki).unwrap();
         let store =
             Arc::new(RedbStore::open(dir.join("hodei.redb"), StoreConfig::default()).unwrap());
         let mut tokens = Tokens::new();

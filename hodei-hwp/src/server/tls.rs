@@ -54,6 +54,7 @@ struct Loaded {
     grpc: Arc<ServerConfig>,
     http: Arc<ServerConfig>,
     fingerprint: Fingerprint,
+    leaf: Fingerprint,
     stamps: Vec<Option<SystemTime>>,
 }
 
@@ -98,6 +99,7 @@ impl ServerTls {
                 grpc: Arc::new(empty_config()?),
                 http: Arc::new(empty_config()?),
                 fingerprint: Fingerprint::of(b""),
+                leaf: Fingerprint::of(b""),
                 stamps: Vec::new(),
             }),
             reloading: Mutex::new(()),
@@ -115,6 +117,12 @@ impl ServerTls {
     /// chain (its CA).
     pub fn fingerprint(&self) -> Fingerprint {
         self.loaded.read().fingerprint
+    }
+
+    /// The fingerprint of the certificate served now (it changes when the
+    /// files are replaced and reloaded).
+    pub fn certificate_fingerprint(&self) -> Fingerprint {
+        self.loaded.read().leaf
     }
 
     fn files(&self) -> Vec<PathBuf> {
@@ -172,6 +180,7 @@ impl ServerTls {
             grpc: Arc::new(config(&[b"h2"])?),
             http: Arc::new(config(&[b"http/1.1"])?),
             fingerprint,
+            leaf: Fingerprint::of(&chain[0]),
             stamps,
         })
     }
