@@ -688,3 +688,59 @@ fn secret_values_are_sealed_at_rest_and_erased_once_final() {
     assert_eq!(job.spec.secrets[0].name, "API_TOKEN");
     assert!(job.spec.secrets[0].value.is_empty(), "erased once final");
 }
+
+/// The credential and audit commands of the CLI against the real server:
+/// a viewer token made, shown once, refused for what a viewer may not do,
+/// listed without the token, revoked; join tokens listed; the audit trail
+/// listed and verified.
+#[test]
+fn the_cli_manages_tokens_and_reads_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_server(dir.path(), "127.0.0.1:0");
+    let made = s.json(&[
+        "token", "create", "--role", "viewer", "--tenant", "acme", "--name", "dash",
+    ]);
+    let (id, token) = (
+        made["id"].as_str().unwrap().to_string(),
+        made["token"].as_str().unwrap().to_string(),
+    );
+    let as_viewer = |args: &[&str]| {
+        Command::new(CLI)
+            .args(["--server", &s.grpc, "--ca-file"])
+            .arg(s.dir.join("tls/ca.crt"))
+            .args(["--token", &token])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = as_viewer(&["submit", "--tenant", "acme", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+    assert!(as_viewer(&["list", "--tenant", "acme"]).status.success());
+    let list = s.cli(&["token", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains(&id) && text.contains("viewer") && !text.contains(&token),
+        "{text}"
+    );
+    assert!(s.cli(&["token", "revoke", &id]).status.success());
+    let out = as_viewer(&["list", "--tenant", "acme"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{out:?}"
+    );
+    let joins = s.cli(&["join-token", "list"]);
+    assert!(joins.status.success());
+    assert_eq!(String::from_utf8_lossy(&joins.stdout).lines().count(), 2);
+    let audit = s.cli(&["audit", "--since", "1h"]);
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        text.contains("create token") && text.contains("revoke token"),
+        "{text}"
+    );
+    assert!(text.contains("refused"), "{text}");
+    let verify = s.cli(&["audit", "--verify"]);
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("intact"));
+}
