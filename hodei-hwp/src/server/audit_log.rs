@@ -80,8 +80,8 @@ impl<S: Store> AuditLog<S> {
         self.engine.audit(entry).await;
     }
 
-    /// Records a refused authentication (at most
-    /// [`REFUSALS_PER_SECOND`] a second).
+    /// Records a refused authentication (at most 50 a second; past it,
+    /// counted in `hodei_audit_refusals_suppressed_total`).
     pub async fn refused(&self, action: &str, peer: Option<SocketAddr>, why: &AuthError) {
         {
             let mut w = self.window.lock();
