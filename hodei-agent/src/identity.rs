@@ -10,6 +10,7 @@
 //! the connection and jobs carry on. Against a plaintext server
 //! (`http://`) it sends its join token on every connection.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -284,6 +285,56 @@ fn tls_of(s: &Stored) -> ClientTls {
     }
 }
 
+/// The state directory held by one running agent: an exclusive lock on
+/// `agent.lock` in it, released when dropped or when the process ends
+/// (even by SIGKILL).
+#[derive(Debug)]
+pub struct StateLock {
+    /// Held open: closing it releases the lock.
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock of `state_dir` (made, mode 0700, if missing).
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::State`] when another running agent holds it, or the
+    /// directory or lock file cannot be made.
+    pub fn take(state_dir: &Path) -> Result<StateLock, IdentityError> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::io::AsRawFd;
+        let at = |e: std::io::Error| IdentityError::State(format!("{}: {e}", state_dir.display()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(at)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(state_dir.join("agent.lock"))
+            .map_err(at)?;
+        // SAFETY: flock on a descriptor this function owns; no memory is
+        // passed.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(IdentityError::State(format!(
+                    "{} is used by another running agent: give this one its own --state-dir \
+                     (or --name)",
+                    state_dir.display()
+                )));
+            }
+            return Err(at(e));
+        }
+        Ok(StateLock { _file: f })
+    }
+}
+
 /// Renews the certificate whenever due until the agent stops; a failed
 /// renewal is retried (every tenth of the time left, between 1 s and a
 /// minute) while the current certificate is still valid.
@@ -309,5 +360,34 @@ pub(crate) async fn renew_loop(identity: Identity) {
             tracing::warn!(error = %e, retry_in = ?retry, "cannot renew the certificate");
             tokio::time::sleep(retry).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_running_agent_per_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a");
+        let held = StateLock::take(&state).unwrap();
+        let e = StateLock::take(&state).unwrap_err().to_string();
+        assert!(e.contains("another running agent"), "{e}");
+        StateLock::take(&dir.path().join("b")).unwrap();
+        drop(held);
+        StateLock::take(&state).unwrap();
+    }
+
+    #[test]
+    fn agents_of_different_names_default_to_different_directories() {
+        let a = crate::default_state_dir("build-1");
+        let b = crate::default_state_dir("build-2");
+        assert_ne!(a, b);
+        assert!(a.ends_with("build-1"));
+        // One component below the base, whatever the name holds.
+        let odd = crate::default_state_dir("../../etc");
+        assert_eq!(odd.parent(), a.parent(), "{}", odd.display());
+        assert_eq!(crate::default_state_dir("..").parent(), a.parent());
     }
 }

@@ -46,8 +46,9 @@ pub struct AgentSettings {
     #[arg(long, env = "HODEI_SERVER")]
     pub server: Option<String>,
     /// Where the agent keeps its key and certificate (identity.json, mode
-    /// 0600) [default: /var/lib/hodei-agent for root, else
-    /// ~/.local/state/hodei-agent].
+    /// 0600); one running agent per directory [default:
+    /// /var/lib/hodei-agent/<name> for root, else
+    /// ~/.local/state/hodei-agent/<name>].
     #[arg(long, env = "HODEI_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// The join token (prefer --join-token-file: flags show in `ps`). For
@@ -178,7 +179,10 @@ impl AgentSettings {
                 format!("{server:?} must start with http:// or https://"),
             ));
         }
-        let state_dir = self.state_dir.unwrap_or_else(crate::default_state_dir);
+        let name = self.name.clone().unwrap_or_else(crate::host_name);
+        let state_dir = self
+            .state_dir
+            .unwrap_or_else(|| crate::default_state_dir(&name));
         let joined = server.starts_with("https://") && state_dir.join(IDENTITY_FILE).exists();
         let token = match (self.join_token, self.join_token_file) {
             (Some(t), _) => t,

@@ -41,7 +41,8 @@ pub struct AgentConfig {
     /// The join token: for `https://`, needed only until the agent holds a
     /// certificate.
     pub join_token: String,
-    /// Where the agent keeps its key and certificate.
+    /// Where the agent keeps its key and certificate; one running agent at
+    /// a time (it holds a lock there).
     pub state_dir: PathBuf,
     /// The name shown for this worker (the host name by default).
     pub name: String,
@@ -82,11 +83,12 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// A configuration with the defaults, for `server` and `join_token`.
     pub fn new(server: impl Into<String>, join_token: impl Into<String>) -> Self {
+        let name = host_name();
         AgentConfig {
             server: server.into(),
             join_token: join_token.into(),
-            state_dir: default_state_dir(),
-            name: host_name(),
+            state_dir: default_state_dir(&name),
+            name,
             labels: BTreeMap::new(),
             capacity: crate::telemetry::detect_capacity(),
             exec: ExecConfig::default(),
@@ -105,21 +107,39 @@ impl AgentConfig {
     }
 }
 
-/// Where an agent keeps its identity by default: `/var/lib/hodei-agent`
-/// for root, else `$XDG_STATE_HOME/hodei-agent` or
-/// `~/.local/state/hodei-agent`.
-pub fn default_state_dir() -> PathBuf {
+/// Where an agent named `name` keeps its identity by default:
+/// `/var/lib/hodei-agent/<name>` for root, else
+/// `$XDG_STATE_HOME/hodei-agent/<name>` or
+/// `~/.local/state/hodei-agent/<name>`; so agents of different names on one
+/// machine are different workers.
+pub fn default_state_dir(name: &str) -> PathBuf {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/lib/hodei-agent");
-    }
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("hodei-agent");
-    }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        Some(h) => PathBuf::from(h).join(".local/state/hodei-agent"),
-        None => std::env::temp_dir().join("hodei-agent-state"),
-    }
+    let base = if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/lib/hodei-agent")
+    } else if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        PathBuf::from(d).join("hodei-agent")
+    } else {
+        match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".local/state/hodei-agent"),
+            None => std::env::temp_dir().join("hodei-agent-state"),
+        }
+    };
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let safe = if safe.is_empty() || safe.starts_with('.') {
+        format!("agent{safe}")
+    } else {
+        safe
+    };
+    base.join(safe)
 }
 
 /// The machine's host name, or `"agent"`.
@@ -187,6 +207,12 @@ pub async fn run_agent(
         &config.state_dir,
         &config.name,
     )?;
+    // Two agents sharing an identity would take the connection from each
+    // other: the second is refused here instead.
+    let _lock = match config.server.starts_with("https://") {
+        true => Some(crate::identity::StateLock::take(&config.state_dir)?),
+        false => None,
+    };
     let sampler = Sampler::start(Duration::from_secs(2)).map_err(AgentError::Telemetry)?;
     // Ends with the agent (aborted below, and on drop of this future).
     let renewal = AbortOnDrop(tokio::spawn(renew_loop(identity.clone())));
