@@ -47,8 +47,8 @@ pub struct AgentSettings {
     pub server: Option<String>,
     /// Where the agent keeps its key and certificate (identity.json, mode
     /// 0600); one running agent per directory [default:
-    /// /var/lib/hodei-agent/<name> for root, else
-    /// ~/.local/state/hodei-agent/<name>].
+    /// /var/lib/hodei-agent/NAME for root, else
+    /// ~/.local/state/hodei-agent/NAME].
     #[arg(long, env = "HODEI_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// The join token (prefer --join-token-file: flags show in `ps`). For
