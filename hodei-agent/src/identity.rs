@@ -38,6 +38,9 @@ pub enum IdentityError {
     /// The server refused or could not be reached.
     #[error("{0}")]
     Server(String),
+    /// Another running agent holds the state directory.
+    #[error("state_dir: {0}")]
+    Busy(String),
 }
 
 /// What `identity.json` holds.
@@ -299,8 +302,9 @@ impl StateLock {
     ///
     /// # Errors
     ///
-    /// [`IdentityError::State`] when another running agent holds it, or the
-    /// directory or lock file cannot be made.
+    /// [`IdentityError::Busy`] when another running agent holds it;
+    /// [`IdentityError::State`] when the directory or lock file cannot be
+    /// made.
     pub fn take(state_dir: &Path) -> Result<StateLock, IdentityError> {
         use std::os::unix::fs::DirBuilderExt;
         use std::os::unix::io::AsRawFd;
@@ -323,7 +327,7 @@ impl StateLock {
         if r != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(IdentityError::State(format!(
+                return Err(IdentityError::Busy(format!(
                     "{} is used by another running agent: give this one its own --state-dir \
                      (or --name)",
                     state_dir.display()
@@ -333,6 +337,39 @@ impl StateLock {
         }
         Ok(StateLock { _file: f })
     }
+}
+
+/// Locks the state directory: `dir`, or, when it is the default one
+/// (`shared`) and another running agent holds it, the first free of
+/// `dir-2`, `dir-3`, ... (up to 64): agents started on one machine without
+/// a directory of their own each get one, and keep it across restarts.
+///
+/// # Errors
+///
+/// As [`StateLock::take`]; busy when `dir` was chosen and is held, or all
+/// 64 are.
+pub fn lock_state_dir(dir: &Path, shared: bool) -> Result<(PathBuf, StateLock), IdentityError> {
+    let first = match StateLock::take(dir) {
+        Ok(l) => return Ok((dir.to_path_buf(), l)),
+        Err(e) => e,
+    };
+    if !shared || !matches!(first, IdentityError::Busy(_)) {
+        return Err(first);
+    }
+    for n in 2..=64 {
+        let mut name = dir.as_os_str().to_owned();
+        name.push(format!("-{n}"));
+        let alt = PathBuf::from(name);
+        match StateLock::take(&alt) {
+            Ok(l) => {
+                tracing::info!(state_dir = %alt.display(), "the default state directory is in use: using the next one");
+                return Ok((alt, l));
+            }
+            Err(IdentityError::Busy(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(first)
 }
 
 /// Renews the certificate whenever due until the agent stops; a failed
@@ -372,11 +409,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("a");
         let held = StateLock::take(&state).unwrap();
-        let e = StateLock::take(&state).unwrap_err().to_string();
-        assert!(e.contains("another running agent"), "{e}");
+        let e = StateLock::take(&state).unwrap_err();
+        assert!(matches!(e, IdentityError::Busy(_)));
+        assert!(e.to_string().contains("another running agent"), "{e}");
         StateLock::take(&dir.path().join("b")).unwrap();
         drop(held);
         StateLock::take(&state).unwrap();
+    }
+
+    #[test]
+    fn a_default_directory_in_use_yields_the_next_one_a_chosen_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("vm");
+        let (a, _la) = lock_state_dir(&state, true).unwrap();
+        let (b, _lb) = lock_state_dir(&state, true).unwrap();
+        assert_eq!(a, state);
+        assert_eq!(b, dir.path().join("vm-2"));
+        assert!(matches!(
+            lock_state_dir(&state, false),
+            Err(IdentityError::Busy(_))
+        ));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use cap::cap;
 pub use contain::{Containment, ContainmentMode};
 pub use exec::{ExecConfig, Finished, Output, run};
 pub use hodei_core::LogStream;
-pub use identity::{IDENTITY_FILE, Identity, IdentityError, StateLock};
+pub use identity::{IDENTITY_FILE, Identity, IdentityError, StateLock, lock_state_dir};
 pub use secrets::secret_forms;
 pub use settings::{AgentSettings, SettingsError};
 pub use telemetry::{Reading, Sampler, detect_capacity};

@@ -46,7 +46,8 @@ pub struct AgentSettings {
     #[arg(long, env = "HODEI_SERVER")]
     pub server: Option<String>,
     /// Where the agent keeps its key and certificate (identity.json, mode
-    /// 0600); one running agent per directory [default:
+    /// 0600); one running agent per directory (a second agent on the
+    /// default one takes NAME-2, NAME-3, ...) [default:
     /// /var/lib/hodei-agent/NAME for root, else
     /// ~/.local/state/hodei-agent/NAME].
     #[arg(long, env = "HODEI_AGENT_STATE_DIR")]
@@ -180,6 +181,7 @@ impl AgentSettings {
             ));
         }
         let name = self.name.clone().unwrap_or_else(crate::host_name);
+        let state_dir_is_default = self.state_dir.is_none();
         let state_dir = self
             .state_dir
             .unwrap_or_else(|| crate::default_state_dir(&name));
@@ -199,6 +201,7 @@ impl AgentSettings {
         };
         let mut c = AgentConfig::new(server, token);
         c.state_dir = state_dir;
+        c.state_dir_is_default = state_dir_is_default;
         if let Some(n) = self.name {
             c.name = n;
         }
@@ -206,7 +209,9 @@ impl AgentSettings {
         crate::Identity::load(&c.server, &c.join_token, &c.state_dir, &c.name).map_err(
             |e| match e {
                 crate::IdentityError::JoinToken(m) => SettingsError::invalid("join_token", m),
-                crate::IdentityError::State(m) => SettingsError::invalid("state_dir", m),
+                crate::IdentityError::State(m) | crate::IdentityError::Busy(m) => {
+                    SettingsError::invalid("state_dir", m)
+                }
                 e => SettingsError::invalid("server", e.to_string()),
             },
         )?;

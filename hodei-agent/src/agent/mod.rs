@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// Where the agent keeps its key and certificate; one running agent at
     /// a time (it holds a lock there).
     pub state_dir: PathBuf,
+    /// `state_dir` is the default one, not chosen: if another running
+    /// agent holds it, this one takes the next free `state_dir-N`.
+    pub state_dir_is_default: bool,
     /// The name shown for this worker (the host name by default).
     pub name: String,
     /// Labels placement constraints match against.
@@ -88,6 +91,7 @@ impl AgentConfig {
             server: server.into(),
             join_token: join_token.into(),
             state_dir: default_state_dir(&name),
+            state_dir_is_default: true,
             name,
             labels: BTreeMap::new(),
             capacity: crate::telemetry::detect_capacity(),
@@ -201,18 +205,16 @@ pub async fn run_agent(
     config: AgentConfig,
     mut shutdown: watch::Receiver<Shutdown>,
 ) -> Result<Report, AgentError> {
-    let identity = Identity::load(
-        &config.server,
-        &config.join_token,
-        &config.state_dir,
-        &config.name,
-    )?;
     // Two agents sharing an identity would take the connection from each
-    // other: the second is refused here instead.
-    let _lock = match config.server.starts_with("https://") {
-        true => Some(crate::identity::StateLock::take(&config.state_dir)?),
-        false => None,
+    // other: a state directory belongs to one running agent.
+    let (state_dir, _lock) = if config.server.starts_with("https://") {
+        let (d, l) =
+            crate::identity::lock_state_dir(&config.state_dir, config.state_dir_is_default)?;
+        (d, Some(l))
+    } else {
+        (config.state_dir.clone(), None)
     };
+    let identity = Identity::load(&config.server, &config.join_token, &state_dir, &config.name)?;
     let sampler = Sampler::start(Duration::from_secs(2)).map_err(AgentError::Telemetry)?;
     // Ends with the agent (aborted below, and on drop of this future).
     let renewal = AbortOnDrop(tokio::spawn(renew_loop(identity.clone())));
