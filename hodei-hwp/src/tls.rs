@@ -104,19 +104,27 @@ impl FromStr for Fingerprint {
     type Err = TlsError;
     fn from_str(s: &str) -> Result<Self, TlsError> {
         let s = s.strip_prefix("sha256:").unwrap_or(s);
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(TlsError::invalid(
-                "fingerprint",
-                "expected 64 hex digits (SHA-256)",
-            ));
-        }
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-                .map_err(|e| TlsError::invalid("fingerprint", e))?;
-        }
-        Ok(Fingerprint(out))
+        unhex(s)
+            .map(Fingerprint)
+            .ok_or_else(|| TlsError::invalid("fingerprint", "expected 64 hex digits (SHA-256)"))
     }
+}
+
+/// `bytes` as lowercase hex digits.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` bytes from `2 * N` hex digits, or `None`.
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// What a join token starts with.

@@ -64,7 +64,7 @@ async fn start_with(path: &std::path::Path, config: EngineConfig) -> Server {
     let (stop, stopped) = oneshot::channel();
     // Plaintext: these tests are of the protocol; TLS is tested in
     // examples/tests/tls.rs.
-    let security = Security::load(store, None, AGENT_CERT_TTL, &tokens, None)
+    let security = Security::load(store, None, AGENT_CERT_TTL, &tokens, None, None)
         .await
         .unwrap();
     let task = tokio::spawn(async move {

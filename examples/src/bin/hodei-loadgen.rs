@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use hodei_core::{JobSpec, Resources};
 use hodei_examples::parse_duration;
-use hodei_hwp::client::BearerToken;
+use hodei_hwp::client::{BearerToken, channel};
 use hodei_hwp::proto::job_service_client::JobServiceClient;
 use hodei_hwp::proto::worker_service_client::WorkerServiceClient;
 use hodei_hwp::proto::{self, agent_message::Msg as Out, server_message::Msg as In};
@@ -260,10 +260,6 @@ impl Record {
     fn job_index(name: &str) -> Option<usize> {
         name.strip_prefix("lg-")?.parse().ok()
     }
-}
-
-async fn channel(url: &str, tls: &ClientTls) -> anyhow::Result<Channel> {
-    Ok(hodei_hwp::client::channel(url, tls).await?)
 }
 
 /// A simulated agent's own certificate: a key, a request, Join.

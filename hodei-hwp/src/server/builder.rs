@@ -386,9 +386,9 @@ impl<S: Store> ServerBuilder<S> {
             self.agent_cert_ttl,
             &self.tokens,
             self.join_file.clone(),
+            self.jwt,
         )
-        .await?
-        .with_jwt(self.jwt);
+        .await?;
         let (engine, engine_task) = Engine::start(self.store, self.engine.clone()).await?;
         let state = Arc::new(Http {
             engine: engine.clone(),

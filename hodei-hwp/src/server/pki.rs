@@ -9,7 +9,6 @@
 //! pinned the CA are not disturbed.
 
 use std::net::IpAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +20,7 @@ use rcgen::{
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
-use crate::tls::{Fingerprint, TlsError, certs_from_pem, read, write_atomic};
+use crate::tls::{Fingerprint, TlsError, certs_from_pem, hex, read, write_atomic};
 
 /// How long the CA made on first start is valid.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -52,14 +51,6 @@ pub struct Issued {
     pub serial: String,
 }
 
-fn private_dir(dir: &Path) -> Result<(), TlsError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(TlsError::io(dir))
-}
-
 fn at(t: SystemTime) -> Result<time::OffsetDateTime, TlsError> {
     let secs = t
         .duration_since(UNIX_EPOCH)
@@ -76,10 +67,6 @@ fn random_serial() -> rcgen::SerialNumber {
     rcgen::SerialNumber::from_slice(&b)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Pki {
     /// The CA in `dir` (`<data dir>/tls`), made (with its directory, mode
     /// 0700) if missing. Returns it and the files just made.
@@ -89,7 +76,8 @@ impl Pki {
     /// A file cannot be read or written, others may read the key, or a file
     /// does not hold a certificate or key.
     pub fn load_or_create(dir: &Path) -> Result<(Pki, Vec<PathBuf>), TlsError> {
-        private_dir(dir)?;
+        super::tokens::private_dir(dir)
+            .map_err(|e| TlsError::invalid(dir.display().to_string(), e))?;
         let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
         let mut made = Vec::new();
         if !crt.exists() && !key.exists() {

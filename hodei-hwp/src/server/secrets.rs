@@ -24,7 +24,8 @@ use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hodei_core::{Job, JobId, JobSpec};
 
-use crate::secret_file::{TokenFileError, check_private};
+use crate::secret_file::{TokenFileError, check_private, io};
+use crate::tls::{hex, unhex};
 
 const PREFIX: &str = "hodei-sealed:v1:";
 
@@ -61,38 +62,18 @@ impl fmt::Debug for SecretKeys {
 }
 
 fn key_id(key: &[u8; 32]) -> String {
-    blake3::hash(key).as_bytes()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&blake3::hash(key).as_bytes()[..4])
 }
 
 fn new_key_line() -> String {
-    let key: [u8; 32] = rand::random();
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&rand::random::<[u8; 32]>())
 }
 
 fn parse_key(path: &Path, line_no: usize, line: &str) -> Result<[u8; 32], TokenFileError> {
-    let bad = || TokenFileError::Malformed {
+    unhex(line).ok_or_else(|| TokenFileError::Malformed {
         path: format!("{}:{}", path.display(), line_no + 1),
         message: "expected a key of 64 hex digits".into(),
-    };
-    if line.len() != 64 {
-        return Err(bad());
-    }
-    let mut k = [0u8; 32];
-    for (i, b) in k.iter_mut().enumerate() {
-        *b = u8::from_str_radix(line.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
-            .map_err(|_| bad())?;
-    }
-    Ok(k)
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TokenFileError + '_ {
-    move |source| TokenFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    })
 }
 
 fn associated(job: JobId, name: &str) -> Vec<u8> {

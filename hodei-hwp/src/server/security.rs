@@ -20,7 +20,7 @@ use super::jwt::JwtConfig;
 use super::pki::Issued;
 use super::tls::ServerTls;
 use super::tokens::generate_token;
-use crate::tls::{JoinToken, TlsError, write_atomic};
+use crate::tls::{JoinToken, TlsError, hex, unhex, write_atomic};
 
 const JOIN_KIND: &str = "join-token";
 const CLIENT_KIND: &str = "client-token";
@@ -35,10 +35,6 @@ fn now_ms() -> u64 {
 
 fn hash(secret: &str) -> [u8; 32] {
     *blake3::hash(secret.as_bytes()).as_bytes()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A join token as stored: its hash, never the token.
@@ -187,7 +183,8 @@ impl<S: Store> Security<S> {
     /// Loads the records from `store`, and adds the join tokens given at
     /// start (the join tokens of `tokens`: files, library callers) unless a record of
     /// them is there already (so a revoked one stays revoked). `join_file`
-    /// is rewritten with the new token on rotation.
+    /// is rewritten with the new token on rotation. JSON Web Tokens are
+    /// accepted as `jwt` says, when given.
     ///
     /// # Errors
     ///
@@ -198,6 +195,7 @@ impl<S: Store> Security<S> {
         cert_ttl: Duration,
         tokens: &Tokens,
         join_file: Option<PathBuf>,
+        jwt: Option<JwtConfig>,
     ) -> Result<Arc<Self>, SecurityError> {
         let mut join = BTreeMap::new();
         for (id, v) in store.credentials(JOIN_KIND).await? {
@@ -239,19 +237,11 @@ impl<S: Store> Security<S> {
             join: RwLock::new(join),
             clients: RwLock::new(clients),
             fixed: tokens.clone(),
-            jwt: None,
+            jwt,
             revoked: RwLock::new(revoked),
             live: Mutex::new(HashMap::new()),
             next_conn: std::sync::atomic::AtomicU64::new(0),
         }))
-    }
-
-    /// Accepts JSON Web Tokens as `jwt` says. Call before sharing.
-    pub fn with_jwt(mut self: Arc<Self>, jwt: Option<JwtConfig>) -> Arc<Self> {
-        if let Some(s) = Arc::get_mut(&mut self) {
-            s.jwt = jwt;
-        }
-        self
     }
 
     /// Checks a client's bearer token: a token given at start, one made at
@@ -567,14 +557,7 @@ async fn put<S: Store>(store: &S, id: &str, r: &JoinRecord) -> Result<(), Securi
 }
 
 fn hex_to_32(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = s
-            .get(2 * i..2 * i + 2)
-            .and_then(|b| u8::from_str_radix(b, 16).ok())
-            .unwrap_or(0);
-    }
-    out
+    unhex(s).unwrap_or([0; 32])
 }
 
 #[cfg(test)]
@@ -596,9 +579,16 @@ mod tests {
     async fn with_join(store: &Arc<MemStore>, join: &str) -> Arc<Security<MemStore>> {
         let mut t = Tokens::new();
         t.add_join_token(join);
-        Security::load(Arc::clone(store), None, Duration::from_secs(60), &t, None)
-            .await
-            .unwrap()
+        Security::load(
+            Arc::clone(store),
+            None,
+            Duration::from_secs(60),
+            &t,
+            None,
+            None,
+        )
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
@@ -649,6 +639,7 @@ mod tests {
             Duration::from_secs(60),
             &fixed,
             None,
+            None,
         )
         .await
         .unwrap();
@@ -689,7 +680,7 @@ mod tests {
             Err(SecurityError::Invalid("tenants", _))
         ));
         // After a restart: still revoked, still expired.
-        let again = Security::load(store, None, Duration::from_secs(60), &fixed, None)
+        let again = Security::load(store, None, Duration::from_secs(60), &fixed, None, None)
             .await
             .unwrap();
         assert_eq!(
@@ -708,6 +699,7 @@ mod tests {
             Duration::from_secs(60),
             &Tokens::new(),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -725,9 +717,16 @@ mod tests {
         assert_eq!(*conn.cut.borrow(), Cut::Revoked);
         drop(older);
         assert!(!s.revoke_worker(w).await.unwrap());
-        let again = Security::load(store, None, Duration::from_secs(60), &Tokens::new(), None)
-            .await
-            .unwrap();
+        let again = Security::load(
+            store,
+            None,
+            Duration::from_secs(60),
+            &Tokens::new(),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         assert!(again.is_revoked(w));
     }
 }

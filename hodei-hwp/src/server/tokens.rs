@@ -17,7 +17,7 @@ use crate::tls::{Fingerprint, JoinToken, write_atomic};
 /// as 64 hex digits.
 pub fn generate_token() -> String {
     let bytes: [u8; 32] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::tls::hex(&bytes)
 }
 
 /// Creates `dir` (mode 0700) if missing.
