@@ -55,6 +55,10 @@ struct Loaded {
     http: Arc<ServerConfig>,
     fingerprint: Fingerprint,
     leaf: Fingerprint,
+    /// When two thirds of the served certificate's life have passed,
+    /// seconds since the epoch (a generated certificate is made again
+    /// from then on).
+    renew_at: Option<i64>,
     stamps: Vec<Option<SystemTime>>,
 }
 
@@ -100,6 +104,7 @@ impl ServerTls {
                 http: Arc::new(empty_config()?),
                 fingerprint: Fingerprint::of(b""),
                 leaf: Fingerprint::of(b""),
+                renew_at: None,
                 stamps: Vec::new(),
             }),
             reloading: Mutex::new(()),
@@ -181,6 +186,7 @@ impl ServerTls {
             http: Arc::new(config(&[b"http/1.1"])?),
             fingerprint,
             leaf: Fingerprint::of(&chain[0]),
+            renew_at: renew_at(&chain[0]),
             stamps,
         })
     }
@@ -195,12 +201,23 @@ impl ServerTls {
     /// The new files cannot be used; the configuration in use stays.
     pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
         let _one = self.reloading.lock();
+        let stamps: Vec<_> = self.files().iter().map(|f| modified(f)).collect();
+        let (changed, due) = {
+            let l = self.loaded.read();
+            (
+                stamps != l.stamps,
+                l.renew_at.is_some_and(|t| now_secs() >= t),
+            )
+        };
+        // The generated certificate is read and checked only when its
+        // files changed or its renewal is due, not on every poll.
         let mut renewed = false;
-        if let TlsSource::Generated { names } = &self.source {
+        if let TlsSource::Generated { names } = &self.source
+            && (force || changed || due)
+        {
             renewed = self.pki.ensure_server_cert(names)?;
         }
-        let stamps: Vec<_> = self.files().iter().map(|f| modified(f)).collect();
-        if !force && !renewed && stamps == self.loaded.read().stamps {
+        if !force && !changed && !renewed {
             return Ok(false);
         }
         let next = self.load()?;
@@ -212,6 +229,22 @@ impl ServerTls {
         let l = self.loaded.read();
         TlsAcceptor::from(Arc::clone(if http { &l.http } else { &l.grpc }))
     }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Two thirds into `cert`'s validity, seconds since the epoch.
+fn renew_at(cert: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, c) = X509Certificate::from_der(cert).ok()?;
+    let v = c.validity();
+    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    Some(from + (to - from) * 2 / 3)
 }
 
 fn empty_config() -> Result<ServerConfig, TlsError> {
