@@ -45,6 +45,23 @@ pub enum StoreError {
         /// Highest version understood.
         supported: u32,
     },
+    /// The database's schema was written by a newer, incompatible
+    /// version.
+    UnsupportedSchema {
+        /// Version found.
+        found: u32,
+        /// Highest version understood.
+        supported: u32,
+    },
+    /// Another server has led since this store's leadership began: its
+    /// writes are refused (the lease's epoch moved on), and nothing of the
+    /// refused commit was written.
+    Fenced {
+        /// The epoch this store writes for.
+        epoch: i64,
+        /// The epoch the database holds.
+        current: i64,
+    },
     /// No job has this id.
     UnknownJob(JobId),
     /// The job is not in the state or attempt the caller expected.
@@ -146,6 +163,14 @@ impl std::fmt::Display for StoreError {
                 f,
                 "store {} has format version {found}; this build reads up to {supported}",
                 path.display()
+            ),
+            StoreError::UnsupportedSchema { found, supported } => write!(
+                f,
+                "the database has Hodei schema version {found}; this build reads up to {supported} (upgrade Hodei, do not downgrade the database)"
+            ),
+            StoreError::Fenced { epoch, current } => write!(
+                f,
+                "this server led in epoch {epoch} but the database is at epoch {current}: another server leads, nothing was written"
             ),
             StoreError::UnknownJob(id) => write!(f, "unknown job {id}"),
             StoreError::Conflict {

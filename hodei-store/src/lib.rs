@@ -8,9 +8,12 @@
 //!   tasks are batched into one transaction (group commit), so one fsync
 //!   covers many; a write's future resolves only once it is durable.
 //! - [`MemStore`]: the same semantics in memory.
+//! - [`pg::PgStore`] (feature `postgres`): the same semantics on PostgreSQL,
+//!   for several servers sharing one database, one leading at a time
+//!   ([`pg::Lease`]), every write fenced by the leader's epoch.
 //!
-//! Both run the same operations over raw tables, and one conformance test
-//! suite checks both.
+//! All run the same operations over raw tables (PostgreSQL maps them onto
+//! a relational schema), and one conformance test suite checks all three.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -32,6 +35,8 @@ mod error;
 mod mem;
 mod model;
 mod ops;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod redb_store;
 mod store;
 

@@ -249,10 +249,10 @@ struct Request {
 /// Counters of the group-commit writer.
 #[derive(Debug, Default)]
 pub struct WriteStats {
-    commits: AtomicU64,
-    writes: AtomicU64,
-    commit_micros: AtomicU64,
-    largest_batch: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) commit_micros: AtomicU64,
+    pub(crate) largest_batch: AtomicU64,
     /// Commits still to fail on purpose (fault injection; zero otherwise).
     faults: AtomicU64,
 }

@@ -620,6 +620,24 @@ macro_rules! conformance {
                 run(|| RedbStore::open(dir.path().join("hodei.redb"), config()).unwrap(), super::$name);
             })*
         }
+        /// On a real PostgreSQL server of the test's own.
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            use super::*;
+            $(#[test] fn $name() {
+                let cluster = hodei_store::pg::LocalCluster::start().unwrap();
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let db = hodei_store::pg::PgDatabase::connect(&cluster.url(), 4).await.unwrap();
+                    db.migrate().await.unwrap();
+                    super::$name(db.store(config(), None).await.unwrap()).await
+                });
+            })*
+        }
     };
 }
 
