@@ -41,7 +41,8 @@ pub struct Args {
 #[non_exhaustive]
 pub struct ClientSettings {
     /// The server's gRPC endpoint [default: https://127.0.0.1:7070];
-    /// http:// for a server started with --insecure-plaintext.
+    /// http:// for a server started with --insecure-plaintext. For servers
+    /// sharing a database, several, comma-separated: the leader is used.
     #[arg(long, global = true, env = "HODEI_SERVER")]
     pub server: Option<String>,
     /// The CA certificate the server's certificate must chain to (PEM)

@@ -42,7 +42,9 @@ fn containment_from_text<'de, D: serde::Deserializer<'de>>(
 #[non_exhaustive]
 pub struct AgentSettings {
     /// The server's gRPC endpoint, e.g. https://10.0.0.1:7070 (http:// for
-    /// a server started with --insecure-plaintext).
+    /// a server started with --insecure-plaintext); for servers sharing a
+    /// database, all of them, comma-separated: the agent finds the leader
+    /// and moves to the next one when it changes.
     #[arg(long, env = "HODEI_SERVER")]
     pub server: Option<String>,
     /// Where the agent keeps its key and certificate (identity.json, mode

@@ -34,6 +34,9 @@ pub enum ClientError {
     /// Connecting failed.
     #[error("connect: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
+    /// None of the servers given leads (or answers): each one's reason.
+    #[error("no leading server: {0}")]
+    NoLeader(String),
 }
 
 /// The error and its causes on one line: a TLS refusal is in the causes.
@@ -89,6 +92,96 @@ pub type JobClient = JobServiceClient<InterceptedService<Channel, BearerToken>>;
 /// plaintext connection).
 pub type AgentClient = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
 
+/// How often a connection is pinged, and how long a ping may go
+/// unanswered before the connection counts as lost.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The metadata a standby server answers with: where the leader serves.
+pub const LEADER_HINT: &str = "hodei-leader";
+
+/// The endpoints in a comma-separated list (`--server a,b,c`), trimmed,
+/// empty ones left out.
+pub fn endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Where the leader is, if `status` came from a standby that knows.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_HINT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+}
+
+/// Connects to whichever of `endpoints` leads: each is asked the gRPC
+/// health of the server as a whole; a standby answers UNAVAILABLE naming
+/// the leader, which is tried next. Returns the channel and the endpoint.
+///
+/// # Errors
+///
+/// The last endpoint's error when none leads or answers (every
+/// endpoint's reason is in it).
+pub async fn leader_channel(
+    endpoints: &[String],
+    tls: &ClientTls,
+) -> Result<(Channel, String), ClientError> {
+    use futures::StreamExt as _;
+    // All at once: a server that hangs (a stopped process) costs no more
+    // than the answer of the others.
+    let mut probes: futures::stream::FuturesUnordered<_> =
+        endpoints.iter().map(|ep| probe(ep.clone(), tls)).collect();
+    let mut asked: Vec<String> = endpoints.to_vec();
+    let mut reasons: Vec<String> = Vec::new();
+    while let Some((ep, outcome)) = probes.next().await {
+        match outcome {
+            Ok(ch) => return Ok((ch, ep)),
+            Err((reason, hint)) => {
+                reasons.push(format!("{ep}: {reason}"));
+                if let Some(h) = hint.filter(|h| !asked.contains(h)) {
+                    asked.push(h.clone());
+                    probes.push(probe(h, tls));
+                }
+            }
+        }
+    }
+    Err(ClientError::NoLeader(reasons.join("; ")))
+}
+
+/// How long one server may take to say whether it leads.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Asks `ep` whether it leads: its channel if so, else why not and the
+/// leader it names.
+async fn probe(ep: String, tls: &ClientTls) -> (String, Result<Channel, (String, Option<String>)>) {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let ask = async {
+        let ch = channel(&ep, tls).await.map_err(|e| (e.to_string(), None))?;
+        let mut health = HealthClient::new(ch.clone());
+        let r = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|s| (s.message().to_string(), leader_hint(&s)))?;
+        if r.get_ref().status == ServingStatus::Serving as i32 {
+            Ok(ch)
+        } else {
+            Err(("not serving (shutting down)".to_string(), None))
+        }
+    };
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, ask)
+        .await
+        .unwrap_or_else(|_| Err((format!("no answer in {PROBE_TIMEOUT:?}"), None)));
+    (ep, outcome)
+}
+
 /// A channel to `endpoint` secured by `tls`.
 ///
 /// # Errors
@@ -105,14 +198,18 @@ pub async fn channel(endpoint: &str, tls: &ClientTls) -> Result<Channel, ClientE
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        // A server that stops answering (a stopped process, a cut
+        // network) is noticed within seconds, so agents and watchers move
+        // to the next server instead of waiting on a dead stream.
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await?)
 }
 
-/// Connects an agent: with a bearer token (its join token, to join or on a
+/// Connects an agent (to the leader, when `endpoint` lists several
+/// servers, comma-separated): with a bearer token (its join token, to join or on a
 /// plaintext connection) or, with `None`, identified by the client
 /// certificate in `tls`.
 ///
@@ -128,10 +225,13 @@ pub async fn connect_agent(
         Some(t) => BearerToken::new(t)?,
         None => BearerToken::none(),
     };
-    Ok(WorkerServiceClient::with_interceptor(
-        channel(endpoint, tls).await?,
-        token,
-    ))
+    let list = endpoints(endpoint);
+    let channel = if list.len() > 1 {
+        leader_channel(&list, tls).await?.0
+    } else {
+        channel(endpoint, tls).await?
+    };
+    Ok(WorkerServiceClient::with_interceptor(channel, token))
 }
 
 /// The generated admin client with the token attached.
@@ -148,19 +248,26 @@ pub struct Client {
 
 impl Client {
     /// Connects to `endpoint` (`https://host:port`, or `http://` for a
-    /// plaintext server) with a client token.
+    /// plaintext server) with a client token. `endpoint` may list several
+    /// servers, comma-separated: the one that leads is used (see
+    /// [`leader_channel`]).
     ///
     /// # Errors
     ///
     /// [`ClientError`]: a bad endpoint, TLS settings that do not fit it, a
-    /// bad token, or no connection.
+    /// bad token, or no connection (to a leader, given several).
     pub async fn connect(
         endpoint: &str,
         tls: &ClientTls,
         token: &str,
     ) -> Result<Self, ClientError> {
         let token = BearerToken::new(token)?;
-        let channel = channel(endpoint, tls).await?;
+        let list = endpoints(endpoint);
+        let channel = if list.len() > 1 {
+            leader_channel(&list, tls).await?.0
+        } else {
+            channel(endpoint, tls).await?
+        };
         Ok(Client {
             inner: JobServiceClient::with_interceptor(channel.clone(), token.clone()),
             admin: crate::proto::admin_service_client::AdminServiceClient::with_interceptor(

@@ -1,5 +1,6 @@
-//! `hodei-server`: the Hodei API over gRPC on an embedded store, with
-//! Prometheus metrics and health endpoints over HTTP.
+//! `hodei-server`: the Hodei API over gRPC on an embedded store (or a
+//! PostgreSQL database several servers share), with Prometheus metrics and
+//! health endpoints over HTTP.
 //!
 //! Every setting ([`ServerSettings`]) comes from a flag, an environment
 //! variable or a TOML file (`--config`), in that order of precedence. Bad
@@ -50,6 +51,15 @@ enum Command {
     /// stay to open jobs sealed before. Delete an old line once every job
     /// sealed with it is final (their values are erased then).
     RotateSecretsKey,
+    /// With --store postgres: brings the database's schema to this
+    /// version (servers also do it as they start) and, with --from-redb,
+    /// copies a redb deployment into it (jobs, logs, attempts, tokens and
+    /// the audit chain, which still verifies). Stop the redb server first.
+    Migrate {
+        /// The redb file to copy (DATA_DIR/hodei.redb of the old server).
+        #[arg(long)]
+        from_redb: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +101,22 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => bad_config("hodei-server", e),
+        };
+    }
+    if let Some(Command::Migrate { from_redb }) = &args.command {
+        let rt = match runtime("hodei-server", None) {
+            Ok(rt) => rt,
+            Err(code) => return code,
+        };
+        return match rt.block_on(config.migrate(from_redb.as_deref())) {
+            Ok(said) => {
+                println!("hodei-server: {said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hodei-server: {e}");
+                ExitCode::FAILURE
+            }
         };
     }
     let mut config = config;

@@ -68,6 +68,9 @@ pub enum ServerError {
     /// The secrets key file could not be used.
     #[error("secrets key: {0}")]
     Secrets(#[from] crate::server::secrets::SecretsError),
+    /// The shared database cannot be used (a newer schema, say).
+    #[error("database: {0}")]
+    Database(#[source] hodei_store::StoreError),
     /// The store could not be opened.
     #[error("store {path}: {source}")]
     Store {
@@ -116,6 +119,69 @@ impl ServerConfig {
         Ok(made)
     }
 
+    /// For `--store postgres`: brings the database's schema to this
+    /// build's version and, with `from_redb`, copies that redb store's
+    /// jobs, logs, tokens and audit chain into it (checking the chain
+    /// after). Returns what it did, to print.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Database`]: not a PostgreSQL configuration, the
+    /// database unreachable or of a newer schema, the copy failed (a
+    /// non-empty database is refused: a copy goes into a fresh one).
+    pub async fn migrate(
+        &self,
+        from_redb: Option<&std::path::Path>,
+    ) -> Result<String, ServerError> {
+        use hodei_store::StoreError;
+        let db_err = ServerError::Database;
+        let pg = self.postgres.as_ref().ok_or_else(|| {
+            db_err(StoreError::storage_message(
+                "migrate needs --store postgres and --database-url",
+            ))
+        })?;
+        let db = hodei_store::pg::PgDatabase::connect(&pg.url, 4)
+            .await
+            .map_err(db_err)?;
+        let was = db.migrate().await.map_err(db_err)?;
+        let mut said = format!(
+            "schema at version {} (was {was})",
+            hodei_store::pg::SCHEMA_VERSION
+        );
+        if let Some(path) = from_redb {
+            let from = RedbStore::open(path, self.store).map_err(|source| ServerError::Store {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let to = db.store(self.store, None).await.map_err(db_err)?;
+            let any = to
+                .list_jobs(hodei_store::JobFilter {
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(db_err)?;
+            if !any.jobs.is_empty() || !to.audit_records(0, 1).await.map_err(db_err)?.is_empty() {
+                return Err(db_err(StoreError::storage_message(
+                    "the database already holds jobs or audit records: copy into an empty one",
+                )));
+            }
+            let c = hodei_store::pg::copy_redb(&from, &to)
+                .await
+                .map_err(db_err)?;
+            said.push_str(&format!(
+                "; copied {} jobs, {} attempts, {} log chunks, {} credentials and {} audit records from {} (the audit chain verifies)",
+                c.jobs,
+                c.attempts,
+                c.log_chunks,
+                c.credentials,
+                c.audit_records,
+                path.display()
+            ));
+        }
+        Ok(said)
+    }
+
     /// Runs the server these settings describe until `shutdown` resolves:
     /// binds both listeners, opens the store in the data directory (or
     /// memory), starts (over `tls`, from [`server_tls`](Self::server_tls),
@@ -157,7 +223,6 @@ impl ServerConfig {
         let parts = Parts {
             limits: this.limits,
             jwt,
-            http,
             tokens,
             engine: this.engine,
             agent_cert_ttl: this.agent_cert_ttl,
@@ -168,7 +233,25 @@ impl ServerConfig {
             StoreKind::Memory => {
                 let store = Arc::new(MemStore::new(this.store));
                 run_built(
-                    parts.apply(ServerBuilder::new(store, grpc)),
+                    parts.apply(ServerBuilder::new(store, grpc), http),
+                    shutdown,
+                    started,
+                )
+                .await
+            }
+            StoreKind::Postgres => {
+                let pg = this.postgres.clone().ok_or_else(|| {
+                    ServerError::Task("--store postgres without --database-url".into())
+                })?;
+                super::replica::run(
+                    super::replica::Replica {
+                        pg,
+                        store: this.store,
+                        listen: this.listen,
+                        http_listen: this.http_listen,
+                        parts,
+                    },
+                    (grpc, http),
                     shutdown,
                     started,
                 )
@@ -180,17 +263,17 @@ impl ServerConfig {
                     .map_err(|source| ServerError::Store { path, source })?;
                 let b = ServerBuilder::new(Arc::new(store), grpc)
                     .write_stats(|s: &RedbStore| Some(s.write_stats()));
-                run_built(parts.apply(b), shutdown, started).await
+                run_built(parts.apply(b, http), shutdown, started).await
             }
         }
     }
 }
 
 /// What [`ServerConfig::run`] gives the builder, whichever the store.
-struct Parts {
+#[derive(Clone)]
+pub(crate) struct Parts {
     limits: LimitConfig,
     jwt: Option<JwtConfig>,
-    http: TcpListener,
     tokens: Tokens,
     engine: EngineConfig,
     agent_cert_ttl: Duration,
@@ -199,9 +282,17 @@ struct Parts {
 }
 
 impl Parts {
-    fn apply<S: Store>(self, b: ServerBuilder<S>) -> ServerBuilder<S> {
+    pub(crate) fn tls(&self) -> Option<&Arc<ServerTls>> {
+        self.tls.as_ref()
+    }
+
+    pub(crate) fn apply<S: Store>(
+        self,
+        b: ServerBuilder<S>,
+        http: TcpListener,
+    ) -> ServerBuilder<S> {
         let b = b
-            .http_listener(self.http)
+            .http_listener(http)
             .tokens(self.tokens)
             .engine_config(self.engine)
             .agent_cert_ttl(self.agent_cert_ttl)
@@ -218,7 +309,7 @@ impl Parts {
     }
 }
 
-async fn run_built<S: Store>(
+pub(crate) async fn run_built<S: Store>(
     b: ServerBuilder<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: impl FnOnce(SocketAddr, SocketAddr),
@@ -264,6 +355,7 @@ pub struct ServerBuilder<S> {
     join_file: Option<PathBuf>,
     jwt: Option<JwtConfig>,
     limits: LimitConfig,
+    epoch: Option<i64>,
 }
 
 /// How often the TLS files are checked for changes.
@@ -297,7 +389,15 @@ impl<S: Store> ServerBuilder<S> {
             join_file: None,
             jwt: None,
             limits: LimitConfig::default(),
+            epoch: None,
         }
+    }
+
+    /// The leadership epoch this server runs in (a server on a shared
+    /// database), shown by `/metrics`.
+    pub fn leader_epoch(mut self, epoch: i64) -> Self {
+        self.epoch = Some(epoch);
+        self
     }
 
     /// What each client may do: requests a second, streams at once
@@ -394,6 +494,7 @@ impl<S: Store> ServerBuilder<S> {
             engine: engine.clone(),
             stats: self.stats,
             stopping: AtomicBool::new(false),
+            epoch: self.epoch,
         });
         let (http_stop_tx, http_stop) = tokio::sync::oneshot::channel::<()>();
         let tls = self.tls.clone();

@@ -22,15 +22,36 @@ pub(crate) struct Http<S> {
     pub(crate) stats: StatsOf<S>,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub(crate) stopping: AtomicBool,
+    /// The leadership epoch, for a server on a shared database.
+    pub(crate) epoch: Option<i64>,
+}
+
+/// The role lines of `/metrics`: this server leads (a server on its own
+/// store always does); standbys print 0.
+pub(crate) fn role_metrics(leader: bool, epoch: Option<i64>) -> String {
+    let mut s = String::from(
+        "# HELP hodei_server_leader Whether this server leads (runs the engine): 1, or 0 for a standby.\n\
+         # TYPE hodei_server_leader gauge\n",
+    );
+    s.push_str(&format!("hodei_server_leader {}\n", u8::from(leader)));
+    if let Some(e) = epoch {
+        s.push_str(
+            "# HELP hodei_server_epoch The leadership epoch of the shared database this server last saw or held.\n\
+             # TYPE hodei_server_epoch gauge\n",
+        );
+        s.push_str(&format!("hodei_server_epoch {e}\n"));
+    }
+    s
 }
 
 async fn metrics<S: Store>(State(h): State<Arc<Http<S>>>) -> impl IntoResponse {
     match h.engine.snapshot().await {
         Ok(snap) => {
-            let text =
+            let mut text =
                 h.engine
                     .metrics()
                     .render(&snap, h.engine.cluster(), (h.stats)(h.engine.store()));
+            text.push_str(&role_metrics(true, h.epoch));
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

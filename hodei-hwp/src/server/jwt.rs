@@ -13,6 +13,7 @@ use super::auth::{AuthError, Principal, Role, Scope};
 use crate::tls::TlsError;
 
 /// One key the provider signs with.
+#[derive(Clone)]
 struct Key {
     kid: Option<String>,
     algorithm: Algorithm,
@@ -20,6 +21,7 @@ struct Key {
 }
 
 /// How JSON Web Tokens are checked and mapped to a principal.
+#[derive(Clone)]
 pub struct JwtConfig {
     keys: Vec<Key>,
     issuer: String,

@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod limits;
 pub(crate) mod metrics;
 pub mod pki;
+pub(crate) mod replica;
 pub mod secrets;
 pub mod security;
 pub(crate) mod serve;

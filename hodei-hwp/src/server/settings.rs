@@ -49,10 +49,32 @@ pub struct ServerSettings {
     /// The data directory: the store and the token files [default: ./hodei-data].
     #[arg(long, env = "HODEI_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// `redb` (durable, the default) or `memory` (lost on exit; for tests
-    /// and load runs).
+    /// `redb` (durable, the default), `postgres` (a database several
+    /// servers share, one leading at a time; needs --database-url) or
+    /// `memory` (lost on exit; for tests and load runs).
     #[arg(long, env = "HODEI_STORE")]
     pub store: Option<String>,
+    /// The PostgreSQL database for --store postgres, e.g.
+    /// postgres://hodei@db.internal:5432/hodei (a password in it shows in
+    /// `ps`: prefer the environment variable or the file).
+    #[arg(long, env = "HODEI_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// With --store postgres: how long the leader's lease runs between
+    /// renewals (every third of it); a standby takes over once it lapses
+    /// [default: 3s].
+    #[arg(long, value_parser = parse_duration, env = "HODEI_LEASE")]
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    /// With --store postgres: the gRPC endpoint standbys send agents and
+    /// clients to while this server leads [default: https://LISTEN, or
+    /// http:// with --insecure-plaintext; the host name for an unspecified
+    /// address].
+    #[arg(long, env = "HODEI_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// With --store postgres: the HTTP endpoint standbys name while this
+    /// server leads [default: from --http-listen as for --advertise].
+    #[arg(long, env = "HODEI_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
     /// How often agents heartbeat [default: 5s].
     #[arg(long, value_parser = parse_duration, env = "HODEI_HEARTBEAT_INTERVAL")]
     #[serde(default, with = "humantime_serde")]
@@ -167,6 +189,23 @@ pub enum StoreKind {
     Redb,
     /// Memory only: lost when the server stops.
     Memory,
+    /// A PostgreSQL database shared by several servers
+    /// ([`ServerConfig::postgres`]).
+    Postgres,
+}
+
+/// A server on a shared PostgreSQL database.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// The database.
+    pub url: String,
+    /// How long a lease runs between renewals.
+    pub lease: Duration,
+    /// The gRPC endpoint standbys name while this server leads.
+    pub advertise: String,
+    /// The HTTP endpoint standbys name while this server leads.
+    pub advertise_http: String,
 }
 
 /// Settings resolved: defaults filled in, every value checked.
@@ -181,6 +220,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The store.
     pub store_kind: StoreKind,
+    /// The shared database, for [`StoreKind::Postgres`].
+    pub postgres: Option<PostgresConfig>,
     /// The engine's settings.
     pub engine: EngineConfig,
     /// The store's settings.
@@ -234,6 +275,10 @@ impl ServerSettings {
             http_listen: self.http_listen.or(other.http_listen),
             data_dir: self.data_dir.or(other.data_dir),
             store: self.store.or(other.store),
+            database_url: self.database_url.or(other.database_url),
+            lease: self.lease.or(other.lease),
+            advertise: self.advertise.or(other.advertise),
+            advertise_http: self.advertise_http.or(other.advertise_http),
             heartbeat_interval: self.heartbeat_interval.or(other.heartbeat_interval),
             heartbeat_timeout: self.heartbeat_timeout.or(other.heartbeat_timeout),
             cancel_grace: self.cancel_grace.or(other.cancel_grace),
@@ -270,12 +315,35 @@ impl ServerSettings {
         let store_kind = match self.store.as_deref().unwrap_or("redb") {
             "redb" => StoreKind::Redb,
             "memory" => StoreKind::Memory,
+            "postgres" => StoreKind::Postgres,
             other => {
                 return Err(SettingsError::invalid(
                     "store",
-                    format!("{other:?} must be redb or memory"),
+                    format!("{other:?} must be redb, postgres or memory"),
                 ));
             }
+        };
+        let lease = self.lease.unwrap_or(Duration::from_secs(3));
+        if lease < Duration::from_millis(300) {
+            return Err(SettingsError::invalid(
+                "lease",
+                format!("{lease:?} must be at least 300ms"),
+            ));
+        }
+        if store_kind != StoreKind::Postgres && self.database_url.is_some() {
+            return Err(SettingsError::invalid(
+                "database_url",
+                "is for --store postgres",
+            ));
+        }
+        let database_url = match (store_kind, self.database_url) {
+            (StoreKind::Postgres, None) => {
+                return Err(SettingsError::invalid(
+                    "database_url",
+                    "required with --store postgres",
+                ));
+            }
+            (_, url) => url,
         };
         let mut engine = EngineConfig::default();
         if let Some(d) = self.heartbeat_interval {
@@ -410,11 +478,26 @@ impl ServerSettings {
             ));
         }
         let limits = super::limits::LimitConfig::new(rate, self.max_streams.unwrap_or(100));
+        let http_listen = self.http_listen.unwrap_or(local(7071));
+        let scheme = if tls == ServerTlsConfig::Plaintext {
+            "http"
+        } else {
+            "https"
+        };
+        let postgres = database_url.map(|url| PostgresConfig {
+            url,
+            lease,
+            advertise: self.advertise.unwrap_or_else(|| advertised(scheme, listen)),
+            advertise_http: self
+                .advertise_http
+                .unwrap_or_else(|| advertised(scheme, http_listen)),
+        });
         Ok(ServerConfig {
             listen,
-            http_listen: self.http_listen.unwrap_or(local(7071)),
+            http_listen,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("hodei-data")),
             store_kind,
+            postgres,
             engine,
             store,
             log_level,
@@ -423,6 +506,21 @@ impl ServerSettings {
             jwt,
             limits,
         })
+    }
+}
+
+/// How others reach `addr`: itself, or the host name when it is the
+/// unspecified address.
+fn advertised(scheme: &str, addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{scheme}://{host}:{}", addr.port())
+    } else {
+        format!("{scheme}://{addr}")
     }
 }
 
@@ -479,6 +577,12 @@ mod tests {
             ("jwt_key = \"/k.pem\"\njwt_issuer = \"i\"", "jwt_audience:"),
             ("jwt_issuer = \"i\"", "jwt_key:"),
             ("rate_limit = -1.0", "rate_limit:"),
+            ("store = \"postgres\"", "database_url:"),
+            ("database_url = \"postgres://h/d\"", "database_url:"),
+            (
+                "store = \"postgres\"\ndatabase_url = \"postgres://h/d\"\nlease = \"10ms\"",
+                "lease:",
+            ),
         ];
         for (toml, want) in cases {
             let err = from_toml(toml)
@@ -490,5 +594,29 @@ mod tests {
         }
         let err = from_toml("lisen = \"x\"").map(|_| ()).unwrap_err();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn a_postgres_server_advertises_where_it_listens() {
+        let c = from_toml(
+            "store = \"postgres\"\ndatabase_url = \"postgres://h/d\"\nlisten = \"10.0.0.5:7070\"",
+        )
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(c.store_kind, StoreKind::Postgres);
+        let pg = c.postgres.unwrap();
+        assert_eq!(pg.advertise, "https://10.0.0.5:7070");
+        assert_eq!(pg.advertise_http, "https://127.0.0.1:7071");
+        assert_eq!(pg.lease, Duration::from_secs(3));
+        let c = from_toml(
+            "store = \"postgres\"\ndatabase_url = \"postgres://h/d\"\ninsecure_plaintext = true\nadvertise = \"http://lb:1\"\nlisten = \"0.0.0.0:7070\"",
+        )
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let pg = c.postgres.unwrap();
+        assert_eq!(pg.advertise, "http://lb:1");
+        assert!(pg.advertise_http.starts_with("http://"));
     }
 }
