@@ -23,6 +23,10 @@ const SERVER: &str = env!("CARGO_BIN_EXE_hodei-server");
 const AGENT: &str = env!("CARGO_BIN_EXE_hodei-agent");
 const CLI: &str = env!("CARGO_BIN_EXE_hodei");
 
+/// One group of servers at a time: the failover bound (5 s) is measured,
+/// and the machine has two cores.
+static SERIAL: Mutex<()> = parking_lot::const_mutex(());
+
 /// A child process killed when dropped.
 struct Proc(Child);
 
@@ -354,6 +358,7 @@ fn p(v: &mut [f64], q: f64) -> f64 {
 
 #[test]
 fn three_servers_survive_ten_leader_kills_without_losing_or_repeating_a_job() {
+    let _serial = SERIAL.lock();
     let mut g = Group::start(3);
     let marks = g.home.parent().unwrap().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
@@ -479,6 +484,7 @@ async fn hodei_out(c: &mut Client, id: JobId) -> String {
 
 #[test]
 fn a_leader_stopped_past_its_lease_writes_nothing_and_steps_down() {
+    let _serial = SERIAL.lock();
     let mut g = Group::start(2);
     let _agent = g.agent("a0");
     let rt = rt();
@@ -584,6 +590,7 @@ fn a_leader_stopped_past_its_lease_writes_nothing_and_steps_down() {
 
 #[test]
 fn the_database_restarted_under_load_loses_nothing_acknowledged() {
+    let _serial = SERIAL.lock();
     let g = Group::start(2);
     let marks = g.home.parent().unwrap().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
@@ -630,6 +637,7 @@ fn the_database_restarted_under_load_loses_nothing_acknowledged() {
 
 #[test]
 fn a_database_of_a_newer_schema_is_refused_with_a_clear_error() {
+    let _serial = SERIAL.lock();
     let db = LocalCluster::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let migrate = Command::new(SERVER)
@@ -673,6 +681,7 @@ fn a_database_of_a_newer_schema_is_refused_with_a_clear_error() {
 
 #[test]
 fn a_redb_deployment_moves_to_postgres_with_its_jobs_logs_tokens_and_audit_chain() {
+    let _serial = SERIAL.lock();
     let db = LocalCluster::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("server");

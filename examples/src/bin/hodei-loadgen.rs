@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// Load generator for a Hodei server.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "hodei-loadgen", version)]
 struct Args {
     /// Simulated agents (N).
@@ -58,7 +58,10 @@ struct Args {
     /// Jobs each agent runs at once (its capacity, in job-sized slots).
     #[arg(long, default_value_t = 10_000)]
     slots: u32,
-    /// `redb` (durable) or `memory`.
+    /// `redb` (durable), `postgres` (a throwaway PostgreSQL server of the
+    /// run's own, on this machine) or `memory`; several, comma-separated,
+    /// run one after the other and a last line gives each one's figures
+    /// as a ratio of the first's.
     #[arg(long, default_value = "redb")]
     store: String,
     /// The agents' heartbeat interval (the server's setting).
@@ -107,6 +110,8 @@ struct Server {
     join: String,
     admin: String,
     tls: bool,
+    /// The database of a `postgres` run; stopped after the server.
+    _db: Option<hodei_store::pg::LocalCluster>,
 }
 
 impl Server {
@@ -154,6 +159,13 @@ fn start_server(a: &Args, tls: bool) -> anyhow::Result<Server> {
     if !tls {
         cmd.arg("--insecure-plaintext");
     }
+    let db = if a.store == "postgres" {
+        let db = hodei_store::pg::LocalCluster::start()?;
+        cmd.args(["--database-url", &db.url()]);
+        Some(db)
+    } else {
+        None
+    };
     for (i, w) in a.weights.iter().enumerate() {
         cmd.arg("--weight").arg(format!("t{i}={w}"));
     }
@@ -189,14 +201,32 @@ fn start_server(a: &Args, tls: bool) -> anyhow::Result<Server> {
             .trim()
             .to_string())
     };
+    let http = http.context("metrics address")?;
+    if db.is_some() {
+        // It starts as a standby and leads once it holds the lease.
+        let ca = tls.then(|| dir.path().join("tls/ca.crt"));
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = hodei_examples::http_get(&http, "/readyz", ca.as_deref())
+                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"));
+            if ready {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("the server did not lead within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     Ok(Server {
         join: read("join.token")?,
         admin: read("admin.token")?,
         child,
         grpc: grpc.context("grpc address")?,
-        http: http.context("metrics address")?,
+        http,
         dir,
         tls,
+        _db: db,
     })
 }
 
@@ -781,14 +811,65 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match rt.block_on(run(args)) {
-        Ok(v) => {
-            println!("{v}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("hodei-loadgen: {e:#}");
-            ExitCode::FAILURE
+    let stores: Vec<String> = args
+        .store
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let mut lines = Vec::new();
+    for store in &stores {
+        let mut a = args.clone();
+        a.store = store.clone();
+        match rt.block_on(run(a)) {
+            Ok(v) => {
+                println!("{v}");
+                lines.push(v);
+            }
+            Err(e) => {
+                eprintln!("hodei-loadgen: {store}: {e:#}");
+                return ExitCode::FAILURE;
+            }
         }
     }
+    if lines.len() > 1 {
+        println!("{}", ratios(&lines));
+    }
+    ExitCode::SUCCESS
+}
+
+/// Each run's main figures beside the first run's, as ratios.
+fn ratios(lines: &[serde_json::Value]) -> serde_json::Value {
+    let f = |v: &serde_json::Value, path: &[&str]| {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    let keys: [(&str, &[&str]); 4] = [
+        ("submitted_per_s", &["submitted_per_s"]),
+        ("completed_per_s", &["completed_per_s"]),
+        ("submit_to_assign_p50_ms", &["submit_to_assign_ms", "p50"]),
+        ("submit_to_assign_p99_ms", &["submit_to_assign_ms", "p99"]),
+    ];
+    let base = &lines[0];
+    let mut out = serde_json::Map::new();
+    for l in lines {
+        let mut m = serde_json::Map::new();
+        for (name, path) in keys {
+            let (x, b) = (f(l, path), f(base, path));
+            m.insert(name.to_string(), json!(x));
+            m.insert(
+                format!("{name}_ratio"),
+                json!(if b > 0.0 { x / b } else { 0.0 }),
+            );
+        }
+        out.insert(
+            l.get("store")
+                .and_then(|s| s.as_str())
+                .unwrap_or("?")
+                .to_string(),
+            serde_json::Value::Object(m),
+        );
+    }
+    json!({ "compared_with": base.get("store"), "stores": out })
 }
