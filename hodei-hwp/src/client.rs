@@ -426,3 +426,27 @@ impl Client {
             .into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_lists_are_trimmed_and_empty_ones_dropped() {
+        assert_eq!(
+            endpoints(" https://a:1, https://b:2 ,,https://c:3,"),
+            ["https://a:1", "https://b:2", "https://c:3"]
+        );
+        assert_eq!(endpoints("https://a:1"), ["https://a:1"]);
+        assert!(endpoints(" , ").is_empty());
+    }
+
+    #[test]
+    fn a_standby_s_hint_is_read_from_its_metadata() {
+        let mut s = Status::unavailable("standby");
+        assert_eq!(leader_hint(&s), None);
+        s.metadata_mut()
+            .insert(LEADER_HINT, "https://10.0.0.2:7070".parse().unwrap());
+        assert_eq!(leader_hint(&s).as_deref(), Some("https://10.0.0.2:7070"));
+    }
+}

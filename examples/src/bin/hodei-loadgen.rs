@@ -208,7 +208,7 @@ fn start_server(a: &Args, tls: bool) -> anyhow::Result<Server> {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = hodei_examples::http_get(&http, "/readyz", ca.as_deref())
-                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"));
+                .is_ok_and(|r| r.split_whitespace().nth(1) == Some("200"));
             if ready {
                 break;
             }

@@ -88,6 +88,16 @@ pub(crate) async fn run(
         listeners.1.local_addr().map_err(listener("http_listen"))?,
     );
     started(g, h);
+    // Each role binds the listeners again: on the ports first bound (a
+    // port 0 resolves once), advertised as such.
+    let mut r = r;
+    r.listen = g;
+    r.http_listen = h;
+    for (adv, port) in [(&mut r.pg.advertise, g.port()), (&mut r.pg.advertise_http, h.port())] {
+        if let Some(base) = adv.strip_suffix(":0") {
+            *adv = format!("{base}:{port}");
+        }
+    }
     let mut listeners = Some(listeners);
     let mut db: Option<PgDatabase> = None;
     loop {
