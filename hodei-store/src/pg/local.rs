@@ -184,7 +184,7 @@ impl LocalCluster {
 
     fn start_server(&self) -> Result<(), LocalClusterError> {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}' -c max_connections=200 -c shared_buffers=128MB",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='{}' -c max_connections=200 -c shared_buffers=256MB -c max_wal_size=4GB -c wal_compression=on",
             self.port,
             self.root.display()
         );
