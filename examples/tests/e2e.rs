@@ -5,43 +5,16 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod process;
+use process::Proc;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_hodei-server");
 const AGENT: &str = env!("CARGO_BIN_EXE_hodei-agent");
 const CLI: &str = env!("CARGO_BIN_EXE_hodei");
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill only sends a signal to our own child.
-        unsafe {
-            libc::kill(self.0.id() as i32, sig);
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < end, "process did not exit in {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 struct Server {
     proc: Proc,

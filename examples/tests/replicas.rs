@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ use hodei_hwp::tls::ClientTls;
 use hodei_store::pg::LocalCluster;
 use parking_lot::Mutex;
 
+mod process;
+use process::Proc;
+
 const SERVER: &str = env!("CARGO_BIN_EXE_hodei-server");
 const AGENT: &str = env!("CARGO_BIN_EXE_hodei-agent");
 const CLI: &str = env!("CARGO_BIN_EXE_hodei");
@@ -26,25 +29,6 @@ const CLI: &str = env!("CARGO_BIN_EXE_hodei");
 /// One group of servers at a time: the failover bound (5 s) is measured,
 /// and the machine has two cores.
 static SERIAL: Mutex<()> = parking_lot::const_mutex(());
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill only sends a signal to our own child.
-        unsafe {
-            libc::kill(self.0.id() as i32, sig);
-        }
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -317,6 +301,31 @@ async fn submitter(
     }
 }
 
+/// Starts [`submitter`] on `rt`: its stop flag, what it acknowledged, its
+/// task.
+#[allow(clippy::type_complexity)]
+fn load(
+    rt: &tokio::runtime::Runtime,
+    g: &Group,
+    marks: &Path,
+) -> (
+    Arc<AtomicBool>,
+    Arc<Mutex<Vec<(usize, JobId)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let sub = rt.spawn(submitter(
+        g.endpoints(),
+        g.trust(),
+        g.admin(),
+        marks.to_path_buf(),
+        Arc::clone(&stop),
+        Arc::clone(&acked),
+    ));
+    (stop, acked, sub)
+}
+
 async fn wait_all_final(client: &mut Client, ids: &[(usize, JobId)], limit: Duration) {
     let end = Instant::now() + limit;
     for (i, id) in ids {
@@ -364,16 +373,7 @@ fn three_servers_survive_ten_leader_kills_without_losing_or_repeating_a_job() {
     std::fs::create_dir_all(&marks).unwrap();
     let _agents: Vec<Proc> = (0..3).map(|i| g.agent(&format!("a{i}"))).collect();
     let rt = rt();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let sub = rt.spawn(submitter(
-        g.endpoints(),
-        g.trust(),
-        g.admin(),
-        marks.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&acked),
-    ));
+    let (stop, acked, sub) = load(&rt, &g, &marks);
     let db = rt.block_on(sql(&g.db.url()));
     let mut to_assign = Vec::new();
     for round in 0..10 {
@@ -598,16 +598,7 @@ fn the_database_restarted_under_load_loses_nothing_acknowledged() {
     g.wait_leader(None, Duration::from_secs(20))
         .expect("a leader");
     let rt = rt();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let sub = rt.spawn(submitter(
-        g.endpoints(),
-        g.trust(),
-        g.admin(),
-        marks.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&acked),
-    ));
+    let (stop, acked, sub) = load(&rt, &g, &marks);
     std::thread::sleep(Duration::from_secs(2));
     let before = acked.lock().len();
     assert!(before > 0);

@@ -249,15 +249,25 @@ struct Request {
 /// Counters of the group-commit writer.
 #[derive(Debug, Default)]
 pub struct WriteStats {
-    pub(crate) commits: AtomicU64,
-    pub(crate) writes: AtomicU64,
-    pub(crate) commit_micros: AtomicU64,
-    pub(crate) largest_batch: AtomicU64,
+    commits: AtomicU64,
+    writes: AtomicU64,
+    commit_micros: AtomicU64,
+    largest_batch: AtomicU64,
     /// Commits still to fail on purpose (fault injection; zero otherwise).
     faults: AtomicU64,
 }
 
 impl WriteStats {
+    /// Counts one commit of `writes` writes begun at `started`.
+    pub(crate) fn record(&self, writes: usize, started: Instant) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.largest_batch
+            .fetch_max(writes as u64, Ordering::Relaxed);
+    }
+
     /// Transactions committed.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -489,14 +499,7 @@ fn writer_loop(
                 &stats.faults,
             )
         });
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.writes.fetch_add(writes as u64, Ordering::Relaxed);
-        stats
-            .commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        stats
-            .largest_batch
-            .fetch_max(writes as u64, Ordering::Relaxed);
+        stats.record(writes, started);
         match outcome {
             Ok(results) => {
                 for (req, result) in batch.drain(..).zip(results) {

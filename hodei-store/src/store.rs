@@ -206,15 +206,130 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> Result<T, StoreError>;
 }
 
-/// One write, waited for until durable.
-async fn write<B: Backend>(b: &B, op: WriteOp) -> Result<Reply, StoreError> {
-    b.send(op).await?.wait().await
+/// Where a store's writes go: every store queues them for one writer.
+/// The write half of [`Store`] is written once over it (`writes`), for
+/// the backends above and for PostgreSQL, which reads otherwise.
+pub(crate) trait Queue: Send + Sync + 'static {
+    /// Queues `op`; returns once queued, with what resolves once durable.
+    fn queue(&self, op: WriteOp) -> impl Future<Output = Result<Pending, StoreError>> + Send;
+}
+
+impl<B: Backend> Queue for B {
+    fn queue(&self, op: WriteOp) -> impl Future<Output = Result<Pending, StoreError>> + Send {
+        self.send(op)
+    }
+}
+
+/// The write half of [`Store`], once for every store.
+pub(crate) mod writes {
+    use super::*;
+
+    /// One write, waited for until durable.
+    async fn write<Q: Queue>(q: &Q, op: WriteOp) -> Result<Reply, StoreError> {
+        q.queue(op).await?.wait().await
+    }
+
+    pub(crate) async fn enqueue<Q: Queue>(q: &Q, batch: Batch) -> Result<Commit, StoreError> {
+        q.queue(WriteOp::Batch(batch.ops)).await.map(Commit::new)
+    }
+
+    pub(crate) async fn insert_job<Q: Queue>(q: &Q, job: Job) -> Result<Inserted, StoreError> {
+        let bytes = codec::encode("job", &job)?;
+        match write(q, WriteOp::Insert(Box::new(job), bytes)).await? {
+            Reply::Inserted(i) => Ok(*i),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn transition<Q: Queue>(
+        q: &Q,
+        id: JobId,
+        expected: JobState,
+        attempt: u32,
+        t: Transition,
+        now: Timestamp,
+    ) -> Result<Job, StoreError> {
+        let op = WriteOp::Transition {
+            id,
+            expected,
+            attempt,
+            t,
+            now,
+        };
+        match write(q, op).await? {
+            Reply::Job(j) => Ok(*j),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn record_attempt<Q: Queue>(
+        q: &Q,
+        record: AttemptRecord,
+    ) -> Result<(), StoreError> {
+        write(q, WriteOp::Attempt(record)).await.map(|_| ())
+    }
+
+    pub(crate) async fn append_log<Q: Queue>(
+        q: &Q,
+        job: JobId,
+        attempt: u32,
+        seq: u64,
+        chunk: LogChunk,
+    ) -> Result<LogAppend, StoreError> {
+        let op = WriteOp::Log {
+            job,
+            attempt,
+            seq,
+            chunk,
+        };
+        match write(q, op).await? {
+            Reply::Log(l) => Ok(l),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn append_audit<Q: Queue>(
+        q: &Q,
+        entry: AuditEntry,
+    ) -> Result<AuditRecord, StoreError> {
+        match write(q, WriteOp::Audit(entry)).await? {
+            Reply::Audit(a) => Ok(*a),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    /// Puts (`Some`) or removes (`None`) a credential record.
+    pub(crate) async fn credential<Q: Queue>(
+        q: &Q,
+        kind: &str,
+        id: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let op = WriteOp::Credential {
+            kind: kind.to_string(),
+            id: id.to_string(),
+            value,
+        };
+        match write(q, op).await? {
+            Reply::Existed(e) => Ok(e),
+            other => Err(ops::unexpected(other)),
+        }
+    }
+
+    /// Writes in one transaction, each with its own outcome; fails if
+    /// any failed.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) async fn all<Q: Queue>(q: &Q, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        match write(q, WriteOp::Batch(ops)).await? {
+            Reply::Batch(rs) => rs.into_iter().try_for_each(|r| r.map(|_| ())),
+            other => Err(ops::unexpected(other)),
+        }
+    }
 }
 
 impl<B: Backend> Store for B {
     async fn enqueue(&self, batch: Batch) -> Result<Commit, StoreError> {
-        let op = WriteOp::Batch(batch.ops);
-        self.send(op).await.map(Commit::new)
+        writes::enqueue(self, batch).await
     }
 
     async fn find_idempotent(
@@ -226,11 +341,7 @@ impl<B: Backend> Store for B {
     }
 
     async fn insert_job(&self, job: Job) -> Result<Inserted, StoreError> {
-        let bytes = codec::encode("job", &job)?;
-        match write(self, WriteOp::Insert(Box::new(job), bytes)).await? {
-            Reply::Inserted(i) => Ok(*i),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::insert_job(self, job).await
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -249,21 +360,11 @@ impl<B: Backend> Store for B {
         t: Transition,
         now: Timestamp,
     ) -> Result<Job, StoreError> {
-        let op = WriteOp::Transition {
-            id,
-            expected,
-            attempt,
-            t,
-            now,
-        };
-        match write(self, op).await? {
-            Reply::Job(j) => Ok(*j),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::transition(self, id, expected, attempt, t, now).await
     }
 
     async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        write(self, WriteOp::Attempt(record)).await.map(|_| ())
+        writes::record_attempt(self, record).await
     }
 
     async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRecord>, StoreError> {
@@ -277,16 +378,7 @@ impl<B: Backend> Store for B {
         seq: u64,
         chunk: LogChunk,
     ) -> Result<LogAppend, StoreError> {
-        let op = WriteOp::Log {
-            job,
-            attempt,
-            seq,
-            chunk,
-        };
-        match write(self, op).await? {
-            Reply::Log(l) => Ok(l),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::append_log(self, job, attempt, seq, chunk).await
     }
 
     async fn read_logs(
@@ -299,10 +391,7 @@ impl<B: Backend> Store for B {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-        match write(self, WriteOp::Audit(entry)).await? {
-            Reply::Audit(a) => Ok(*a),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::append_audit(self, entry).await
     }
 
     async fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
@@ -323,31 +412,14 @@ impl<B: Backend> Store for B {
         id: &str,
         value: Vec<u8>,
     ) -> Result<bool, StoreError> {
-        credential(self, kind, id, Some(value)).await
+        writes::credential(self, kind, id, Some(value)).await
     }
 
     async fn remove_credential(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
-        credential(self, kind, id, None).await
+        writes::credential(self, kind, id, None).await
     }
 
     async fn credentials(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.read(|t| ops::credentials(t, kind))
-    }
-}
-
-async fn credential<B: Backend>(
-    b: &B,
-    kind: &str,
-    id: &str,
-    value: Option<Vec<u8>>,
-) -> Result<bool, StoreError> {
-    let op = WriteOp::Credential {
-        kind: kind.to_string(),
-        id: id.to_string(),
-        value,
-    };
-    match write(b, op).await? {
-        Reply::Existed(e) => Ok(e),
-        other => Err(ops::unexpected(other)),
     }
 }

@@ -93,7 +93,10 @@ pub(crate) async fn run(
     let mut r = r;
     r.listen = g;
     r.http_listen = h;
-    for (adv, port) in [(&mut r.pg.advertise, g.port()), (&mut r.pg.advertise_http, h.port())] {
+    for (adv, port) in [
+        (&mut r.pg.advertise, g.port()),
+        (&mut r.pg.advertise_http, h.port()),
+    ] {
         if let Some(base) = adv.strip_suffix(":0") {
             *adv = format!("{base}:{port}");
         }

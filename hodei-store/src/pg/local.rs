@@ -31,7 +31,14 @@ pub enum LocalClusterError {
     },
 }
 
-/// A PostgreSQL server of its own: see the [module](self).
+/// A throwaway PostgreSQL server in a temporary directory, for tests,
+/// benchmarks and trying Hodei on one machine.
+///
+/// It uses the server binaries installed on the machine
+/// (`/usr/lib/postgresql/<version>/bin`, or `HODEI_PG_BIN`), listens on a
+/// free port of 127.0.0.1 only, trusts local connections, and is stopped
+/// and removed when dropped. PostgreSQL refuses to run as root: run as
+/// root, the cluster belongs to the `postgres` user (or `nobody`).
 #[derive(Debug)]
 pub struct LocalCluster {
     root: PathBuf,

@@ -33,7 +33,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -43,14 +42,14 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::audit::{AuditEntry, AuditRecord, ChainCheck};
 use crate::batch::{Batch, Commit, Pending};
-use crate::codec::{self, decode};
+use crate::codec::decode;
 use crate::error::StoreError;
 use crate::model::{
     AttemptRecord, Inserted, JobFilter, LogAppend, LogChunk, LogCursor, LogEntry, LogPage, Page,
 };
 use crate::ops::{self, Reply, Table, WriteOp};
 use crate::redb_store::WriteStats;
-use crate::store::{Store, StoreConfig};
+use crate::store::{Queue, Store, StoreConfig, writes};
 
 pub use copy::{Copied, copy_redb};
 pub use lease::{Lease, LeaseHolder};
@@ -462,14 +461,7 @@ async fn writer_loop(
             Some(e) => Err(e.clone()),
             None => w.commit(&mut batch).await,
         };
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.writes.fetch_add(writes as u64, Ordering::Relaxed);
-        stats
-            .commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        stats
-            .largest_batch
-            .fetch_max(writes as u64, Ordering::Relaxed);
+        stats.record(writes, started);
         match outcome {
             Ok(results) => {
                 for (req, result) in batch.drain(..).zip(results) {
@@ -525,20 +517,6 @@ impl PgStore {
         }
     }
 
-    async fn send(&self, op: WriteOp) -> Result<Pending, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Request { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        Ok(Pending::Waiting(rx))
-    }
-
-    async fn write(&self, op: WriteOp) -> Result<Reply, StoreError> {
-        self.send(op).await?.wait().await
-    }
-
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.inner.pool.get().await.map_err(pg_error)
     }
@@ -563,10 +541,19 @@ impl PgStore {
             .into_iter()
             .map(|(t, k, v)| WriteOp::Put(t, k, v))
             .collect();
-        match self.write(WriteOp::Batch(ops)).await? {
-            Reply::Batch(rs) => rs.into_iter().try_for_each(|r| r.map(|_| ())),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::all(self, ops).await
+    }
+}
+
+impl Queue for PgStore {
+    async fn queue(&self, op: WriteOp) -> Result<Pending, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Pending::Waiting(rx))
     }
 }
 
@@ -578,15 +565,11 @@ fn jobs_of(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Job>, StoreError> {
 
 impl Store for PgStore {
     async fn insert_job(&self, job: Job) -> Result<Inserted, StoreError> {
-        let bytes = codec::encode("job", &job)?;
-        match self.write(WriteOp::Insert(Box::new(job), bytes)).await? {
-            Reply::Inserted(i) => Ok(*i),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::insert_job(self, job).await
     }
 
     async fn enqueue(&self, batch: Batch) -> Result<Commit, StoreError> {
-        self.send(WriteOp::Batch(batch.ops)).await.map(Commit::new)
+        writes::enqueue(self, batch).await
     }
 
     async fn find_idempotent(
@@ -646,21 +629,11 @@ impl Store for PgStore {
         t: Transition,
         now: Timestamp,
     ) -> Result<Job, StoreError> {
-        let op = WriteOp::Transition {
-            id,
-            expected,
-            attempt,
-            t,
-            now,
-        };
-        match self.write(op).await? {
-            Reply::Job(j) => Ok(*j),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::transition(self, id, expected, attempt, t, now).await
     }
 
     async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        self.write(WriteOp::Attempt(record)).await.map(|_| ())
+        writes::record_attempt(self, record).await
     }
 
     async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRecord>, StoreError> {
@@ -682,16 +655,7 @@ impl Store for PgStore {
         seq: u64,
         chunk: LogChunk,
     ) -> Result<LogAppend, StoreError> {
-        let op = WriteOp::Log {
-            job,
-            attempt,
-            seq,
-            chunk,
-        };
-        match self.write(op).await? {
-            Reply::Log(l) => Ok(l),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::append_log(self, job, attempt, seq, chunk).await
     }
 
     async fn read_logs(
@@ -735,10 +699,7 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-        match self.write(WriteOp::Audit(entry)).await? {
-            Reply::Audit(a) => Ok(*a),
-            other => Err(ops::unexpected(other)),
-        }
+        writes::append_audit(self, entry).await
     }
 
     async fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
@@ -783,11 +744,11 @@ impl Store for PgStore {
         id: &str,
         value: Vec<u8>,
     ) -> Result<bool, StoreError> {
-        self.credential(kind, id, Some(value)).await
+        writes::credential(self, kind, id, Some(value)).await
     }
 
     async fn remove_credential(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
-        self.credential(kind, id, None).await
+        writes::credential(self, kind, id, None).await
     }
 
     async fn credentials(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -798,24 +759,5 @@ impl Store for PgStore {
             )
             .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-}
-
-impl PgStore {
-    async fn credential(
-        &self,
-        kind: &str,
-        id: &str,
-        value: Option<Vec<u8>>,
-    ) -> Result<bool, StoreError> {
-        let op = WriteOp::Credential {
-            kind: kind.to_string(),
-            id: id.to_string(),
-            value,
-        };
-        match self.write(op).await? {
-            Reply::Existed(e) => Ok(e),
-            other => Err(ops::unexpected(other)),
-        }
     }
 }
