@@ -123,6 +123,10 @@ pub(crate) async fn run(
             }
             Ended::Deposed(why) => {
                 tracing::warn!(epoch, reason = %why, "stepping down to standby");
+                // Still this server's after a failed commit: given up at
+                // once, so a standby (or this server, afresh) need not wait
+                // for it to lapse. A no-op once another epoch holds it.
+                let _ = tokio::time::timeout(Duration::from_secs(2), lease.release(epoch)).await;
             }
         }
     }
