@@ -689,12 +689,14 @@ fn a_redb_deployment_moves_to_postgres_with_its_jobs_logs_tokens_and_audit_chain
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        for line in out.lines() {
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
             if line.unwrap().starts_with("hodei-server: gRPC on ") {
                 break;
             }
         }
+        // Read on: a server whose stdout closes fails its next print.
+        std::thread::spawn(move || lines.for_each(drop));
         Proc(child)
     };
     let g = Group {
