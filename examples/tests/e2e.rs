@@ -134,16 +134,7 @@ impl Server {
         let addr = self.http.trim_start_matches("https://");
         let resp =
             hodei_examples::http_get(addr, path, Some(&self.dir.join("tls/ca.crt"))).unwrap();
-        let status = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        process::status_and_body(&resp)
     }
 
     fn wait_workers(&self, n: usize) {

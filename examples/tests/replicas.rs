@@ -176,18 +176,7 @@ impl Group {
     fn http(&self, i: usize, path: &str) -> (u16, String) {
         let addr = format!("127.0.0.1:{}", self.nodes[i].http);
         match hodei_examples::http_get(&addr, path, Some(&self.home.join("tls/ca.crt"))) {
-            Ok(resp) => {
-                let status = resp
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
-                let body = resp
-                    .split_once("\r\n\r\n")
-                    .map(|(_, b)| b.to_string())
-                    .unwrap_or_default();
-                (status, body)
-            }
+            Ok(resp) => process::status_and_body(&resp),
             Err(_) => (0, String::new()),
         }
     }

@@ -38,6 +38,15 @@ impl SettingsError {
     }
 }
 
+/// This machine's host name, if it has one: what the server's
+/// certificate and advertised endpoints name, and an agent's default name.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 /// Reads settings from a TOML file.
 ///
 /// # Errors

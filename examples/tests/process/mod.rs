@@ -4,6 +4,20 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+/// An HTTP answer's status code (0 if none) and body.
+pub fn status_and_body(resp: &str) -> (u16, String) {
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 

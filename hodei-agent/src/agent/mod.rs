@@ -148,11 +148,7 @@ pub fn default_state_dir(name: &str) -> PathBuf {
 
 /// The machine's host name, or `"agent"`.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "agent".into())
+    hodei_hwp::settings::host_name().unwrap_or_else(|| "agent".into())
 }
 
 /// Why the agent stopped early.

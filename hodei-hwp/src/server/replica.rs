@@ -79,7 +79,7 @@ pub(crate) async fn run(
     });
     let holder = format!(
         "{}-{}-{:08x}",
-        hostname(),
+        crate::settings::host_name().unwrap_or_else(|| "hodei".into()),
         std::process::id(),
         rand::random::<u32>()
     );
@@ -156,12 +156,6 @@ async fn bind(
         }
     };
     Ok((one("listen", grpc).await?, one("http_listen", http).await?))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "hodei".into())
 }
 
 /// Serves as a standby until this server takes the lease (its epoch) or

@@ -513,11 +513,7 @@ impl ServerSettings {
 /// unspecified address.
 fn advertised(scheme: &str, addr: SocketAddr) -> String {
     if addr.ip().is_unspecified() {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into());
+        let host = crate::settings::host_name().unwrap_or_else(|| "localhost".into());
         format!("{scheme}://{host}:{}", addr.port())
     } else {
         format!("{scheme}://{addr}")

@@ -347,11 +347,10 @@ pub fn default_names(listen: SocketAddr) -> Vec<String> {
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let h = h.trim();
-        if !h.is_empty() && rustls::pki_types::DnsName::try_from(h).is_ok() {
-            names.push(h.to_string());
-        }
+    if let Some(h) = crate::settings::host_name()
+        && rustls::pki_types::DnsName::try_from(h.as_str()).is_ok()
+    {
+        names.push(h);
     }
     if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
         names.push(listen.ip().to_string());
