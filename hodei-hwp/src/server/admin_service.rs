@@ -173,6 +173,19 @@ impl<S: Store> AdminApi<S> {
     }
 }
 
+/// The longest lifetime a token may be given: ten years.
+const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
+
+/// A token's lifetime from `ttl_seconds` (0: none).
+fn ttl_of(ttl_seconds: u64) -> Result<Option<Duration>, Status> {
+    if ttl_seconds > MAX_TTL_SECONDS {
+        return Err(Status::invalid_argument(format!(
+            "ttl_seconds: at most {MAX_TTL_SECONDS} (ten years), got {ttl_seconds}"
+        )));
+    }
+    Ok((ttl_seconds > 0).then(|| Duration::from_secs(ttl_seconds)))
+}
+
 #[tonic::async_trait]
 impl<S: Store> proto::admin_service_server::AdminService for AdminApi<S> {
     async fn create_join_token(
@@ -182,7 +195,10 @@ impl<S: Store> proto::admin_service_server::AdminService for AdminApi<S> {
         let p = self.admin(&request, "create join token").await?;
         let peer = request.remote_addr();
         let r = request.into_inner();
-        let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
+        let ttl = match ttl_of(r.ttl_seconds) {
+            Ok(t) => t,
+            Err(e) => return self.done(&p, "create join token", "", peer, Err(e)).await,
+        };
         let made = self
             .security
             .create_join(ttl, r.rotate)
@@ -277,7 +293,7 @@ impl<S: Store> proto::admin_service_server::AdminService for AdminApi<S> {
                 }
                 Scope::Tenants(ts)
             };
-            let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
+            let ttl = ttl_of(r.ttl_seconds)?;
             let (info, token) = self
                 .security
                 .create_token(role, scope, &r.name, ttl)

@@ -8,23 +8,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use hodei_store::{MemStore, RedbStore, Store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::api::{self, Api, Peer};
 use super::auth::Tokens;
 use super::engine::{Engine, EngineConfig, EngineError, EngineHandle};
-use super::http::{Http, StatsOf, router};
+use super::http::{Http, PlainListener, StatsOf, router};
 use super::jwt::JwtConfig;
 use super::limits::LimitConfig;
 use super::pki::Pki;
 use super::secrets::SecretKeys;
 use super::security::{Security, SecurityError};
-use super::serve::{ServeError, serve};
+use super::serve::ServeError;
+use super::serve::{Services, serve_services};
 use super::settings::{ServerConfig, ServerTlsConfig, StoreKind};
 use super::tls::TlsSource;
 use super::tls::{ServerTls, TlsListener, accept_tls};
+use super::ui;
 
 /// Why a server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -495,12 +497,22 @@ impl<S: Store> ServerBuilder<S> {
             stats: self.stats,
             stopping: AtomicBool::new(false),
             epoch: self.epoch,
+            tls: self.tls.clone(),
+        });
+        let services = Services::new(engine.clone(), security, self.limits, &self.engine);
+        let api = Arc::new(Api {
+            jobs: Arc::clone(&services.jobs),
+            admin: Arc::clone(&services.admin),
+            secure_cookies: self.tls.is_some(),
         });
         let (http_stop_tx, http_stop) = tokio::sync::oneshot::channel::<()>();
         let tls = self.tls.clone();
         let failures = engine.clone();
         let http_task = self.http.map(|http| {
-            let app = router(Arc::clone(&state));
+            let app = router(Arc::clone(&state))
+                .merge(api::router(api))
+                .merge(ui::router())
+                .into_make_service_with_connect_info::<Peer>();
             let stop = async move {
                 let _ = http_stop.await;
             };
@@ -519,14 +531,9 @@ impl<S: Store> ServerBuilder<S> {
                             .await
                     }
                     _ => {
-                        axum::serve(
-                            http.tap_io(|tcp| {
-                                let _ = tcp.set_nodelay(true);
-                            }),
-                            app,
-                        )
-                        .with_graceful_shutdown(stop)
-                        .await
+                        axum::serve(PlainListener(http), app)
+                            .with_graceful_shutdown(stop)
+                            .await
                     }
                 }
             })
@@ -550,12 +557,11 @@ impl<S: Store> ServerBuilder<S> {
                 }
             })
         });
-        let handle = engine.clone();
         let config = self.engine;
-        let (grpc, limits) = (self.grpc, self.limits);
+        let grpc = self.grpc;
         let task = tokio::spawn(async move {
             let ready = Arc::clone(&state);
-            let served = serve(grpc, handle, security, limits, &config, async move {
+            let served = serve_services(grpc, services, &config, async move {
                 shutdown.await;
                 ready.stopping.store(true, Ordering::Release);
             })

@@ -13,6 +13,34 @@ use hodei_store::{Store, WriteStats};
 
 use super::engine::EngineHandle;
 
+/// The plain-TCP HTTP listener: `TCP_NODELAY` on every connection (an
+/// answer must not wait on delayed acknowledgements), the peer's address
+/// kept for the audit trail.
+pub(crate) struct PlainListener(pub(crate) tokio::net::TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((s, a)) => {
+                    let _ = s.set_nodelay(true);
+                    return (s, a);
+                }
+                // Out of descriptors and the like: wait, as axum's own
+                // listener does, rather than spin.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
 /// Reads a store's group-commit counters, where it has them.
 pub type StatsOf<S> = fn(&S) -> Option<&WriteStats>;
 
@@ -24,6 +52,17 @@ pub(crate) struct Http<S> {
     pub(crate) stopping: AtomicBool,
     /// The leadership epoch, for a server on a shared database.
     pub(crate) epoch: Option<i64>,
+    /// The served certificate, whose expiry is exported.
+    pub(crate) tls: Option<Arc<super::tls::ServerTls>>,
+}
+
+/// The certificate's expiry as a metric, for alerting before it lapses.
+fn certificate_metrics(not_after: i64) -> String {
+    format!(
+        "# HELP hodei_tls_certificate_expiry_timestamp_seconds When the served TLS certificate expires, seconds since the epoch.\n\
+         # TYPE hodei_tls_certificate_expiry_timestamp_seconds gauge\n\
+         hodei_tls_certificate_expiry_timestamp_seconds {not_after}\n"
+    )
 }
 
 /// The role lines of `/metrics`: this server leads (a server on its own
@@ -52,6 +91,9 @@ async fn metrics<S: Store>(State(h): State<Arc<Http<S>>>) -> impl IntoResponse {
                     .metrics()
                     .render(&snap, h.engine.cluster(), (h.stats)(h.engine.store()));
             text.push_str(&role_metrics(true, h.epoch));
+            if let Some(t) = h.tls.as_ref().and_then(|t| t.certificate_not_after()) {
+                text.push_str(&certificate_metrics(t));
+            }
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -168,6 +168,21 @@ impl<S: Store> JobApi<S> {
         Ok(Response::new(worker_to_wire(w, name)))
     }
 
+    /// Who is calling (for the HTTP API's own reads), within its request
+    /// rate; a refused authentication is recorded in the audit trail.
+    pub(crate) async fn caller<T>(
+        &self,
+        r: &Request<T>,
+        action: &str,
+    ) -> Result<Principal, Status> {
+        self.principal(r, action).await
+    }
+
+    /// The engine the service runs on.
+    pub(crate) fn engine(&self) -> &EngineHandle<S> {
+        &self.engine
+    }
+
     /// Who is calling, within its request rate; a refused authentication
     /// is recorded in the audit trail.
     async fn principal<T>(&self, r: &Request<T>, action: &str) -> Result<Principal, Status> {

@@ -1,6 +1,7 @@
 //! Server metrics, kept in atomics and rendered in the Prometheus text
 //! format.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -66,6 +67,21 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// The buckets as (upper bound, observations at or below it), the
+    /// last bound infinite; the count; the sum in seconds.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut out = Vec::with_capacity(BUCKETS.len() + 1);
+        let mut c = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            c += self.counts[i].load(Ordering::Relaxed);
+            out.push((*b, c));
+        }
+        c += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        out.push((f64::INFINITY, c));
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (out, c, sum)
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -100,6 +116,17 @@ pub struct Metrics {
     pub tls_handshake_failures: AtomicU64,
     /// Refused authentications past the audit trail's rate, counted only.
     pub audit_refusals_suppressed: AtomicU64,
+    /// Jobs dispatched to a worker, by tenant; each tenant's weight.
+    tenants: parking_lot::Mutex<BTreeMap<TenantId, TenantCounts>>,
+}
+
+/// What the server counts per tenant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantCounts {
+    /// Jobs dispatched to a worker (attempts assigned).
+    pub dispatched: u64,
+    /// Its weight in fair sharing; `None` when the default applies.
+    pub weight: Option<u32>,
 }
 
 /// What only the engine knows, taken on request.
@@ -121,6 +148,46 @@ impl Metrics {
     pub fn job_moved(&self, from: &JobState, to: &JobState) {
         self.jobs[state_index(from)].fetch_sub(1, Ordering::Relaxed);
         self.jobs[state_index(to)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `tenant` weighs `weight` in fair sharing.
+    pub fn set_weight(&self, tenant: TenantId, weight: u32) {
+        self.tenants.lock().entry(tenant).or_default().weight = Some(weight);
+    }
+
+    /// An attempt of `tenant`'s was assigned to a worker.
+    pub fn dispatched(&self, tenant: &TenantId) {
+        let mut t = self.tenants.lock();
+        match t.get_mut(tenant) {
+            Some(c) => c.dispatched += 1,
+            None => {
+                t.insert(
+                    tenant.clone(),
+                    TenantCounts {
+                        dispatched: 1,
+                        weight: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Every tenant seen: its dispatches and weight.
+    pub fn tenants(&self) -> Vec<(TenantId, TenantCounts)> {
+        self.tenants
+            .lock()
+            .iter()
+            .map(|(t, c)| (t.clone(), *c))
+            .collect()
+    }
+
+    /// Jobs counted under each state, by name.
+    pub fn jobs_by_state(&self) -> Vec<(&'static str, i64)> {
+        STATES
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, self.jobs[i].load(Ordering::Relaxed).max(0)))
+            .collect()
     }
 
     /// Jobs now in the state named `state` (`"queued"`, `"succeeded"`, ...).
@@ -163,6 +230,34 @@ impl Metrics {
                 "hodei_jobs{{state=\"{s}\"}} {}",
                 self.jobs[i].load(Ordering::Relaxed).max(0)
             );
+        }
+        let tenants = self.tenants();
+        let _ = writeln!(
+            o,
+            "# HELP hodei_dispatched_total Attempts assigned to a worker, by tenant."
+        );
+        let _ = writeln!(o, "# TYPE hodei_dispatched_total counter");
+        for (t, c) in &tenants {
+            let _ = writeln!(
+                o,
+                "hodei_dispatched_total{{tenant=\"{}\"}} {}",
+                escape(t.as_str()),
+                c.dispatched
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP hodei_tenant_weight A tenant's weight in fair sharing (tenants given one)."
+        );
+        let _ = writeln!(o, "# TYPE hodei_tenant_weight gauge");
+        for (t, c) in &tenants {
+            if let Some(w) = c.weight {
+                let _ = writeln!(
+                    o,
+                    "hodei_tenant_weight{{tenant=\"{}\"}} {w}",
+                    escape(t.as_str())
+                );
+            }
         }
         counter(
             o,

@@ -6,6 +6,7 @@
 //! [`ServerBuilder`], which assembles them.
 
 pub(crate) mod admin_service;
+pub(crate) mod api;
 pub mod audit_log;
 pub(crate) mod auth;
 pub(crate) mod builder;
@@ -24,9 +25,11 @@ pub(crate) mod settings;
 pub mod status_guard;
 pub mod tls;
 pub mod tokens;
+pub(crate) mod ui;
 pub(crate) mod worker_service;
 
 pub use admin_service::AdminApi;
+pub use api::openapi_json;
 pub use auth::{AuthError, Principal, Role, Scope, Tokens};
 pub use builder::{AGENT_CERT_TTL, RunningServer, ServerBuilder, ServerError};
 pub use engine::{

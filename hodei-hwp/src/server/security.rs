@@ -318,7 +318,7 @@ impl<S: Store> Security<S> {
             tenants,
             name: name.to_string(),
             created_ms: now,
-            expires_ms: ttl.map(|t| now + t.as_millis() as u64),
+            expires_ms: ttl.map(|t| now.saturating_add(t.as_millis() as u64)),
             revoked_ms: None,
         };
         put_record(&*self.store, CLIENT_KIND, &id, &r).await?;
@@ -401,7 +401,7 @@ impl<S: Store> Security<S> {
         let r = JoinRecord {
             hash: h,
             created_ms: now,
-            expires_ms: ttl.map(|t| now + t.as_millis() as u64),
+            expires_ms: ttl.map(|t| now.saturating_add(t.as_millis() as u64)),
             revoked_ms: None,
         };
         put(&*self.store, &id, &r).await?;

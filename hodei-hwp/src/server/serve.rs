@@ -67,6 +67,78 @@ pub async fn serve<S: Store>(
     config: &EngineConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let services = Services::new(engine, security, limits, config);
+    serve_services(listener, services, config, shutdown).await
+}
+
+/// The services of one server, built once: gRPC serves them, and the
+/// HTTP/JSON API calls the same ones in-process, so both APIs share their
+/// validation, roles, limits and audit.
+pub(crate) struct Services<S: Store> {
+    pub(crate) jobs: Arc<JobApi<S>>,
+    pub(crate) admin: Arc<AdminApi<S>>,
+    workers: WorkerApi<S>,
+    engine: EngineHandle<S>,
+    security: Arc<Security<S>>,
+    /// Turned true when shutdown begins: every Watch, Logs and agent
+    /// stream ends.
+    stop: watch::Sender<bool>,
+}
+
+impl<S: Store> Services<S> {
+    pub(crate) fn new(
+        engine: EngineHandle<S>,
+        security: Arc<Security<S>>,
+        limits: LimitConfig,
+        config: &EngineConfig,
+    ) -> Self {
+        let (stop, stopping) = watch::channel(false);
+        let audit = Arc::new(AuditLog::new(engine.clone()));
+        let admin = Arc::new(AdminApi::new(
+            Arc::clone(&security),
+            Arc::clone(&audit),
+            Arc::clone(engine.store()),
+        ));
+        let workers = WorkerApi::new(
+            engine.clone(),
+            Arc::clone(&security),
+            Arc::clone(&audit),
+            config.agent_queue_depth,
+            stopping.clone(),
+        );
+        let jobs = Arc::new(JobApi::new(
+            engine.clone(),
+            Arc::clone(&security),
+            audit,
+            Limits::new(limits),
+            stopping,
+        ));
+        Services {
+            jobs,
+            admin,
+            workers,
+            engine,
+            security,
+            stop,
+        }
+    }
+}
+
+/// [`serve`] with services already built.
+pub(crate) async fn serve_services<S: Store>(
+    listener: TcpListener,
+    services: Services<S>,
+    config: &EngineConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let Services {
+        jobs,
+        admin,
+        workers,
+        engine,
+        security,
+        stop,
+    } = services;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobApi<S>>>().await;
     health
@@ -76,7 +148,6 @@ pub async fn serve<S: Store>(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let (stop, stopping) = watch::channel(false);
     let closer = engine.clone();
     let delay = config.shutdown_delay;
     let shutdown = async move {
@@ -95,28 +166,11 @@ pub async fn serve<S: Store>(
         tokio::time::sleep(delay).await;
     };
     let tls = security.tls().cloned();
-    let audit = Arc::new(AuditLog::new(engine.clone()));
-    let admin = AdminServiceServer::new(AdminApi::new(
-        Arc::clone(&security),
-        Arc::clone(&audit),
-        Arc::clone(engine.store()),
-    ));
-    let workers = WorkerServiceServer::new(WorkerApi::new(
-        engine.clone(),
-        Arc::clone(&security),
-        Arc::clone(&audit),
-        config.agent_queue_depth,
-        stopping.clone(),
-    ))
-    .max_decoding_message_size(MAX_LOG_BATCH + 64 * 1024);
-    let metrics = engine.clone();
-    let jobs = JobServiceServer::new(JobApi::new(
-        engine,
-        security,
-        audit,
-        Limits::new(limits),
-        stopping,
-    ));
+    let admin = AdminServiceServer::from_arc(admin);
+    let workers =
+        WorkerServiceServer::new(workers).max_decoding_message_size(MAX_LOG_BATCH + 64 * 1024);
+    let metrics = engine;
+    let jobs = JobServiceServer::from_arc(jobs);
     let router = tonic::transport::Server::builder()
         // Agents stream output: HTTP/2's default 64 KiB window would cost a
         // round trip per log batch.

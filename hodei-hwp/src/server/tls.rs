@@ -59,6 +59,8 @@ struct Loaded {
     /// seconds since the epoch (a generated certificate is made again
     /// from then on).
     renew_at: Option<i64>,
+    /// When the served certificate expires, seconds since the epoch.
+    not_after: Option<i64>,
     stamps: Vec<Option<SystemTime>>,
 }
 
@@ -105,6 +107,7 @@ impl ServerTls {
                 fingerprint: Fingerprint::of(b""),
                 leaf: Fingerprint::of(b""),
                 renew_at: None,
+                not_after: None,
                 stamps: Vec::new(),
             }),
             reloading: Mutex::new(()),
@@ -128,6 +131,12 @@ impl ServerTls {
     /// files are replaced and reloaded).
     pub fn certificate_fingerprint(&self) -> Fingerprint {
         self.loaded.read().leaf
+    }
+
+    /// When the certificate served now expires, seconds since the epoch
+    /// (`None` if it cannot be read, which a loaded one always can).
+    pub fn certificate_not_after(&self) -> Option<i64> {
+        self.loaded.read().not_after
     }
 
     fn files(&self) -> Vec<PathBuf> {
@@ -187,6 +196,7 @@ impl ServerTls {
             fingerprint,
             leaf: Fingerprint::of(&chain[0]),
             renew_at: renew_at(&chain[0]),
+            not_after: validity(&chain[0]).map(|(_, to)| to),
             stamps,
         })
     }
@@ -238,12 +248,17 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// Two thirds into `cert`'s validity, seconds since the epoch.
-fn renew_at(cert: &[u8]) -> Option<i64> {
+/// `cert`'s validity (not before, not after), seconds since the epoch.
+fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, c) = X509Certificate::from_der(cert).ok()?;
     let v = c.validity();
-    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Two thirds into `cert`'s validity, seconds since the epoch.
+fn renew_at(cert: &[u8]) -> Option<i64> {
+    let (from, to) = validity(cert)?;
     Some(from + (to - from) * 2 / 3)
 }
 

@@ -262,6 +262,9 @@ impl Engine {
             }
         }
         let metrics = Arc::new(Metrics::default());
+        for (tenant, weight) in &config.tenant_weights {
+            metrics.set_weight(tenant.clone(), (*weight).max(1));
+        }
         let mut actions = Vec::new();
         for job in recovered {
             metrics.job_entered(&job.state);

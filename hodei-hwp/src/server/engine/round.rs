@@ -307,6 +307,9 @@ impl<S: Store> Core<S> {
                 && let Some(j) = stored.get(job)
             {
                 self.metrics.job_moved(from, to);
+                if matches!(to, JobState::Assigned { .. }) {
+                    self.metrics.dispatched(&j.spec.tenant);
+                }
                 if j.is_terminal() {
                     self.submitted_at.remove(job);
                 }
