@@ -83,17 +83,44 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
 ///
 /// The CA file cannot be read, or the connection or handshake fails.
 pub fn http_get(addr: &str, path: &str, ca: Option<&std::path::Path>) -> std::io::Result<String> {
+    http_request(addr, "GET", path, &[], None, ca)
+}
+
+/// One HTTP/1.0 request to `addr` (`host:port`) with `headers` and an
+/// optional body, over TLS trusting `ca` when given; returns the raw
+/// answer, read until the server closes the connection. For tests and
+/// scripts of the HTTP/JSON API.
+///
+/// # Errors
+///
+/// The CA file cannot be read, or the connection or handshake fails.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    ca: Option<&std::path::Path>,
+) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
     let tcp = std::net::TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    let mut resp = String::new();
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    let mut resp = Vec::new();
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or(""));
     let Some(ca) = ca else {
         let mut tcp = tcp;
         tcp.write_all(request.as_bytes())?;
-        tcp.read_to_string(&mut resp)?;
-        return Ok(resp);
+        tcp.read_to_end(&mut resp)?;
+        return Ok(String::from_utf8_lossy(&resp).into_owned());
     };
     let pem = std::fs::read(ca)?;
     let mut roots = rustls::RootCertStore::empty();
@@ -112,11 +139,11 @@ pub fn http_get(addr: &str, path: &str, ca: Option<&std::path::Path>) -> std::io
         .map_err(|e| bad(e.to_string()))?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
     s.write_all(request.as_bytes())?;
-    match s.read_to_string(&mut resp) {
+    match s.read_to_end(&mut resp) {
         Ok(_) => {}
         // A server that closes without close_notify still sent it all.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
         Err(e) => return Err(e),
     }
-    Ok(resp)
+    Ok(String::from_utf8_lossy(&resp).into_owned())
 }

@@ -535,6 +535,9 @@ fn chunk_json(e: LogEntry) -> LogChunkJson {
 /// forward reads (each finds the first chunk at or after a position), so
 /// a long log opens at its end without being read from the start.
 async fn last_before<S: Store>(store: &S, job: JobId, bound: u128) -> ApiResult<Option<u128>> {
+    // Past the last (attempt, seq) there is nothing; beyond it a key
+    // would not survive the trip through a cursor.
+    let bound = bound.min(1 << 96);
     let first_at = |k: u128| async move {
         let page = store
             .read_logs(job, unkey(k), 1)

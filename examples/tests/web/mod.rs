@@ -1,0 +1,226 @@
+//! What the HTTP API, browser and schemathesis tests share: the real
+//! `hodei-server` (TLS, as deployed) with real agents, and JSON over HTTP.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::process::{self, Proc};
+
+pub const SERVER: &str = env!("CARGO_BIN_EXE_hodei-server");
+pub const AGENT: &str = env!("CARGO_BIN_EXE_hodei-agent");
+
+pub struct Web {
+    pub proc: Proc,
+    pub grpc: String,
+    /// `host:port` of the HTTP listener.
+    pub http: String,
+    pub dir: PathBuf,
+    pub admin: String,
+    agents: Vec<Proc>,
+}
+
+/// An answer: status, headers (lower-case names), body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Web {
+    /// A server with its own CA in `dir`, and `agents` agents.
+    pub fn start(dir: &Path, agents: usize) -> Web {
+        let mut child = Command::new(SERVER)
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--heartbeat-interval", "200ms", "--heartbeat-timeout", "3s"])
+            .args(["--cancel-grace", "500ms", "--log-level", "warn"])
+            .args(["--weight", "default=3", "--weight", "acme=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Read on after the addresses: a closed pipe fails the server's
+        // next print.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let (mut grpc, mut http) = (None, None);
+        while grpc.is_none() || http.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("server did not print its addresses");
+            if let Some(a) = line.strip_prefix("hodei-server: gRPC on ") {
+                grpc = Some(a.to_string());
+            }
+            if let Some(a) = line.strip_prefix("hodei-server: metrics on ") {
+                http = Some(
+                    a.trim_end_matches("/metrics")
+                        .trim_start_matches("https://")
+                        .to_string(),
+                );
+            }
+        }
+        let admin = std::fs::read_to_string(dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut w = Web {
+            proc: Proc(child),
+            grpc: grpc.unwrap(),
+            http: http.unwrap(),
+            dir: dir.to_path_buf(),
+            admin,
+            agents: Vec::new(),
+        };
+        for i in 0..agents {
+            w.add_agent(&format!("agent-{i}"));
+        }
+        w.wait_workers(agents);
+        w
+    }
+
+    pub fn add_agent(&mut self, name: &str) {
+        self.agents.push(Proc(
+            Command::new(AGENT)
+                .args(["--server", &self.grpc, "--name", name])
+                .arg("--state-dir")
+                .arg(self.dir.join(format!("state-{name}")))
+                .arg("--join-token-file")
+                .arg(self.dir.join("join.token"))
+                .args(["--reconnect-max", "300ms", "--cancel-grace", "500ms"])
+                .args(["--log-level", "warn"])
+                .arg("--spill-dir")
+                .arg(self.dir.join(format!("spill-{name}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.http)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("tls/ca.crt")
+    }
+
+    /// `method path` with `token` (none when empty), `extra` headers and
+    /// a JSON body.
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        extra: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
+        let auth = format!("Bearer {token}");
+        let mut headers: Vec<(&str, &str)> = extra.to_vec();
+        if !token.is_empty() {
+            headers.push(("Authorization", &auth));
+        }
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        let raw = hodei_examples::http_request(
+            &self.http,
+            method,
+            path,
+            &headers,
+            body,
+            Some(&self.ca()),
+        )
+        .unwrap();
+        let (status, body) = process::status_and_body(&raw);
+        let head = raw.split_once("\r\n\r\n").map_or("", |(h, _)| h);
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn call(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> Answer {
+        self.call_with(method, path, token, &[], body)
+    }
+
+    /// A client token of `role` for `tenants`, made through the API.
+    pub fn token(&self, role: &str, tenants: &[&str]) -> String {
+        let body =
+            serde_json::json!({"role": role, "tenants": tenants, "name": format!("{role}-test")});
+        let a = self.call(
+            "POST",
+            "/api/v1/tokens",
+            &self.admin,
+            Some(&body.to_string()),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+        a.json()["token"].as_str().unwrap().to_string()
+    }
+
+    pub fn submit(&self, token: &str, spec: serde_json::Value) -> serde_json::Value {
+        let body = serde_json::json!({ "spec": spec }).to_string();
+        let a = self.call("POST", "/api/v1/jobs", token, Some(&body));
+        assert_eq!(a.status, 201, "{}", a.body);
+        a.json()["job"].clone()
+    }
+
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        let a = self.call("GET", &format!("/api/v1/jobs/{id}"), &self.admin, None);
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.json()
+    }
+
+    pub fn wait_state(&self, id: &str, want: &[&str]) -> serde_json::Value {
+        for _ in 0..600 {
+            let j = self.job(id);
+            if want.contains(&j["state"]["kind"].as_str().unwrap()) {
+                return j;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("job {id} never reached {want:?}: {}", self.job(id));
+    }
+
+    pub fn wait_workers(&self, n: usize) {
+        for _ in 0..400 {
+            let a = self.call("GET", "/api/v1/workers?status=ready", &self.admin, None);
+            if a.status == 200 && a.json()["total"].as_u64().unwrap() as usize >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{n} workers never became ready");
+    }
+}
