@@ -173,7 +173,8 @@ async function overviewPage(page) {
     const parts = [cards];
     if (o.jobs) {
       const jc = el('div', { class: 'cards' });
-      for (const [k, v] of Object.entries(o.jobs)) {
+      for (const k of STATES) {
+        const v = o.jobs[k] || 0;
         jc.append(el('a', { href: '#/jobs?state=' + k, class: 'card', style: 'text-decoration:none;color:inherit' },
           el('div', { class: 'n', text: String(v) }), el('div', { class: 'l', text: 'jobs ' + k.replace('_', ' ') })));
       }
@@ -353,14 +354,17 @@ async function jobPage(page, id) {
       el('dt', { text: 'state' }), stateCell,
       el('dt', { text: 'attempt' }), attemptCell,
       el('dt', { text: 'exit' }), exitCell,
-      el('dt', { text: 'submitted' }), el('dd', { text: fmtTime(job.created_at_ms) })),
-    el('h2', { text: 'Spec' }), el('pre', { class: 'spec', id: 'spec', text: JSON.stringify(spec, null, 2) }));
+      el('dt', { text: 'submitted' }), el('dd', { text: fmtTime(job.created_at_ms) })));
+  const specBox = el('details', {}, el('summary', { text: 'Spec (secret values are never sent)' }),
+    el('pre', { class: 'spec', id: 'spec', text: JSON.stringify(spec, null, 2) }));
   const attempts = el('table', { id: 'attempts' });
   page.append(el('h2', { text: 'Attempts' }), attempts);
   const drawAttempts = async () => {
     const a = await api('GET', path + '/attempts');
+    const last = a.attempts[a.attempts.length - 1];
+    if (last && last.exit) setExit(last);
     attempts.replaceChildren(el('tr', {}, ['attempt', 'worker', 'assigned', 'started', 'finished', 'exit', 'peak memory'].map((h) => el('th', { text: h }))),
-      a.attempts.map((t) => el('tr', {}, el('td', { class: 'num', text: String(t.attempt) }),
+      ...a.attempts.map((t) => el('tr', {}, el('td', { class: 'num', text: String(t.attempt) }),
         el('td', {}, el('a', { href: '#/workers', text: t.worker_id })),
         el('td', { text: fmtTime(t.assigned_at_ms) }), el('td', { text: fmtTime(t.started_at_ms) }),
         el('td', { text: fmtTime(t.finished_at_ms) }),
@@ -376,7 +380,7 @@ async function jobPage(page, id) {
   const follow = el('label', {}, el('input', { type: 'checkbox', id: 'log-follow', checked: true }), ' follow');
   page.append(el('h2', { text: 'Output' }),
     el('div', { class: 'logbar' }, earlier, follow, status, el('span', {}, 'stdout · ', el('span', { class: 'legend-err', text: 'stderr' }))),
-    log);
+    log, el('h2', { text: 'Spec' }), specBox);
   const sgr = {};
   const chunkNode = (c) => {
     const span = el('span', { class: c.stream === 'stderr' ? 'stderr' : c.stream === 'system' ? 'system' : null, 'data-stream': c.stream });
