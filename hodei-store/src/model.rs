@@ -117,7 +117,10 @@ impl JobFilter {
 pub struct Page {
     /// The jobs.
     pub jobs: Vec<Job>,
-    /// Pass as `after` to get the next page; `None` at the end.
+    /// Pass as `after` to get the next page; `None` at the end. A page
+    /// may hold fewer jobs than asked (even none) and still have a next
+    /// one: a filter that few jobs match stops after looking at 10,000
+    /// records, so that no page reads a whole index.
     pub next: Option<JobId>,
 }
 

@@ -532,9 +532,16 @@ pub(crate) fn get_job(t: &dyn Tables, id: JobId) -> Result<Option<Job>, StoreErr
         .transpose()
 }
 
+/// Records one page may look at: a filter few jobs match (one tenant's
+/// jobs in a state they are rarely in) ends the page early, with `next`
+/// where the search stopped, rather than reading a whole index.
+pub(crate) const SCAN_BUDGET: usize = 10_000;
+
 pub(crate) fn list_jobs(t: &dyn Tables, filter: &JobFilter) -> Result<Page, StoreError> {
     let limit = filter.effective_limit();
     let mut jobs = Vec::new();
+    let mut visited = 0usize;
+    let mut stopped_at = None;
     let start_after = |prefix: Vec<u8>| {
         let mut from = prefix;
         if let Some(a) = filter.after {
@@ -544,6 +551,12 @@ pub(crate) fn list_jobs(t: &dyn Tables, filter: &JobFilter) -> Result<Page, Stor
         from
     };
     let mut visit = |key: &[u8], value: Option<&[u8]>| -> Result<bool, StoreError> {
+        visited += 1;
+        if visited > SCAN_BUDGET {
+            // Resume after the last record looked at.
+            return Ok(false);
+        }
+        stopped_at = id_from(key);
         let job: Job = match value {
             Some(v) => decode("job", v)?,
             None => match id_from(key).map(|id| get_job(t, id)).transpose()?.flatten() {
@@ -579,9 +592,13 @@ pub(crate) fn list_jobs(t: &dyn Tables, filter: &JobFilter) -> Result<Page, Stor
             visit(k, Some(v))
         })?;
     }
-    let next = (jobs.len() == limit)
-        .then(|| jobs.last().map(|j| j.id))
-        .flatten();
+    let next = if jobs.len() == limit {
+        jobs.last().map(|j| j.id)
+    } else if visited > SCAN_BUDGET {
+        stopped_at
+    } else {
+        None
+    };
     Ok(Page { jobs, next })
 }
 

@@ -594,6 +594,49 @@ async fn credentials_are_kept_by_kind_and_id<S: Store>(s: S) {
     assert_eq!(s.credentials("tok").await.unwrap().len(), 1);
 }
 
+/// A filter almost nothing matches, over more jobs than one page may look
+/// at: paging still finds every match, in order, and each page ends.
+async fn a_sparse_filter_pages_through_every_match<S: Store>(s: S) {
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        let mut b = Batch::new();
+        for _ in 0..1000 {
+            let j = job("acme", None);
+            ids.push(j.id);
+            b.insert_job(j).unwrap();
+        }
+        s.enqueue(b).await.unwrap().await.unwrap();
+    }
+    let wanted = [ids[5], ids[12_000], ids[24_990]];
+    for id in wanted {
+        s.transition(id, JobState::Queued, 1, Transition::Cancel, Timestamp(2))
+            .await
+            .unwrap();
+    }
+    let mut found = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = s
+            .list_jobs(JobFilter {
+                tenant: Some("acme".parse().unwrap()),
+                state: Some(StateKind::Cancelled),
+                after,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(pages <= 10, "paging does not end");
+        found.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(found, wanted);
+}
+
 fn run<S, F, Fut>(make: impl Fn() -> S, test: F)
 where
     F: FnOnce(S) -> Fut,
@@ -654,4 +697,5 @@ conformance!(
     queued_batches_apply_in_order,
     credentials_are_kept_by_kind_and_id,
     a_final_job_keeps_its_secrets_names_not_their_values,
+    a_sparse_filter_pages_through_every_match,
 );

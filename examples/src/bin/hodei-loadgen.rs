@@ -100,6 +100,11 @@ struct Args {
     /// print each rate and the ratios.
     #[arg(long)]
     compare_connections: Option<usize>,
+    /// After the jobs have run, with the agents still connected: time the
+    /// first data of every dashboard page (its HTTP/JSON API calls, in
+    /// order, over TCP) this many times each, and print the figures.
+    #[arg(long, default_value_t = 0)]
+    pages: usize,
 }
 
 struct Server {
@@ -744,6 +749,15 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
     let elapsed = t0.elapsed();
     let m1 = server.metrics()?;
     let (rss, cpu) = proc_stat(pid);
+    let pages = if a.pages > 0 {
+        let (http, admin, tls) = (server.http.clone(), server.admin.clone(), server.tls);
+        let ca = tls.then(|| server.dir.path().join("tls/ca.crt"));
+        let n = a.pages;
+        tokio::task::spawn_blocking(move || page_timings(&http, &admin, ca.as_deref(), n))
+            .await??
+    } else {
+        serde_json::Value::Null
+    };
     let _ = stop_tx.send(true);
     for t in agents {
         let _ = t.await;
@@ -802,7 +816,94 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
         "store_commit_mean_ms": if commits > 0.0 { d("hodei_store_commit_seconds_sum") * 1000.0 / commits } else { 0.0 },
         "store_commit_batch_max": m1.get("hodei_store_commit_batch_size_max").copied().unwrap_or(0.0),
         "dispatch_share_permille_first_half": shares,
+        "pages": pages,
     }))
+}
+
+/// Times the first data of each dashboard page: the API calls the page
+/// makes before it can show anything, one after the other as it makes
+/// them, `n` times each; milliseconds, p50 and max (and the slowest call).
+fn page_timings(
+    http: &str,
+    admin: &str,
+    ca: Option<&std::path::Path>,
+    n: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let auth = format!("Bearer {admin}");
+    let get = |path: &str| -> anyhow::Result<(serde_json::Value, Duration)> {
+        let t = Instant::now();
+        let raw = hodei_examples::http_request(
+            http,
+            "GET",
+            path,
+            &[("Authorization", &auth)],
+            None,
+            ca,
+        )?;
+        let took = t.elapsed();
+        let status = raw.split_whitespace().nth(1).unwrap_or("");
+        if status != "200" {
+            bail!("{path}: {}", raw.lines().next().unwrap_or(""));
+        }
+        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        Ok((v, took))
+    };
+    // A job in the middle of the store, and the token of a page there.
+    let mut token = String::new();
+    let mut middle = None;
+    let total = get("/api/v1/overview")?.0["jobs"]["succeeded"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut walked = 0u64;
+    while walked < total / 2 {
+        let (page, _) = get(&format!("/api/v1/jobs?page_size=1000&page_token={token}"))?;
+        let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
+        walked += jobs.len() as u64;
+        middle = jobs.last().and_then(|j| j["id"].as_str()).map(str::to_string);
+        match page["next_page_token"].as_str() {
+            Some(t) => token = t.to_string(),
+            None => break,
+        }
+    }
+    let job = middle.ok_or_else(|| anyhow::anyhow!("no job to open"))?;
+    let pages: Vec<(&str, Vec<String>)> = vec![
+        ("files", vec!["/ui/".into(), "/ui/app.js".into(), "/ui/app.css".into()]),
+        ("sign-in", vec!["/api/v1/whoami".into()]),
+        ("overview", vec!["/api/v1/overview".into()]),
+        ("jobs", vec!["/api/v1/jobs?page_size=50".into()]),
+        ("jobs, middle page", vec![format!("/api/v1/jobs?page_size=50&page_token={token}")]),
+        ("jobs, by state", vec!["/api/v1/jobs?state=succeeded&page_size=50".into()]),
+        ("jobs, state none has", vec!["/api/v1/jobs?state=failed&page_size=50".into()]),
+        ("jobs, by tenant", vec!["/api/v1/jobs?tenant=t1&page_size=50".into()]),
+        ("jobs, tenant and state none has", vec!["/api/v1/jobs?tenant=t1&state=failed&page_size=50".into()]),
+        ("job", vec![
+            format!("/api/v1/jobs/{job}"),
+            format!("/api/v1/jobs/{job}/attempts"),
+            format!("/api/v1/jobs/{job}/logs?tail=true&limit=200"),
+        ]),
+        ("workers", vec!["/api/v1/workers?page_size=100".into()]),
+        ("workers, last page", vec!["/api/v1/workers?page_size=100&page_token=~".into()]),
+    ];
+    let mut out = serde_json::Map::new();
+    for (name, calls) in pages {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut sum = Duration::ZERO;
+            for c in &calls {
+                sum += get(c)?.1;
+            }
+            times.push(sum.as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let p50 = times[times.len() / 2];
+        let max = times[times.len() - 1];
+        out.insert(
+            name.to_string(),
+            json!({ "p50_ms": (p50 * 100.0).round() / 100.0, "max_ms": (max * 100.0).round() / 100.0 }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 fn main() -> ExitCode {
