@@ -1,5 +1,6 @@
 //! [`Masker`]: hides secret values in log output.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -66,6 +67,27 @@ pub struct MaskerError(#[from] aho_corasick::BuildError);
 pub struct Masker {
     inner: Option<Arc<AhoCorasick>>,
     max_len: usize,
+    /// Every proper prefix of every secret, as (length, hash): a stream
+    /// holds back only a tail that could begin a secret. `None` past
+    /// [`DFA_MAX_PATTERN_BYTES`] of secrets, where a stream holds back the
+    /// last `longest - 1` bytes whatever they are.
+    prefixes: Option<Arc<HashSet<(usize, u64)>>>,
+}
+
+/// The multiplier of the prefix hash. A collision only makes a stream hold
+/// back bytes it could have released: never unsafe.
+const HASH_BASE: u64 = 0x100_0000_01b3;
+
+fn prefix_hashes(patterns: &[Vec<u8>]) -> HashSet<(usize, u64)> {
+    let mut set = HashSet::new();
+    for p in patterns {
+        let mut h = 0u64;
+        for (k, &b) in p.iter().enumerate().take(p.len().saturating_sub(1)) {
+            h = h.wrapping_mul(HASH_BASE).wrapping_add(u64::from(b) + 1);
+            set.insert((k + 1, h));
+        }
+    }
+    set
 }
 
 impl fmt::Debug for Masker {
@@ -115,9 +137,11 @@ impl Masker {
             .match_kind(MatchKind::Standard)
             .kind(kind)
             .build(&patterns)?;
+        let prefixes = (total <= DFA_MAX_PATTERN_BYTES).then(|| Arc::new(prefix_hashes(&patterns)));
         Ok(Masker {
             inner: Some(Arc::new(ac)),
             max_len,
+            prefixes,
         })
     }
 
@@ -126,6 +150,7 @@ impl Masker {
         Masker {
             inner: None,
             max_len: 0,
+            prefixes: None,
         }
     }
 
@@ -232,10 +257,11 @@ struct Scratch {
 
 /// Masks a byte stream arriving in chunks; made by [`Masker::stream`].
 ///
-/// It holds back at most the last `longest secret - 1` bytes (more only
-/// while a run of secrets continues up to the end of what it has seen, and
-/// never more than 64 KiB plus that), since they may begin a secret that
-/// the next chunk completes. [`finish`](MaskStream::finish) releases them.
+/// It holds back the longest tail of what it has seen that could begin a
+/// secret the next chunk completes (line breaks ignored), so output that
+/// cannot be part of a secret goes out at once: at most `longest secret -
+/// 1` bytes (more only while a run of secrets continues up to the end of
+/// what it has seen, and never more than 64 KiB plus that). [`finish`](MaskStream::finish) releases them.
 pub struct MaskStream {
     masker: Masker,
     held: Vec<u8>,
@@ -283,6 +309,28 @@ impl MaskStream {
     /// and never holding back more than the bound allows.
     fn safe_point(&self) -> usize {
         let len = self.held.len();
+        let floor = len.saturating_sub(MAX_HELD + self.masker.max_len);
+        if let Some(prefixes) = &self.masker.prefixes {
+            // Walk back over the tail, hashing it as it grows at the front;
+            // the earliest start of a tail that is a secret's prefix wins.
+            let (mut h, mut pow, mut k) = (0u64, 1u64, 0usize);
+            let mut keep = len;
+            let mut i = len;
+            while i > 0 && k + 1 < self.masker.max_len {
+                i -= 1;
+                let b = self.held[i];
+                if is_break(b) {
+                    continue;
+                }
+                h = h.wrapping_add((u64::from(b) + 1).wrapping_mul(pow));
+                pow = pow.wrapping_mul(HASH_BASE);
+                k += 1;
+                if prefixes.contains(&(k, h)) {
+                    keep = i;
+                }
+            }
+            return keep.max(floor);
+        }
         let mut need = self.masker.max_len.saturating_sub(1);
         let mut i = len;
         while need > 0 && i > 0 {
@@ -291,7 +339,7 @@ impl MaskStream {
                 need -= 1;
             }
         }
-        i.max(len.saturating_sub(MAX_HELD + self.masker.max_len))
+        i.max(floor)
     }
 
     fn process(&mut self, out: &mut Vec<u8>, last: bool) {
@@ -408,11 +456,20 @@ mod tests {
         let m = Masker::new(["0123456789"]).unwrap();
         let mut s = m.stream();
         let mut out = Vec::new();
+        // Nothing here can begin the secret: all of it goes out at once.
         s.push(b"hello world", &mut out);
-        assert_eq!(out, b"he");
-        assert_eq!(s.held(), 9);
-        s.finish(&mut out);
         assert_eq!(out, b"hello world");
+        assert_eq!(s.held(), 0);
+        // A tail that may: held back, and only it.
+        s.push(b" 0123", &mut out);
+        assert_eq!(out, b"hello world ");
+        assert_eq!(s.held(), 4);
+        // Across a line break, as matching ignores breaks.
+        s.push(b"45\r\n6", &mut out);
+        assert_eq!(out, b"hello world ");
+        s.push(b"789!", &mut out);
+        s.finish(&mut out);
+        assert_eq!(out, b"hello world ***!");
     }
 
     #[test]
@@ -485,6 +542,32 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Output that cannot begin a secret is never held back: a job's
+        /// progress lines reach its log as they are written.
+        #[test]
+        fn nothing_that_cannot_begin_a_secret_is_held(
+            secrets in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'c')], 1..20), 1..5),
+            chunks in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![Just(b'x'), Just(b'y'), Just(b'\n'), Just(b'a')], 0..30),
+                1..10,
+            ),
+        ) {
+            let m = Masker::new(&secrets).unwrap();
+            let mut s = m.stream();
+            let mut out = Vec::new();
+            let mut seen: Vec<u8> = Vec::new();
+            for c in &chunks {
+                s.push(c, &mut out);
+                seen.extend_from_slice(c);
+                // Only a tail of `a`s (and breaks) can begin or continue a
+                // secret.
+                if seen.last().is_none_or(|&b| b != b'a' && b != b'\n') {
+                    prop_assert_eq!(s.held(), 0);
+                }
+            }
+        }
 
         #[test]
         fn streaming_equals_one_shot_and_no_secret_survives(
