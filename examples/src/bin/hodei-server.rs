@@ -15,8 +15,8 @@ use hodei_hwp::ServerSettings;
 use hodei_hwp::tokens::{add_tenant_token, load_data_dir_tokens, private_dir};
 
 /// The Hodei server: schedules jobs onto agents, stores everything in an
-/// embedded database, serves the gRPC API and HTTP /metrics, /healthz and
-/// /readyz.
+/// embedded database, serves the gRPC API and, over HTTP, /metrics,
+/// /healthz, /readyz, the JSON API (/api/v1) and the dashboard (/ui/).
 ///
 /// On first start it creates, in the data directory, a CA and a server
 /// certificate (tls/), a join token (for agents) and an admin token (for

@@ -43,7 +43,7 @@ pub struct ServerSettings {
     /// Where the gRPC API listens [default: 127.0.0.1:7070].
     #[arg(long, env = "HODEI_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Where /metrics, /healthz and /readyz listen [default: 127.0.0.1:7071].
+    /// Where /metrics, /healthz, /readyz, the JSON API (/api/v1) and the dashboard (/ui) listen [default: 127.0.0.1:7071].
     #[arg(long, env = "HODEI_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// The data directory: the store and the token files [default: ./hodei-data].
