@@ -753,8 +753,7 @@ async fn run(a: Args) -> anyhow::Result<serde_json::Value> {
         let (http, admin, tls) = (server.http.clone(), server.admin.clone(), server.tls);
         let ca = tls.then(|| server.dir.path().join("tls/ca.crt"));
         let n = a.pages;
-        tokio::task::spawn_blocking(move || page_timings(&http, &admin, ca.as_deref(), n))
-            .await??
+        tokio::task::spawn_blocking(move || page_timings(&http, &admin, ca.as_deref(), n)).await??
     } else {
         serde_json::Value::Null
     };
@@ -832,14 +831,8 @@ fn page_timings(
     let auth = format!("Bearer {admin}");
     let get = |path: &str| -> anyhow::Result<(serde_json::Value, Duration)> {
         let t = Instant::now();
-        let raw = hodei_examples::http_request(
-            http,
-            "GET",
-            path,
-            &[("Authorization", &auth)],
-            None,
-            ca,
-        )?;
+        let raw =
+            hodei_examples::http_request(http, "GET", path, &[("Authorization", &auth)], None, ca)?;
         let took = t.elapsed();
         let status = raw.split_whitespace().nth(1).unwrap_or("");
         if status != "200" {
@@ -860,7 +853,10 @@ fn page_timings(
         let (page, _) = get(&format!("/api/v1/jobs?page_size=1000&page_token={token}"))?;
         let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
         walked += jobs.len() as u64;
-        middle = jobs.last().and_then(|j| j["id"].as_str()).map(str::to_string);
+        middle = jobs
+            .last()
+            .and_then(|j| j["id"].as_str())
+            .map(str::to_string);
         match page["next_page_token"].as_str() {
             Some(t) => token = t.to_string(),
             None => break,
@@ -868,22 +864,46 @@ fn page_timings(
     }
     let job = middle.ok_or_else(|| anyhow::anyhow!("no job to open"))?;
     let pages: Vec<(&str, Vec<String>)> = vec![
-        ("files", vec!["/ui/".into(), "/ui/app.js".into(), "/ui/app.css".into()]),
+        (
+            "files",
+            vec!["/ui/".into(), "/ui/app.js".into(), "/ui/app.css".into()],
+        ),
         ("sign-in", vec!["/api/v1/whoami".into()]),
         ("overview", vec!["/api/v1/overview".into()]),
         ("jobs", vec!["/api/v1/jobs?page_size=50".into()]),
-        ("jobs, middle page", vec![format!("/api/v1/jobs?page_size=50&page_token={token}")]),
-        ("jobs, by state", vec!["/api/v1/jobs?state=succeeded&page_size=50".into()]),
-        ("jobs, state none has", vec!["/api/v1/jobs?state=failed&page_size=50".into()]),
-        ("jobs, by tenant", vec!["/api/v1/jobs?tenant=t1&page_size=50".into()]),
-        ("jobs, tenant and state none has", vec!["/api/v1/jobs?tenant=t1&state=failed&page_size=50".into()]),
-        ("job", vec![
-            format!("/api/v1/jobs/{job}"),
-            format!("/api/v1/jobs/{job}/attempts"),
-            format!("/api/v1/jobs/{job}/logs?tail=true&limit=200"),
-        ]),
+        (
+            "jobs, middle page",
+            vec![format!("/api/v1/jobs?page_size=50&page_token={token}")],
+        ),
+        (
+            "jobs, by state",
+            vec!["/api/v1/jobs?state=succeeded&page_size=50".into()],
+        ),
+        (
+            "jobs, state none has",
+            vec!["/api/v1/jobs?state=failed&page_size=50".into()],
+        ),
+        (
+            "jobs, by tenant",
+            vec!["/api/v1/jobs?tenant=t0&page_size=50".into()],
+        ),
+        (
+            "jobs, tenant and state none has",
+            vec!["/api/v1/jobs?tenant=t0&state=failed&page_size=50".into()],
+        ),
+        (
+            "job",
+            vec![
+                format!("/api/v1/jobs/{job}"),
+                format!("/api/v1/jobs/{job}/attempts"),
+                format!("/api/v1/jobs/{job}/logs?tail=true&limit=200"),
+            ],
+        ),
         ("workers", vec!["/api/v1/workers?page_size=100".into()]),
-        ("workers, last page", vec!["/api/v1/workers?page_size=100&page_token=~".into()]),
+        (
+            "workers, last page",
+            vec!["/api/v1/workers?page_size=100&page_token=~".into()],
+        ),
     ];
     let mut out = serde_json::Map::new();
     for (name, calls) in pages {
