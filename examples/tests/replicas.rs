@@ -549,6 +549,24 @@ fn a_leader_stopped_past_its_lease_writes_nothing_and_steps_down() {
     }
     assert_eq!(g.http(leader, "/readyz").0, 503);
     assert_eq!(g.http(other, "/readyz").0, 200);
+    // The standby sends the dashboard to the leader and names it to API
+    // callers; the leader serves both.
+    let leader_http = format!("127.0.0.1:{}", g.nodes[other].http);
+    let (code, body) = g.http(leader, "/api/v1/jobs");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&leader_http), "{body}");
+    let raw = hodei_examples::http_get(
+        &format!("127.0.0.1:{}", g.nodes[leader].http),
+        "/ui/",
+        Some(&g.home.join("tls/ca.crt")),
+    )
+    .unwrap();
+    assert!(
+        raw.starts_with("HTTP/1.0 307") || raw.starts_with("HTTP/1.1 307"),
+        "{raw}"
+    );
+    assert!(raw.contains(&format!("{leader_http}/ui/")), "{raw}");
+    assert_eq!(g.http(other, "/ui/").0, 200);
     let (_, m) = g.http(other, "/metrics");
     assert!(m.contains("hodei_server_leader 1"), "{m}");
     std::thread::sleep(Duration::from_secs(1));

@@ -363,13 +363,52 @@ async fn serve_grpc(
     }
 }
 
+/// What a standby answers on a path only the leader serves.
+fn standby_answer(leader: Option<String>, uri: &axum::http::Uri) -> Response<Body> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let dashboard = uri.path() == "/" || uri.path().starts_with("/ui");
+    let mut r = match (&leader, dashboard) {
+        (Some(l), true) => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            if let Ok(v) = HeaderValue::from_str(&format!("{}{path}", l.trim_end_matches('/'))) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        _ => {
+            let detail = match &leader {
+                Some(l) => format!("this server is a standby; the leader serves the API at {l}"),
+                None => "this server is a standby and no leader is known yet".to_string(),
+            };
+            let body = serde_json::json!({
+                "type": "https://hodei.dev/problems/service-unavailable",
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": detail,
+            });
+            let mut r = Response::new(Body::from(body.to_string()));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            r
+        }
+    };
+    if let Some(v) = leader.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert(LEADER_HINT, v);
+    }
+    r
+}
+
 async fn serve_http(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
     seen: Arc<RwLock<Seen>>,
     mut quit: watch::Receiver<bool>,
 ) {
-    let (s1, s2) = (Arc::clone(&seen), seen);
+    let (s1, s2, s3) = (Arc::clone(&seen), Arc::clone(&seen), seen);
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok (standby)\n" }))
         .route(
@@ -398,7 +437,13 @@ async fn serve_http(
                     )
                 }
             }),
-        );
+        )
+        // The JSON API and the dashboard live on the leader: the dashboard
+        // is sent there, an API call is told where it is.
+        .fallback(move |uri: axum::http::Uri| {
+            let s = Arc::clone(&s3);
+            async move { standby_answer(s.read().http.clone(), &uri) }
+        });
     let stop = async move {
         let _ = quit.wait_for(|q| *q).await;
     };
