@@ -255,6 +255,43 @@ fn request<T>(method: &Method, headers: &HeaderMap, peer: Peer, msg: T) -> ApiRe
     Ok(r)
 }
 
+/// Who is calling and how: what every handler hands to the services.
+pub(crate) struct Caller {
+    method: Method,
+    headers: HeaderMap,
+    peer: Peer,
+}
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &St,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .map_or(Peer(None), |c| c.0);
+        Ok(Caller {
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
+            peer,
+        })
+    }
+}
+
+impl Caller {
+    fn on<S: Store>(self, api: &Api<S>) -> Call<'_, S> {
+        Call {
+            api,
+            method: self.method,
+            headers: self.headers,
+            peer: self.peer,
+        }
+    }
+}
+
 struct Call<'a, S: Store> {
     api: &'a Api<S>,
     method: Method,
@@ -283,17 +320,6 @@ impl<S: Store> Call<'_, S> {
     }
 }
 
-macro_rules! call {
-    ($api:expr, $method:expr, $headers:expr, $peer:expr) => {
-        Call {
-            api: &$api,
-            method: $method,
-            headers: $headers,
-            peer: $peer,
-        }
-    };
-}
-
 // ---- handlers -----------------------------------------------------------
 
 /// Submit a job.
@@ -306,17 +332,15 @@ macro_rules! call {
     ))]
 async fn submit<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let sub: SubmitJson = body(&headers, &bytes)?;
+    let sub: SubmitJson = body(&caller.headers, &bytes)?;
     let spec = sub
         .spec
         .into_wire()
         .map_err(|(f, why)| Problem::invalid(&f, why))?;
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .jobs
@@ -365,9 +389,7 @@ struct ListParams {
     responses((status = 200, description = "A page of jobs", body = JobPageJson), Problems))]
 async fn list<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Json<JobPageJson>> {
     let q = query(q)?;
@@ -381,7 +403,7 @@ async fn list<S: Store>(
     if page_size == 0 || page_size > 1000 {
         return Err(Problem::invalid("page_size", "from 1 to 1000"));
     }
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .jobs
@@ -405,12 +427,10 @@ async fn list<S: Store>(
     responses((status = 200, description = "The job", body = JobJson), Problems))]
 async fn get_job<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     Ok(Json(c.job(&id).await?.into()))
 }
 
@@ -420,12 +440,10 @@ async fn get_job<S: Store>(
     responses((status = 200, description = "The job, cancelled", body = JobJson), Problems))]
 async fn cancel<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let j = c
         .api
         .jobs
@@ -441,12 +459,10 @@ async fn cancel<S: Store>(
     responses((status = 200, description = "Its attempts, in order", body = AttemptsJson), Problems))]
 async fn attempts<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AttemptsJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     // Reading the job first checks the caller may see it.
     let job = c.job(&id).await?;
     let id: JobId = job.id.parse().map_err(|e| Problem::invalid("id", e))?;
@@ -572,9 +588,7 @@ async fn last_before<S: Store>(store: &S, job: JobId, bound: u128) -> ApiResult<
     responses((status = 200, description = "A page of output", body = LogPageJson), Problems))]
 async fn logs<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<LogParams>, QueryRejection>,
 ) -> ApiResult<Json<LogPageJson>> {
@@ -596,7 +610,7 @@ async fn logs<S: Store>(
         .as_deref()
         .map(|s| parse_cursor("before", s))
         .transpose()?;
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let job = c.job(&id).await?;
     let id: JobId = job.id.parse().map_err(|e| Problem::invalid("id", e))?;
     let store = api.jobs.engine().store();
@@ -728,14 +742,12 @@ where
     responses((status = 200, description = "An event stream of chunks", body = String, content_type = "text/event-stream"), Problems))]
 async fn follow_logs<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<FollowParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
-    let from = match last_event_id(&headers) {
+    let from = match last_event_id(&caller.headers) {
         Some(last) => {
             let c = parse_cursor("Last-Event-ID", last)?;
             LogCursor {
@@ -750,7 +762,7 @@ async fn follow_logs<S: Store>(
             .transpose()?
             .unwrap_or_default(),
     };
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let chunks = c
         .api
         .jobs
@@ -810,13 +822,11 @@ struct WatchParams {
     responses((status = 200, description = "An event stream of state changes", body = String, content_type = "text/event-stream"), Problems))]
 async fn watch<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<WatchParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
-    let from_seq = match last_event_id(&headers) {
+    let from_seq = match last_event_id(&caller.headers) {
         Some(last) => Some(
             last.parse::<u64>().map_err(|_| {
                 Problem::invalid("Last-Event-ID", format!("{last:?} is not an event id"))
@@ -824,7 +834,7 @@ async fn watch<S: Store>(
         ),
         None => None,
     };
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let changes = c
         .api
         .jobs
@@ -868,9 +878,7 @@ struct WorkerParams {
     responses((status = 200, description = "A page of workers", body = WorkerPageJson), Problems))]
 async fn workers<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<WorkerParams>, QueryRejection>,
 ) -> ApiResult<Json<WorkerPageJson>> {
     let q = query(q)?;
@@ -889,7 +897,7 @@ async fn workers<S: Store>(
             format!("{s:?} is not ready, draining or lost"),
         ));
     }
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let all = c
         .api
         .jobs
@@ -928,12 +936,10 @@ async fn workers<S: Store>(
     responses((status = 200, description = "The worker, draining", body = WorkerJson), Problems))]
 async fn drain<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkerJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let w = c
         .api
         .jobs
@@ -949,12 +955,10 @@ async fn drain<S: Store>(
     responses((status = 200, description = "Revoked", body = RevokedWorkerJson), Problems))]
 async fn revoke_worker<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RevokedWorkerJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
@@ -988,11 +992,9 @@ fn whoami_of(p: &Principal) -> WhoamiJson {
     responses((status = 200, description = "The caller", body = WhoamiJson), Problems))]
 async fn whoami<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<WhoamiJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     Ok(Json(whoami_of(&c.principal("read").await?)))
 }
 
@@ -1003,11 +1005,10 @@ async fn whoami<S: Store>(
         (status = 415, description = "Not JSON", body = ProblemJson, content_type = "application/problem+json")))]
 async fn sign_in<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    caller: Caller,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let s: SessionJson = body(&headers, &bytes)?;
+    let s: SessionJson = body(&caller.headers, &bytes)?;
     let token = s.token.trim();
     if token.is_empty() || token.len() > 8192 || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Problem::invalid(
@@ -1019,7 +1020,12 @@ async fn sign_in<S: Store>(
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| Problem::invalid("token", "not a valid header value"))?;
     h.insert(header::AUTHORIZATION, bearer);
-    let c = call!(api, Method::GET, h, peer);
+    let c = Caller {
+        method: Method::GET,
+        headers: h,
+        peer: caller.peer,
+    }
+    .on(&api);
     let who = whoami_of(&c.principal("sign_in").await?);
     let secure = if api.secure_cookies { "; Secure" } else { "" };
     let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
@@ -1064,11 +1070,9 @@ fn quantile(buckets: &[(f64, u64)], total: u64, q: f64) -> f64 {
     responses((status = 200, description = "The overview", body = OverviewJson), Problems))]
 async fn overview<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<OverviewJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let p = c.principal("read").await?;
     let engine = api.jobs.engine();
     let snap = engine
@@ -1132,11 +1136,9 @@ async fn overview<S: Store>(
     responses((status = 200, description = "The tokens", body = TokensJson), Problems))]
 async fn tokens<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<TokensJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
@@ -1154,13 +1156,11 @@ async fn tokens<S: Store>(
         (status = 415, description = "Not JSON", body = ProblemJson, content_type = "application/problem+json")))]
 async fn create_token<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let t: CreateTokenJson = body(&headers, &bytes)?;
-    let c = call!(api, method, headers, peer);
+    let t: CreateTokenJson = body(&caller.headers, &bytes)?;
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
@@ -1191,12 +1191,10 @@ async fn create_token<S: Store>(
     responses((status = 200, description = "Revoked", body = TokenInfoJson), Problems))]
 async fn revoke_token<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TokenInfoJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
@@ -1211,11 +1209,9 @@ async fn revoke_token<S: Store>(
     responses((status = 200, description = "The join tokens", body = JoinTokensJson), Problems))]
 async fn join_tokens<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<JoinTokensJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
@@ -1233,13 +1229,11 @@ async fn join_tokens<S: Store>(
         (status = 415, description = "Not JSON", body = ProblemJson, content_type = "application/problem+json")))]
 async fn create_join_token<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let t: CreateJoinTokenJson = body(&headers, &bytes)?;
-    let c = call!(api, method, headers, peer);
+    let t: CreateJoinTokenJson = body(&caller.headers, &bytes)?;
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
@@ -1268,12 +1262,10 @@ async fn create_join_token<S: Store>(
     responses((status = 200, description = "Revoked", body = JoinTokenInfoJson), Problems))]
 async fn revoke_join_token<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JoinTokenInfoJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
@@ -1300,9 +1292,7 @@ struct AuditParams {
     responses((status = 200, description = "A page of records", body = AuditPageJson), Problems))]
 async fn audit<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<AuditParams>, QueryRejection>,
 ) -> ApiResult<Json<AuditPageJson>> {
     let q = query(q)?;
@@ -1310,7 +1300,7 @@ async fn audit<S: Store>(
     if limit == 0 || limit > 1000 {
         return Err(Problem::invalid("limit", "from 1 to 1000"));
     }
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
@@ -1332,11 +1322,9 @@ async fn audit<S: Store>(
     responses((status = 200, description = "The check", body = AuditCheckJson), Problems))]
 async fn verify_audit<S: Store>(
     State(api): State<Arc<Api<S>>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<AuditCheckJson>> {
-    let c = call!(api, method, headers, peer);
+    let c = caller.on(&api);
     let r = c
         .api
         .admin
