@@ -1131,6 +1131,14 @@ async fn overview<S: Store>(
     }))
 }
 
+/// 201 with a body holding a token shown once: no cache may keep it.
+fn secret_made<T: serde::Serialize>(made: T) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(made)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// List client tokens (admins).
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "admin",
     responses((status = 200, description = "The tokens", body = TokensJson), Problems))]
@@ -1172,17 +1180,10 @@ async fn create_token<S: Store>(
         })?)
         .await?
         .into_inner();
-    let mut resp = (
-        StatusCode::CREATED,
-        Json(CreatedTokenJson {
-            info: r.info.unwrap_or_default().into(),
-            token: r.token,
-        }),
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(secret_made(CreatedTokenJson {
+        info: r.info.unwrap_or_default().into(),
+        token: r.token,
+    }))
 }
 
 /// Revoke a client token (admins).
@@ -1243,17 +1244,10 @@ async fn create_join_token<S: Store>(
         })?)
         .await?
         .into_inner();
-    let mut resp = (
-        StatusCode::CREATED,
-        Json(CreatedJoinTokenJson {
-            info: r.info.unwrap_or_default().into(),
-            token: r.token,
-        }),
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(secret_made(CreatedJoinTokenJson {
+        info: r.info.unwrap_or_default().into(),
+        token: r.token,
+    }))
 }
 
 /// Revoke a join token (admins).

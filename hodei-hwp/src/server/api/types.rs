@@ -850,17 +850,10 @@ impl From<proto::Worker> for WorkerJson {
             capacity: resources_from_wire(w.capacity),
             allocated: resources_from_wire(w.allocated),
             status: w.status,
-            cpu_percent: if w.cpu_percent.is_finite() {
-                w.cpu_percent
-            } else {
-                0.0
-            },
+            // The worker service keeps only finite readings.
+            cpu_percent: w.cpu_percent,
             memory_used_mb: w.memory_used_mb,
-            load_1m: if w.load_1m.is_finite() {
-                w.load_1m
-            } else {
-                0.0
-            },
+            load_1m: w.load_1m,
             last_heartbeat_ms: w.last_heartbeat_ms,
             jobs: w.jobs,
         }
