@@ -202,6 +202,26 @@ fn body<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, bytes: &Bytes) -> Api
     })
 }
 
+/// A submission's body as `POST /api/v1/jobs` reads it, up to the spec the
+/// job service would validate for a caller whose tenant is the default
+/// one: what a fuzzer drives with untrusted bytes.
+///
+/// # Errors
+///
+/// The problem's detail, naming the field at fault, as the API answers it.
+pub fn parse_submission(content_type: &str, bytes: &[u8]) -> Result<hodei_core::JobSpec, String> {
+    let mut headers = HeaderMap::new();
+    let v = HeaderValue::from_str(content_type).map_err(|e| format!("content-type: {e}"))?;
+    headers.insert(header::CONTENT_TYPE, v);
+    let sub: SubmitJson = body(&headers, &Bytes::copy_from_slice(bytes)).map_err(|p| p.1.detail)?;
+    let wire = sub
+        .spec
+        .into_wire()
+        .map_err(|(f, why)| format!("{f}: {why}"))?;
+    crate::wire::spec_from_wire(wire, &hodei_core::TenantId::default())
+        .map_err(|e| Problem::from(Status::from(e)).1.detail)
+}
+
 // ---- calling the services ---------------------------------------------
 
 /// The bearer token a request carries, and whether it came from the
