@@ -29,14 +29,6 @@ fn screenshots() -> PathBuf {
     d
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn chromedriver() -> (Proc, u16) {
     for bin in [CHROMEDRIVER, CHROMIUM] {
         assert!(
@@ -44,7 +36,7 @@ fn chromedriver() -> (Proc, u16) {
             "{bin} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
         );
     }
-    let port = free_port();
+    let port = process::free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())

@@ -30,14 +30,6 @@ const CLI: &str = env!("CARGO_BIN_EXE_hodei");
 /// and the machine has two cores.
 static SERIAL: Mutex<()> = parking_lot::const_mutex(());
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One server of the group: its directory and fixed ports (it rebinds them
 /// as it changes role, and again when restarted).
 struct Node {
@@ -63,8 +55,8 @@ impl Group {
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
                 dir: tmp.path().join(format!("server-{i}")),
-                grpc: free_port(),
-                http: free_port(),
+                grpc: process::free_port(),
+                http: process::free_port(),
                 proc: None,
             })
             .collect();
@@ -683,7 +675,7 @@ fn a_redb_deployment_moves_to_postgres_with_its_jobs_logs_tokens_and_audit_chain
     let db = LocalCluster::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("server");
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (process::free_port(), process::free_port());
     let serve = |store: &[&str]| {
         let mut child = Command::new(SERVER)
             .args(store)

@@ -18,6 +18,15 @@ pub fn status_and_body(resp: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A port free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 

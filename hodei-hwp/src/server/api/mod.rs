@@ -567,6 +567,21 @@ fn chunk_json(e: LogEntry) -> LogChunkJson {
     }
 }
 
+/// How many of `entries`, taken in order, fit in one page's bytes (at
+/// least one).
+fn fitting<'a>(entries: impl Iterator<Item = &'a LogEntry>) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for e in entries {
+        bytes += e.chunk.data.len();
+        if bytes > MAX_LOG_PAGE_BYTES && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// The last stored position before `bound`, found by bisection over
 /// forward reads (each finds the first chunk at or after a position), so
 /// a long log opens at its end without being read from the start.
@@ -661,32 +676,15 @@ async fn logs<S: Store>(
                     .filter(|e| key(e.cursor) < bound)
                     .collect();
                 // The newest chunks win when the page is too large.
-                let mut bytes = 0;
-                let mut keep = es.len();
-                for (i, e) in es.iter().enumerate().rev() {
-                    bytes += e.chunk.data.len();
-                    if bytes > MAX_LOG_PAGE_BYTES && i + 1 < es.len() {
-                        break;
-                    }
-                    keep = i;
-                }
-                es.drain(..keep);
+                let fit = fitting(es.iter().rev());
+                es.drain(..es.len() - fit);
                 (es, page.truncated_bytes)
             }
         }
     } else {
         let page = read(from.unwrap_or_default(), limit).await?;
         let mut es = page.entries;
-        let mut bytes = 0;
-        let mut keep = 0;
-        for e in &es {
-            bytes += e.chunk.data.len();
-            if bytes > MAX_LOG_PAGE_BYTES && keep > 0 {
-                break;
-            }
-            keep += 1;
-        }
-        es.truncate(keep);
+        es.truncate(fitting(es.iter()));
         (es, page.truncated_bytes)
     };
     let next = match entries.last() {

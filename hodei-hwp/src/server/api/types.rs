@@ -887,10 +887,7 @@ impl From<proto::JoinTokenInfo> for JoinTokenInfoJson {
 
 impl From<proto::AuditRecord> for AuditRecordJson {
     fn from(r: proto::AuditRecord) -> Self {
-        let mut hash = String::with_capacity(r.hash.len() * 2);
-        for b in &r.hash {
-            hash.push_str(&format!("{b:02x}"));
-        }
+        let hash = crate::tls::hex(&r.hash);
         AuditRecordJson {
             index: r.index,
             at_ms: r.at_ms,

@@ -381,14 +381,16 @@ async function jobPage(page, id) {
   page.append(el('h2', { text: 'Output' }),
     el('div', { class: 'logbar' }, earlier, follow, status, el('span', {}, 'stdout · ', el('span', { class: 'legend-err', text: 'stderr' }))),
     log, el('h2', { text: 'Spec' }), specBox);
+  // ANSI state carries across chunks read in order: one for the live
+  // output, a fresh one for each earlier page.
   const sgr = {};
-  const chunkNode = (c) => {
+  const chunkNode = (c, state) => {
     const span = el('span', { class: c.stream === 'stderr' ? 'stderr' : c.stream === 'system' ? 'system' : null, 'data-stream': c.stream });
-    ansiAppend(span, c.text, sgr, null);
+    ansiAppend(span, c.text, state, null);
     return span;
   };
   const first = await api('GET', path + '/logs?tail=true&limit=200');
-  for (const c of first.chunks) log.append(chunkNode(c));
+  for (const c of first.chunks) log.append(chunkNode(c, sgr));
   if (first.truncated_bytes) status.textContent = first.truncated_bytes + ' bytes past the log cap were dropped';
   let previous = first.previous;
   earlier.hidden = !previous;
@@ -398,11 +400,7 @@ async function jobPage(page, id) {
       const h = log.scrollHeight;
       const frag = document.createDocumentFragment();
       const s = {};
-      for (const c of p.chunks) {
-        const span = el('span', { class: c.stream === 'stderr' ? 'stderr' : c.stream === 'system' ? 'system' : null, 'data-stream': c.stream });
-        ansiAppend(span, c.text, s, null);
-        frag.append(span);
-      }
+      for (const c of p.chunks) frag.append(chunkNode(c, s));
       log.prepend(frag);
       log.scrollTop += log.scrollHeight - h;
       previous = p.previous;
@@ -414,7 +412,7 @@ async function jobPage(page, id) {
   const es = new EventSource(path + '/logs/stream?from=' + encodeURIComponent(first.next));
   es.addEventListener('log', (m) => {
     const c = JSON.parse(m.data);
-    log.append(chunkNode(c));
+    log.append(chunkNode(c, sgr));
     if (followBox.checked) log.scrollTop = log.scrollHeight;
   });
   es.addEventListener('end', () => { es.close(); log.dataset.follow = 'ended'; status.textContent = 'output complete'; });
