@@ -130,6 +130,18 @@ impl Batch {
         self.ops.len() - 1
     }
 
+    /// Puts (`Some`) or removes (`None`) a keyed record, as
+    /// [`Store::put_record`](crate::Store::put_record), in the same commit
+    /// as the rest. Returns the write's index.
+    pub fn put_record(&mut self, kind: &str, id: &str, value: Option<Vec<u8>>) -> usize {
+        self.push(WriteOp::Record {
+            table: crate::ops::Table::Records,
+            kind: kind.to_string(),
+            id: id.to_string(),
+            value,
+        })
+    }
+
     /// Appends `entry` to the audit chain, in the same commit as the rest
     /// (the call it records and its record land together). Returns its
     /// place.

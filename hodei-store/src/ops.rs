@@ -31,10 +31,11 @@ pub(crate) enum Table {
     Audit,
     Meta,
     Credentials,
+    Records,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 11] = [
+    pub(crate) const ALL: [Table; 12] = [
         Table::Jobs,
         Table::Idempotency,
         Table::Active,
@@ -46,6 +47,7 @@ impl Table {
         Table::Audit,
         Table::Meta,
         Table::Credentials,
+        Table::Records,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Table {
             Table::Audit => "audit",
             Table::Meta => "meta",
             Table::Credentials => "credentials",
+            Table::Records => "records",
         }
     }
 }
@@ -118,8 +121,10 @@ pub(crate) enum WriteOp {
     /// Writes applied in order in one transaction, each with its own
     /// outcome.
     Batch(Vec<WriteOp>),
-    /// Puts (`Some`) or removes (`None`) a credential record.
-    Credential {
+    /// Puts (`Some`) or removes (`None`) a keyed record of `table`
+    /// ([`Table::Credentials`] or [`Table::Records`]).
+    Record {
+        table: Table,
         kind: String,
         id: String,
         value: Option<Vec<u8>>,
@@ -257,7 +262,7 @@ pub(crate) enum Need {
     LogMeta(JobId),
     AuditHead,
     Attempt(JobId, u32),
-    Credential(String, String),
+    Record(Table, String, String),
 }
 
 /// Every record `op` reads in [`apply`]: a backend that cannot read during
@@ -282,9 +287,9 @@ pub(crate) fn needs(op: &WriteOp, out: &mut Vec<Need>) {
         }
         WriteOp::Audit(_) => out.push(Need::AuditHead),
         WriteOp::Patch { job, attempt, .. } => out.push(Need::Attempt(*job, *attempt)),
-        WriteOp::Credential { kind, id, .. } => {
-            out.push(Need::Credential(kind.clone(), id.clone()))
-        }
+        WriteOp::Record {
+            table, kind, id, ..
+        } => out.push(Need::Record(*table, kind.clone(), id.clone())),
         WriteOp::Batch(ops) => ops.iter().for_each(|o| needs(o, out)),
         WriteOp::Put(..) => {}
     }
@@ -331,12 +336,17 @@ pub(crate) fn apply(
             }
             Ok(Reply::Unit)
         }
-        WriteOp::Credential { kind, id, value } => {
-            let key = credential_key(&kind, &id);
-            let existed = t.get(Table::Credentials, &key)?.is_some();
+        WriteOp::Record {
+            table,
+            kind,
+            id,
+            value,
+        } => {
+            let key = record_key(&kind, &id);
+            let existed = t.get(table, &key)?.is_some();
             match value {
-                Some(v) => t.put(Table::Credentials, &key, &v)?,
-                None => t.delete(Table::Credentials, &key)?,
+                Some(v) => t.put(table, &key, &v)?,
+                None => t.delete(table, &key)?,
             }
             Ok(Reply::Existed(existed))
         }
@@ -357,7 +367,8 @@ pub(crate) fn apply(
     }
 }
 
-pub(crate) fn credential_key(kind: &str, id: &str) -> Vec<u8> {
+/// A keyed record's key: its kind, a zero byte, its id.
+pub(crate) fn record_key(kind: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(kind.len() + 1 + id.len());
     k.extend_from_slice(kind.as_bytes());
     k.push(0);
@@ -365,15 +376,26 @@ pub(crate) fn credential_key(kind: &str, id: &str) -> Vec<u8> {
     k
 }
 
-/// Every credential record of `kind`, by id.
-pub(crate) fn credentials(
+/// One keyed record of `table`.
+pub(crate) fn record(
     t: &dyn Tables,
+    table: Table,
+    kind: &str,
+    id: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    t.get(table, &record_key(kind, id))
+}
+
+/// Every keyed record of `kind` in `table`, by id.
+pub(crate) fn records(
+    t: &dyn Tables,
+    table: Table,
     kind: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-    let from = credential_key(kind, "");
+    let from = record_key(kind, "");
     let to = prefix_end(&from);
     let mut out = Vec::new();
-    t.scan(Table::Credentials, &from, to.as_deref(), &mut |k, v| {
+    t.scan(table, &from, to.as_deref(), &mut |k, v| {
         let id = String::from_utf8_lossy(&k[from.len()..]).into_owned();
         out.push((id, v.to_vec()));
         Ok(true)

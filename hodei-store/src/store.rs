@@ -6,7 +6,7 @@ use hodei_core::{Job, JobId, JobState, TenantId, Timestamp, Transition};
 
 use crate::batch::{Batch, Commit, Pending};
 use crate::codec;
-use crate::ops::{self, Reply, Tables, WriteOp};
+use crate::ops::{self, Reply, Table, Tables, WriteOp};
 
 use crate::audit::{AuditEntry, AuditRecord, ChainCheck};
 use crate::error::StoreError;
@@ -188,6 +188,38 @@ pub trait Store: Send + Sync + 'static {
         &self,
         kind: &str,
     ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
+
+    /// Stores a keyed record of the server's own (a pipeline, a schedule,
+    /// a step's outputs): `value` under `id` among records of `kind`,
+    /// replacing what was there. Returns whether one was replaced. Kept
+    /// apart from credentials; what the bytes mean is the caller's
+    /// business.
+    fn put_record(
+        &self,
+        kind: &str,
+        id: &str,
+        value: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes a keyed record; returns whether there was one.
+    fn remove_record(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// One keyed record, if stored.
+    fn record(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Every keyed record of `kind`, in id order (bytewise).
+    fn records(
+        &self,
+        kind: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 }
 
 /// What a backend provides: how it queues a write for its tables and how
@@ -298,14 +330,16 @@ pub(crate) mod writes {
         }
     }
 
-    /// Puts (`Some`) or removes (`None`) a credential record.
-    pub(crate) async fn credential<Q: Queue>(
+    /// Puts (`Some`) or removes (`None`) a keyed record of `table`.
+    pub(crate) async fn record<Q: Queue>(
         q: &Q,
+        table: Table,
         kind: &str,
         id: &str,
         value: Option<Vec<u8>>,
     ) -> Result<bool, StoreError> {
-        let op = WriteOp::Credential {
+        let op = WriteOp::Record {
+            table,
             kind: kind.to_string(),
             id: id.to_string(),
             value,
@@ -412,14 +446,30 @@ impl<B: Backend> Store for B {
         id: &str,
         value: Vec<u8>,
     ) -> Result<bool, StoreError> {
-        writes::credential(self, kind, id, Some(value)).await
+        writes::record(self, Table::Credentials, kind, id, Some(value)).await
     }
 
     async fn remove_credential(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
-        writes::credential(self, kind, id, None).await
+        writes::record(self, Table::Credentials, kind, id, None).await
     }
 
     async fn credentials(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.read(|t| ops::credentials(t, kind))
+        self.read(|t| ops::records(t, Table::Credentials, kind))
+    }
+
+    async fn put_record(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+        writes::record(self, Table::Records, kind, id, Some(value)).await
+    }
+
+    async fn remove_record(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        writes::record(self, Table::Records, kind, id, None).await
+    }
+
+    async fn record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|t| ops::record(t, Table::Records, kind, id))
+    }
+
+    async fn records(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|t| ops::records(t, Table::Records, kind))
     }
 }

@@ -594,6 +594,45 @@ async fn credentials_are_kept_by_kind_and_id<S: Store>(s: S) {
     assert_eq!(s.credentials("tok").await.unwrap().len(), 1);
 }
 
+/// The server's keyed records live apart from credentials, by kind and
+/// id; a batch writes them in the same commit as its jobs.
+async fn records_are_kept_apart_by_kind_and_id<S: Store>(s: S) {
+    assert!(s.records("pipeline").await.unwrap().is_empty());
+    assert_eq!(s.record("pipeline", "a").await.unwrap(), None);
+    assert!(!s.put_record("pipeline", "b", b"2".to_vec()).await.unwrap());
+    assert!(!s.put_record("pipe", "z", b"x".to_vec()).await.unwrap());
+    // The same kind and id as a credential is another record.
+    assert!(
+        !s.put_credential("pipeline", "b", b"c".to_vec())
+            .await
+            .unwrap()
+    );
+    let j = job("acme", None);
+    let mut b = Batch::new();
+    b.insert_job(j.clone()).unwrap();
+    b.put_record("pipeline", "a", Some(b"1".to_vec()));
+    b.put_record("pipeline", "b", Some(b"3".to_vec()));
+    b.put_record("pipe", "z", None);
+    s.enqueue(b).await.unwrap().await.unwrap();
+    assert!(s.get_job(j.id).await.unwrap().is_some());
+    assert_eq!(
+        s.records("pipeline").await.unwrap(),
+        vec![("a".into(), b"1".to_vec()), ("b".into(), b"3".to_vec())]
+    );
+    assert_eq!(
+        s.record("pipeline", "b").await.unwrap(),
+        Some(b"3".to_vec())
+    );
+    assert!(s.records("pipe").await.unwrap().is_empty());
+    assert_eq!(
+        s.credentials("pipeline").await.unwrap(),
+        vec![("b".into(), b"c".to_vec())]
+    );
+    assert!(s.remove_record("pipeline", "a").await.unwrap());
+    assert!(!s.remove_record("pipeline", "a").await.unwrap());
+    assert_eq!(s.record("pipeline", "a").await.unwrap(), None);
+}
+
 /// A filter almost nothing matches, over more jobs than one page may look
 /// at: paging still finds every match, in order, and each page ends.
 async fn a_sparse_filter_pages_through_every_match<S: Store>(s: S) {
@@ -696,6 +735,7 @@ conformance!(
     batches_keep_order_and_their_own_outcomes,
     queued_batches_apply_in_order,
     credentials_are_kept_by_kind_and_id,
+    records_are_kept_apart_by_kind_and_id,
     a_final_job_keeps_its_secrets_names_not_their_values,
     a_sparse_filter_pages_through_every_match,
 );

@@ -21,6 +21,8 @@ pub struct Copied {
     pub audit_records: u64,
     /// Credential records (hashed tokens, revocations).
     pub credentials: u64,
+    /// The server's own keyed records (pipelines, schedules, outputs).
+    pub records: u64,
 }
 
 /// Records copied per transaction.
@@ -28,13 +30,14 @@ const CHUNK: usize = 1000;
 
 /// The tables that hold records (the rest are indexes the database keeps
 /// as columns).
-const TABLES: [Table; 6] = [
+const TABLES: [Table; 7] = [
     Table::Jobs,
     Table::Attempts,
     Table::Logs,
     Table::LogMeta,
     Table::Audit,
     Table::Credentials,
+    Table::Records,
 ];
 
 /// Copies every record of the embedded store `from` into `to` as it is:
@@ -72,6 +75,7 @@ pub async fn copy_redb(from: &RedbStore, to: &PgStore) -> Result<Copied, StoreEr
                 Table::Logs => copied.log_chunks += n,
                 Table::Audit => copied.audit_records += n,
                 Table::Credentials => copied.credentials += n,
+                Table::Records => copied.records += n,
                 _ => {}
             }
         }

@@ -105,6 +105,12 @@ const WRITER_SQL: &[(&str, &str)] = &[
          JOIN hodei_credentials c ON c.kind = k.kind AND c.id = k.id",
     ),
     (
+        "fetch_records",
+        "SELECT c.kind, c.id, c.value
+         FROM unnest($1::text[], $2::text[]) AS k(kind, id)
+         JOIN hodei_records c ON c.kind = k.kind AND c.id = k.id",
+    ),
+    (
         "put_jobs",
         "INSERT INTO hodei_jobs (id, tenant, state, active, idem_key, body)
          SELECT * FROM unnest($1::bytea[], $2::text[], $3::int2[], $4::bool[], $5::text[], $6::bytea[])
@@ -152,6 +158,17 @@ const WRITER_SQL: &[(&str, &str)] = &[
     (
         "delete_credentials",
         "DELETE FROM hodei_credentials c USING unnest($1::text[], $2::text[]) AS k(kind, id)
+         WHERE c.kind = k.kind AND c.id = k.id",
+    ),
+    (
+        "put_records",
+        "INSERT INTO hodei_records (kind, id, value)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+         ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value",
+    ),
+    (
+        "delete_records",
+        "DELETE FROM hodei_records c USING unnest($1::text[], $2::text[]) AS k(kind, id)
          WHERE c.kind = k.kind AND c.id = k.id",
     ),
 ];
@@ -744,17 +761,45 @@ impl Store for PgStore {
         id: &str,
         value: Vec<u8>,
     ) -> Result<bool, StoreError> {
-        writes::credential(self, kind, id, Some(value)).await
+        writes::record(self, Table::Credentials, kind, id, Some(value)).await
     }
 
     async fn remove_credential(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
-        writes::credential(self, kind, id, None).await
+        writes::record(self, Table::Credentials, kind, id, None).await
     }
 
     async fn credentials(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let rows = self
             .query(
                 "SELECT id, value FROM hodei_credentials WHERE kind = $1 ORDER BY id COLLATE \"C\"",
+                &[&kind],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn put_record(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+        writes::record(self, Table::Records, kind, id, Some(value)).await
+    }
+
+    async fn remove_record(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        writes::record(self, Table::Records, kind, id, None).await
+    }
+
+    async fn record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT value FROM hodei_records WHERE kind = $1 AND id = $2",
+                &[&kind, &id],
+            )
+            .await?;
+        Ok(rows.into_iter().next().map(|r| r.get(0)))
+    }
+
+    async fn records(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id, value FROM hodei_records WHERE kind = $1 ORDER BY id COLLATE \"C\"",
                 &[&kind],
             )
             .await?;

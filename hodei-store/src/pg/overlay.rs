@@ -103,6 +103,7 @@ impl Overlay {
         let mut head = false;
         let (mut att_j, mut att_a) = (Vec::new(), Vec::new());
         let (mut cred_k, mut cred_i) = (Vec::new(), Vec::new());
+        let (mut rec_k, mut rec_i) = (Vec::new(), Vec::new());
         for n in needs {
             if !seen.insert(n.clone()) {
                 continue;
@@ -141,15 +142,20 @@ impl Overlay {
                     att_j.push(job.to_be_bytes().to_vec());
                     att_a.push(i64::from(attempt));
                 }
-                Need::Credential(kind, id) => {
-                    self.know(Table::Credentials, ops::credential_key(&kind, &id), None);
-                    cred_k.push(kind);
-                    cred_i.push(id);
+                Need::Record(table, kind, id) => {
+                    self.know(table, ops::record_key(&kind, &id), None);
+                    let (k, i) = if table == Table::Records {
+                        (&mut rec_k, &mut rec_i)
+                    } else {
+                        (&mut cred_k, &mut cred_i)
+                    };
+                    k.push(kind);
+                    i.push(id);
                 }
             }
         }
         let head_key: Vec<Vec<u8>> = vec![ops::AUDIT_HEAD_KEY.to_vec()];
-        let (r_jobs, r_idem, r_logs, r_metas, r_head, r_att, r_cred) = tokio::try_join!(
+        let (r_jobs, r_idem, r_logs, r_metas, r_head, r_att, r_cred, r_rec) = tokio::try_join!(
             query(txn, st, "fetch_jobs", vec![&jobs], !jobs.is_empty()),
             query(
                 txn,
@@ -180,6 +186,13 @@ impl Overlay {
                 "fetch_credentials",
                 vec![&cred_k, &cred_i],
                 !cred_k.is_empty()
+            ),
+            query(
+                txn,
+                st,
+                "fetch_records",
+                vec![&rec_k, &rec_i],
+                !rec_k.is_empty()
             ),
         )?;
         for r in r_jobs {
@@ -217,13 +230,11 @@ impl Overlay {
             let key = ops::attempt_key(job, attempt(r.get(1))?);
             self.know(Table::Attempts, key.to_vec(), Some(r.get(2)));
         }
-        for r in r_cred {
-            let (kind, id): (String, String) = (r.get(0), r.get(1));
-            self.know(
-                Table::Credentials,
-                ops::credential_key(&kind, &id),
-                Some(r.get(2)),
-            );
+        for (table, rows) in [(Table::Credentials, r_cred), (Table::Records, r_rec)] {
+            for r in rows {
+                let (kind, id): (String, String) = (r.get(0), r.get(1));
+                self.know(table, ops::record_key(&kind, &id), Some(r.get(2)));
+            }
         }
         Ok(())
     }
@@ -242,6 +253,8 @@ impl Overlay {
         let mut meta = (Vec::new(), Vec::new());
         let mut creds = (Vec::new(), Vec::new(), Vec::new());
         let mut gone = (Vec::new(), Vec::new());
+        let mut recs = (Vec::new(), Vec::new(), Vec::new());
+        let mut recs_gone = (Vec::new(), Vec::new());
         for (table, rows) in self.dirty {
             for (key, value) in rows {
                 match (table, value) {
@@ -264,17 +277,22 @@ impl Overlay {
                         meta.0.push(key);
                         meta.1.push(v);
                     }
-                    (Table::Credentials, value) => {
-                        let (kind, id) = split_credential_key(&key)?;
+                    (Table::Credentials | Table::Records, value) => {
+                        let (kind, id) = split_record_key(&key)?;
+                        let (put, del) = if table == Table::Records {
+                            (&mut recs, &mut recs_gone)
+                        } else {
+                            (&mut creds, &mut gone)
+                        };
                         match value {
                             Some(v) => {
-                                creds.0.push(kind);
-                                creds.1.push(id);
-                                creds.2.push(v);
+                                put.0.push(kind);
+                                put.1.push(id);
+                                put.2.push(v);
                             }
                             None => {
-                                gone.0.push(kind);
-                                gone.1.push(id);
+                                del.0.push(kind);
+                                del.1.push(id);
                             }
                         }
                     }
@@ -365,6 +383,20 @@ impl Overlay {
                 "delete_credentials",
                 vec![&gone.0, &gone.1],
                 !gone.0.is_empty()
+            ),
+            execute(
+                txn,
+                st,
+                "put_records",
+                vec![&recs.0, &recs.1, &recs.2],
+                !recs.0.is_empty()
+            ),
+            execute(
+                txn,
+                st,
+                "delete_records",
+                vec![&recs_gone.0, &recs_gone.1],
+                !recs_gone.0.is_empty()
             ),
         )?;
         Ok(())
@@ -506,14 +538,14 @@ fn split_attempt_key(key: &[u8]) -> Result<(Vec<u8>, i64), StoreError> {
     ))
 }
 
-fn split_credential_key(key: &[u8]) -> Result<(String, String), StoreError> {
+fn split_record_key(key: &[u8]) -> Result<(String, String), StoreError> {
     let at = key
         .iter()
         .position(|&b| b == 0)
-        .ok_or_else(|| StoreError::storage_message("internal: a credential key without a kind"))?;
+        .ok_or_else(|| StoreError::storage_message("internal: a record key without a kind"))?;
     let text = |b: &[u8]| {
         String::from_utf8(b.to_vec())
-            .map_err(|_| StoreError::storage_message("a credential key that is not UTF-8"))
+            .map_err(|_| StoreError::storage_message("a record key that is not UTF-8"))
     };
     Ok((text(&key[..at])?, text(&key[at + 1..])?))
 }

@@ -13,7 +13,7 @@ use crate::error::StoreError;
 use super::pg_error;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Advisory lock key taken while migrating ("hodei" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0068_6f64_6569;
@@ -26,7 +26,8 @@ const MIGRATION_LOCK: i64 = 0x0068_6f64_6569;
 /// 8 lost); `body` columns hold the record in Hodei's binary encoding, so
 /// what a job carries can grow without a migration, while everything a
 /// query filters, orders or joins on is a column of its own.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hodei_jobs (
     id bytea PRIMARY KEY,
     tenant text NOT NULL,
@@ -93,7 +94,16 @@ CREATE TABLE hodei_lease (
     expires_at timestamptz NOT NULL
 );
 INSERT INTO hodei_lease VALUES (1, 0, NULL, NULL, NULL, '-infinity');
-"#];
+"#,
+    r#"
+CREATE TABLE hodei_records (
+    kind text NOT NULL,
+    id text NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+"#,
+];
 
 /// The version a database is at (0 for one Hodei never used).
 ///
