@@ -37,6 +37,7 @@ mod event;
 mod id;
 mod job;
 mod masker;
+mod pipeline;
 mod resources;
 mod spec;
 
@@ -46,6 +47,10 @@ pub use event::{Event, LogStream};
 pub use id::{IdError, JobId, TenantId, WorkerId};
 pub use job::{ExitStatus, Job, JobState, Lifecycle, Transition, TransitionError};
 pub use masker::{MASK, MaskStream, Masker, MaskerError};
+pub use pipeline::{
+    CompensationSpec, Condition, MAX_OUTPUT_BYTES, MAX_STEPS, PipelineGraph, PipelineSpec,
+    StepSpec, cycles, output_prefix, output_variable, parse_outputs,
+};
 pub use resources::Resources;
 pub use spec::{
     Backoff, Command, Constraint, ConstraintOp, FieldError, JobSpec, MAX_ERRORS_TEXT, MAX_TIMEOUT,

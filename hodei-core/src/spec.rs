@@ -404,7 +404,7 @@ impl Problems {
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`, at most 256 bytes.
-fn is_env_name(s: &str) -> bool {
+pub(crate) fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
     s.len() <= 256
         && chars

@@ -34,6 +34,7 @@
 
 mod cluster;
 mod error;
+mod pipeline;
 mod placement;
 mod queue;
 mod scheduler;
@@ -44,6 +45,7 @@ pub use cluster::{
     WorkerStatus,
 };
 pub use error::{ClusterError, SchedError};
+pub use pipeline::{Decision, PipelineRun, PipelineState, StepOutcome, StepState};
 pub use placement::{PlacementRequest, Policy, Rejection};
 pub use queue::{MAX_LEVELS, PriorityQueue};
 pub use scheduler::{
