@@ -180,6 +180,12 @@ pub enum Command {
         /// The worker id.
         worker: String,
     },
+    /// Pipelines: submit a TOML or JSON file, show one, list, cancel.
+    Pipeline {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::pipeline::PipelineAction,
+    },
     /// Runs a server on a temporary embedded store and a local agent,
     /// submits a few jobs, shows their logs live and a summary, and stops.
     Demo,
@@ -803,6 +809,7 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::JoinToken { action } => join_token(&mut c, action, out).await,
+        Command::Pipeline { action } => crate::pipeline::run(&mut c, action, out).await,
         Command::Token { action } => client_token(&mut c, action, out).await,
         Command::Audit {
             since,

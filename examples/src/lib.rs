@@ -8,6 +8,7 @@
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod pipeline;
 
 /// A multi-threaded tokio runtime with `threads` workers (one per CPU when
 /// `None`); if it cannot start, says so on stderr as `program` and returns

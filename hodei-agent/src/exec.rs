@@ -1,5 +1,6 @@
 //! Running one attempt of a job as real processes.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -66,6 +67,11 @@ pub struct Finished {
     pub timed_out: bool,
     /// It was cancelled.
     pub cancelled: bool,
+    /// What it published in its outputs file (`$HODEI_OUTPUTS`), masked;
+    /// empty when it wrote none, or a file refused (over
+    /// [`hodei_core::MAX_OUTPUT_BYTES`] or not `KEY=value` lines, said in
+    /// its log).
+    pub outputs: BTreeMap<String, String>,
 }
 
 fn now() -> Timestamp {
@@ -78,6 +84,48 @@ fn peak_rss_mb(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024)
+}
+
+/// Reads what the job published, masked as its log is: a secret value
+/// written there is no more shown than in its output. A file refused is
+/// said in the log and publishes nothing.
+async fn read_outputs(
+    path: &std::path::Path,
+    masker: &Masker,
+    out: &mpsc::Sender<Output>,
+    note: &impl Fn(String) -> Output,
+) -> BTreeMap<String, String> {
+    // Read at most one byte past the cap: a job cannot make the agent
+    // load a huge file.
+    let read = async {
+        let f = tokio::fs::File::open(path).await?;
+        let mut bytes = Vec::new();
+        f.take(hodei_core::MAX_OUTPUT_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .await?;
+        Ok::<_, std::io::Error>(bytes)
+    };
+    let parsed = match read.await {
+        Ok(bytes) if bytes.is_empty() => return BTreeMap::new(),
+        Ok(bytes) => hodei_core::parse_outputs(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) => Err(format!("cannot read the outputs file: {e}")),
+    };
+    match parsed {
+        Ok(o) => o
+            .into_iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(&masker.mask(v.as_bytes())).into_owned();
+                (k, v)
+            })
+            .collect(),
+        Err(why) => {
+            let _ = out
+                .send(note(format!("{why}; no outputs published\n")))
+                .await;
+            BTreeMap::new()
+        }
+    }
 }
 
 async fn pump(
@@ -168,6 +216,7 @@ pub async fn run(
         peak_memory_mb: 0,
         timed_out: false,
         cancelled: false,
+        outputs: BTreeMap::new(),
     };
     let dir = match tempfile::Builder::new().prefix("hodei-job-").tempdir() {
         Ok(d) => d,
@@ -215,6 +264,15 @@ pub async fn run(
     cmd.env("HOME", dir.path());
     cmd.env("TMPDIR", dir.path());
     cmd.envs(&spec.env);
+    // Where the job may publish small outputs for the steps after it.
+    let outputs_file = dir.path().join("hodei-outputs");
+    if let Err(e) = std::fs::write(&outputs_file, b"") {
+        let _ = out
+            .send(note(format!("cannot create the outputs file: {e}\n")))
+            .await;
+        return not_started(started.elapsed());
+    }
+    cmd.env("HODEI_OUTPUTS", &outputs_file);
     let stdin_json = spec.secret_delivery == SecretDelivery::StdinJson && !spec.secrets.is_empty();
     if !stdin_json {
         cmd.envs(spec.secrets.iter().map(|s| (&s.name, &s.value)));
@@ -412,12 +470,14 @@ pub async fn run(
         },
         Err(_) => ExitStatus::NotStarted,
     };
+    let outputs = read_outputs(&outputs_file, &masker, &out, &note).await;
     drop(dir);
     Finished {
         exit,
         duration: started.elapsed(),
         peak_memory_mb: peak,
         timed_out,
+        outputs,
         cancelled,
     }
 }

@@ -33,6 +33,7 @@ pub use server::{
 #[cfg(feature = "server")]
 pub use wire::to_agent_wire;
 pub use wire::{
-    WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire, log_stream_to_wire,
-    proto, resources_to_wire, spec_from_wire, spec_to_wire, state_to_wire,
+    WireError, condition_to_wire, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire,
+    log_stream_to_wire, pipeline_from_wire, pipeline_to_wire, proto, resources_to_wire,
+    spec_from_wire, spec_to_wire, state_to_wire,
 };

@@ -476,6 +476,27 @@ impl Store for Failing {
     ) -> Result<Vec<(String, Vec<u8>)>, hodei_store::StoreError> {
         self.inner.credentials(kind).await
     }
+    async fn put_record(
+        &self,
+        kind: &str,
+        id: &str,
+        value: Vec<u8>,
+    ) -> Result<bool, hodei_store::StoreError> {
+        self.inner.put_record(kind, id, value).await
+    }
+    async fn remove_record(&self, kind: &str, id: &str) -> Result<bool, hodei_store::StoreError> {
+        self.inner.remove_record(kind, id).await
+    }
+    async fn record(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, hodei_store::StoreError> {
+        self.inner.record(kind, id).await
+    }
+    async fn records(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, hodei_store::StoreError> {
+        self.inner.records(kind).await
+    }
 }
 
 #[test]

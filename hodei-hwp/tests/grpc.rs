@@ -187,6 +187,7 @@ impl Agent {
             peak_memory_mb: 3,
             timed_out,
             log_batches: 1,
+            outputs: Default::default(),
         }))
         .await;
     }

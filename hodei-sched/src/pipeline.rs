@@ -8,7 +8,7 @@
 use hodei_core::{Condition, PipelineGraph};
 
 /// How a step (or a compensation) ended, as its host saw its job end.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub enum StepOutcome {
     /// Its job succeeded.
     Succeeded,

@@ -391,7 +391,7 @@ async fn sim_agent(
                                 job_id: a.job_id, attempt: a.attempt,
                                 exit: Some(proto::ExitStatus { kind: Some(proto::exit_status::Kind::Code(0)) }),
                                 duration_ms: duration.as_millis() as u64, peak_memory_mb: 1,
-                                timed_out: false, log_batches: 0,
+                                timed_out: false, log_batches: 0, outputs: Default::default(),
                             })));
                         };
                         if duration.is_zero() {

@@ -44,53 +44,60 @@ impl Answer {
     }
 }
 
+/// Starts `hodei-server` on `dir`; returns it with its gRPC address
+/// (`https://host:port`) and its HTTP `host:port`.
+fn launch(dir: &Path, listen: &str, http_listen: &str) -> (Proc, String, String) {
+    let mut child = Command::new(SERVER)
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(["--listen", listen, "--http-listen", http_listen])
+        .args(["--heartbeat-interval", "200ms", "--heartbeat-timeout", "3s"])
+        .args(["--cancel-grace", "500ms", "--log-level", "warn"])
+        .args(["--weight", "default=3", "--weight", "acme=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Read on after the addresses: a closed pipe fails the server's next
+    // print.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let (mut grpc, mut http) = (None, None);
+    while grpc.is_none() || http.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not print its addresses");
+        if let Some(a) = line.strip_prefix("hodei-server: gRPC on ") {
+            grpc = Some(a.to_string());
+        }
+        if let Some(a) = line.strip_prefix("hodei-server: metrics on ") {
+            http = Some(
+                a.trim_end_matches("/metrics")
+                    .trim_start_matches("https://")
+                    .to_string(),
+            );
+        }
+    }
+    (Proc(child), grpc.unwrap(), http.unwrap())
+}
+
 impl Web {
     /// A server with its own CA in `dir`, and `agents` agents.
     pub fn start(dir: &Path, agents: usize) -> Web {
-        let mut child = Command::new(SERVER)
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-            .args(["--heartbeat-interval", "200ms", "--heartbeat-timeout", "3s"])
-            .args(["--cancel-grace", "500ms", "--log-level", "warn"])
-            .args(["--weight", "default=3", "--weight", "acme=1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Read on after the addresses: a closed pipe fails the server's
-        // next print.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let (mut grpc, mut http) = (None, None);
-        while grpc.is_none() || http.is_none() {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("server did not print its addresses");
-            if let Some(a) = line.strip_prefix("hodei-server: gRPC on ") {
-                grpc = Some(a.to_string());
-            }
-            if let Some(a) = line.strip_prefix("hodei-server: metrics on ") {
-                http = Some(
-                    a.trim_end_matches("/metrics")
-                        .trim_start_matches("https://")
-                        .to_string(),
-                );
-            }
-        }
+        let (proc, grpc, http) = launch(dir, "127.0.0.1:0", "127.0.0.1:0");
         let admin = std::fs::read_to_string(dir.join("admin.token"))
             .unwrap()
             .trim()
             .to_string();
         let mut w = Web {
-            proc: Proc(child),
-            grpc: grpc.unwrap(),
-            http: http.unwrap(),
+            proc,
+            grpc,
+            http,
             dir: dir.to_path_buf(),
             admin,
             agents: Vec::new(),
@@ -100,6 +107,22 @@ impl Web {
         }
         w.wait_workers(agents);
         w
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data
+    /// directory and addresses; the agents reconnect by themselves.
+    pub fn kill_and_restart(&mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait_exit(Duration::from_secs(10));
+        let grpc_port = self.grpc.rsplit(':').next().unwrap().to_string();
+        let (proc, grpc, http) = launch(
+            &self.dir,
+            &format!("127.0.0.1:{grpc_port}"),
+            &self.http.clone(),
+        );
+        self.proc = proc;
+        self.grpc = grpc;
+        self.http = http;
     }
 
     pub fn add_agent(&mut self, name: &str) {

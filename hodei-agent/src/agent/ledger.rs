@@ -289,6 +289,7 @@ impl Ledger {
                     peak_memory_mb: 0,
                     timed_out: false,
                     log_batches: 1,
+                    outputs: Default::default(),
                 });
             }
         }
@@ -320,6 +321,7 @@ impl Ledger {
                         peak_memory_mb: f.peak_memory_mb,
                         timed_out: f.timed_out,
                         log_batches: batches,
+                        outputs: f.outputs.into_iter().collect(),
                     });
                 }
                 if a.done() {

@@ -13,10 +13,11 @@ use crate::server::audit_log::AuditLog;
 use crate::server::auth::{Principal, Role, Scope};
 use crate::server::engine::{EngineError, EngineHandle};
 use crate::server::limits::Limits;
+use crate::server::pipelines::{PipelineError, Pipelines};
 use crate::server::security::Security;
 use crate::wire::{
-    job_to_wire, log_stream_to_wire, spec_from_wire, state_kind_from_wire, state_to_wire,
-    worker_to_wire,
+    job_to_wire, log_stream_to_wire, pipeline_from_wire, spec_from_wire, state_kind_from_wire,
+    state_to_wire, worker_to_wire,
 };
 
 const STREAM_DEPTH: usize = 256;
@@ -30,13 +31,15 @@ pub struct JobApi<S: Store> {
     audit: Arc<AuditLog<S>>,
     limits: Arc<Limits>,
     stopping: watch::Receiver<bool>,
+    pipelines: Pipelines<S>,
 }
 
 impl<S: Store> JobApi<S> {
     /// The service, on `engine`, for clients `security` authenticates,
     /// each within `limits`; what they change is recorded in `audit`.
     /// When `stopping` turns true, Watch and Logs streams end with
-    /// UNAVAILABLE.
+    /// UNAVAILABLE, and the task driving pipelines stops. Starts that
+    /// task: call it within a Tokio runtime.
     pub fn new(
         engine: EngineHandle<S>,
         security: Arc<Security<S>>,
@@ -45,6 +48,7 @@ impl<S: Store> JobApi<S> {
         stopping: watch::Receiver<bool>,
     ) -> Self {
         JobApi {
+            pipelines: Pipelines::start(engine.clone(), stopping.clone()),
             engine,
             security,
             audit,
@@ -82,6 +86,17 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
         field: field.to_string(),
         message: why.to_string(),
     }]))
+}
+
+fn pipeline_status(e: PipelineError) -> Status {
+    match e {
+        PipelineError::NotFound(id) => Status::not_found(format!("pipeline {id} not found")),
+        PipelineError::Ended(id, state) => {
+            Status::failed_precondition(format!("pipeline {id} has already ended ({state})"))
+        }
+        PipelineError::Stopped => Status::unavailable("the server is shutting down"),
+        other => Status::internal(other.to_string()),
+    }
 }
 
 fn engine_status(e: EngineError) -> Status {
@@ -198,6 +213,49 @@ impl<S: Store> JobApi<S> {
         }
     }
 
+    /// A pipeline's id and tenant, if it exists and the caller may see it;
+    /// otherwise NOT_FOUND (as for another tenant's job).
+    async fn visible_pipeline(&self, p: &Principal, id: &str) -> Result<(JobId, TenantId), Status> {
+        let id: JobId = id.parse().map_err(|e| invalid("pipeline_id", e))?;
+        match self.pipelines.tenant(id).await {
+            Ok(Some(t)) if p.may_access(&t) => Ok((id, t)),
+            Ok(_) => Err(Status::not_found(format!("pipeline {id} not found"))),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    /// The pipeline a submission carries, if `p` may submit it.
+    fn pipeline_submittable(
+        &self,
+        p: &Principal,
+        wire: Option<proto::PipelineSpec>,
+    ) -> Result<(hodei_core::PipelineSpec, hodei_core::PipelineGraph), Status> {
+        if !matches!(p.role, Role::Admin | Role::Submitter) {
+            return Err(Status::permission_denied(format!(
+                "submitting needs a submitter or admin token; this one is {}",
+                p.role
+            )));
+        }
+        let wire = wire.ok_or_else(|| invalid("pipeline", "must be set"))?;
+        let (spec, graph) = match p.default_tenant() {
+            Some(t) => pipeline_from_wire(wire, &t)?,
+            None if wire.tenant.is_empty() => {
+                return Err(invalid(
+                    "tenant",
+                    "this token spans several tenants: name one",
+                ));
+            }
+            None => pipeline_from_wire(wire, &TenantId::default())?,
+        };
+        if !p.may_submit(&spec.tenant) {
+            return Err(Status::permission_denied(format!(
+                "tenant: this token may not submit for tenant {}",
+                spec.tenant
+            )));
+        }
+        Ok((spec, graph))
+    }
+
     /// The job, if it exists and the caller may see it; otherwise NOT_FOUND
     /// (another tenant's job is not acknowledged to exist).
     async fn visible(
@@ -217,6 +275,107 @@ impl<S: Store> JobApi<S> {
 
 #[tonic::async_trait]
 impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
+    async fn submit_pipeline(
+        &self,
+        request: Request<proto::SubmitPipelineRequest>,
+    ) -> Result<Response<proto::PipelineStatus>, Status> {
+        let p = self.principal(&request, "submit_pipeline").await?;
+        let peer = request.remote_addr();
+        let (spec, graph) = match self.pipeline_submittable(&p, request.into_inner().pipeline) {
+            Ok(s) => s,
+            Err(e) => {
+                self.audit
+                    .call(&p, "submit_pipeline", "", peer, &Err::<(), _>(e.clone()))
+                    .await;
+                return Err(e);
+            }
+        };
+        let detail = format!(
+            "tenant {} name {:?} steps {}",
+            spec.tenant,
+            spec.name,
+            spec.steps.len()
+        );
+        let r = self
+            .pipelines
+            .submit(spec, graph)
+            .await
+            .map_err(pipeline_status);
+        let target = r
+            .as_ref()
+            .map(|s| s.pipeline_id.clone())
+            .unwrap_or_default();
+        let mut entry = AuditLog::<S>::entry(&p.audit_name(), "submit_pipeline", target, peer);
+        entry.detail = detail;
+        entry.outcome = match &r {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("refused: {}", e.message()),
+        };
+        self.engine.audit(entry).await;
+        r.map(Response::new)
+    }
+
+    async fn get_pipeline(
+        &self,
+        request: Request<proto::GetPipelineRequest>,
+    ) -> Result<Response<proto::PipelineStatus>, Status> {
+        let p = self.principal(&request, "read").await?;
+        let r = request.into_inner();
+        let (id, _) = self.visible_pipeline(&p, &r.pipeline_id).await?;
+        self.pipelines
+            .status(id, r.summary)
+            .await
+            .map(Response::new)
+            .map_err(pipeline_status)
+    }
+
+    async fn list_pipelines(
+        &self,
+        request: Request<proto::ListPipelinesRequest>,
+    ) -> Result<Response<proto::ListPipelinesResponse>, Status> {
+        let p = self.principal(&request, "read").await?;
+        let r = request.into_inner();
+        let asked: Option<TenantId> = if r.tenant.is_empty() {
+            None
+        } else {
+            let t: TenantId = r.tenant.parse().map_err(|e| invalid("tenant", e))?;
+            if !p.may_access(&t) {
+                return Err(Status::permission_denied(format!(
+                    "tenant: this token may not list tenant {t}"
+                )));
+            }
+            Some(t)
+        };
+        let pipelines = self
+            .pipelines
+            .list(|t| p.may_access(t) && asked.as_ref().is_none_or(|a| a == t))
+            .await
+            .map_err(pipeline_status)?;
+        Ok(Response::new(proto::ListPipelinesResponse { pipelines }))
+    }
+
+    async fn cancel_pipeline(
+        &self,
+        request: Request<proto::CancelPipelineRequest>,
+    ) -> Result<Response<proto::PipelineStatus>, Status> {
+        let p = self.principal(&request, "cancel_pipeline").await?;
+        let peer = request.remote_addr();
+        let id = request.into_inner().pipeline_id;
+        let r = async {
+            let (id, tenant) = self.visible_pipeline(&p, &id).await?;
+            if !p.may_cancel(&tenant) {
+                return Err(Status::permission_denied(format!(
+                    "cancelling needs a submitter, operator or admin token; this one is {}",
+                    p.role
+                )));
+            }
+            self.pipelines.cancel(id).await.map_err(pipeline_status)
+        }
+        .await;
+        self.audit.call(&p, "cancel_pipeline", &id, peer, &r).await;
+        r.map(Response::new)
+    }
+
     async fn submit(
         &self,
         request: Request<proto::SubmitRequest>,

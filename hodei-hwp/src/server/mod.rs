@@ -16,6 +16,7 @@ pub(crate) mod job_service;
 pub mod jwt;
 pub mod limits;
 pub(crate) mod metrics;
+pub(crate) mod pipelines;
 pub mod pki;
 pub(crate) mod replica;
 pub mod secrets;

@@ -156,6 +156,28 @@ fn job_id(field: &str, s: &str) -> Result<JobId, Status> {
     s.parse().map_err(|e| invalid(field, e))
 }
 
+/// An agent's outputs obey what its own parser allows: names of
+/// environment variables, at most [`hodei_core::MAX_OUTPUT_BYTES`] in all.
+fn check_outputs(o: &std::collections::BTreeMap<String, String>) -> Result<(), Status> {
+    let size: usize = o.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if size > hodei_core::MAX_OUTPUT_BYTES {
+        return Err(invalid(
+            "job_finished.outputs",
+            format!(
+                "{size} bytes, over the limit of {}",
+                hodei_core::MAX_OUTPUT_BYTES
+            ),
+        ));
+    }
+    let text: String = o.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    if o.values().any(|v| v.contains(['\n', '\r'])) {
+        return Err(invalid("job_finished.outputs", "a value spans lines"));
+    }
+    hodei_core::parse_outputs(text.as_bytes())
+        .map(|_| ())
+        .map_err(|e| invalid("job_finished.outputs", e))
+}
+
 fn exit_status(e: Option<proto::ExitStatus>) -> Result<ExitStatus, Status> {
     Ok(exit_from_wire(e, "job_finished.exit")?)
 }
@@ -231,9 +253,26 @@ impl<S: Store> WorkerApi<S> {
                     .await
                     .map_err(|e| Status::unavailable(e.to_string()))
             }
-            In::JobFinished(f) => {
+            In::JobFinished(mut f) => {
                 let job = job_id("job_finished.job_id", &f.job_id)?;
                 let exit = exit_status(f.exit)?;
+                // Outputs are stored before the result is applied: a step
+                // that succeeded has its outputs there for the steps after
+                // it. Only the worker given the attempt may publish them.
+                if !f.outputs.is_empty() {
+                    let outputs: std::collections::BTreeMap<String, String> =
+                        std::mem::take(&mut f.outputs).into_iter().collect();
+                    check_outputs(&outputs)?;
+                    self.assigned_here(worker, job, f.attempt).await?;
+                    crate::server::pipelines::store_outputs(
+                        &**self.engine.store(),
+                        job,
+                        f.attempt,
+                        &outputs,
+                    )
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                }
                 let applied = self
                     .engine
                     .finished(worker, job, f.attempt, exit, f.timed_out, f.peak_memory_mb)
@@ -266,6 +305,31 @@ impl<S: Store> WorkerApi<S> {
         }
     }
 
+    /// Refuses a report about an attempt not given to `worker`.
+    async fn assigned_here(
+        &self,
+        worker: WorkerId,
+        job: JobId,
+        attempt: u32,
+    ) -> Result<(), Status> {
+        let attempts = self
+            .engine
+            .store()
+            .attempts(job)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if attempts
+            .iter()
+            .any(|a| a.attempt == attempt && a.worker == worker)
+        {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "job {job} attempt {attempt} is not assigned to this worker"
+            )))
+        }
+    }
+
     /// Checks a log batch and returns the write that stores it; the write
     /// runs alongside the next ones, so they share commits.
     async fn log_write(
@@ -279,19 +343,7 @@ impl<S: Store> WorkerApi<S> {
         // log. Checked once per attempt and connection.
         let store = Arc::clone(self.engine.store());
         if !fenced.contains(&(job, b.attempt)) {
-            let attempts = store
-                .attempts(job)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-            if !attempts
-                .iter()
-                .any(|a| a.attempt == b.attempt && a.worker == worker)
-            {
-                return Err(Status::failed_precondition(format!(
-                    "log_batch: job {job} attempt {} is not assigned to this worker",
-                    b.attempt
-                )));
-            }
+            self.assigned_here(worker, job, b.attempt).await?;
             if fenced.len() >= MAX_FENCED {
                 fenced.clear();
             }

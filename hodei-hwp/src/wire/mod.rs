@@ -3,6 +3,7 @@
 //! an incoming message is checked, and a problem names the field.
 
 mod convert;
+mod pipeline;
 #[cfg(feature = "server")]
 mod server;
 
@@ -12,6 +13,7 @@ pub use convert::{
     WireError, exit_from_wire, exit_to_wire, job_to_wire, log_stream_from_wire, log_stream_to_wire,
     resources_to_wire, spec_from_wire, spec_to_wire, state_to_wire,
 };
+pub use pipeline::{condition_to_wire, pipeline_from_wire, pipeline_to_wire};
 #[cfg(feature = "server")]
 pub use server::{MAX_LABELS, registration_from_wire, state_kind_from_wire, worker_to_wire};
 

@@ -13,6 +13,7 @@
 //! something on the strength of the cookie must also carry the
 //! `X-Hodei-Csrf` header, which no cross-site form can set.
 
+mod pipelines;
 pub(crate) mod types;
 
 use std::collections::BTreeMap;
@@ -1397,10 +1398,12 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Hodei HTTP/JSON API", description = "Jobs, workers, tokens and the audit trail of a Hodei server. Every call takes `Authorization: Bearer <token>` (or the dashboard's session cookie); errors are RFC 9457 problem details naming the field at fault."),
     paths(submit, list, get_job, cancel, attempts, logs, follow_logs, watch, workers, drain,
         revoke_worker, whoami, sign_in, sign_out, overview, tokens, create_token, revoke_token,
-        join_tokens, create_join_token, revoke_join_token, audit, verify_audit),
+        join_tokens, create_join_token, revoke_join_token, audit, verify_audit,
+        pipelines::submit_pipeline, pipelines::get_pipeline, pipelines::list_pipelines,
+        pipelines::cancel_pipeline),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "jobs"), (name = "workers"), (name = "admin"), (name = "session")),
+    tags((name = "jobs"), (name = "pipelines"), (name = "workers"), (name = "admin"), (name = "session")),
 )]
 pub(crate) struct ApiDoc;
 
@@ -1429,6 +1432,15 @@ pub(crate) fn router<S: Store>(api: Arc<Api<S>>) -> axum::Router {
         .route("/api/v1/jobs/{id}/attempts", get(attempts::<S>))
         .route("/api/v1/jobs/{id}/logs", get(logs::<S>))
         .route("/api/v1/jobs/{id}/logs/stream", get(follow_logs::<S>))
+        .route(
+            "/api/v1/pipelines",
+            post(pipelines::submit_pipeline::<S>).get(pipelines::list_pipelines::<S>),
+        )
+        .route("/api/v1/pipelines/{id}", get(pipelines::get_pipeline::<S>))
+        .route(
+            "/api/v1/pipelines/{id}/cancel",
+            post(pipelines::cancel_pipeline::<S>),
+        )
         .route("/api/v1/events", get(watch::<S>))
         .route("/api/v1/workers", get(workers::<S>))
         .route("/api/v1/workers/{id}/drain", post(drain::<S>))
@@ -1535,6 +1547,8 @@ mod tests {
             "/api/v1/jobs/{id}/logs/stream",
             "/api/v1/events",
             "/api/v1/audit/verify",
+            "/api/v1/pipelines",
+            "/api/v1/pipelines/{id}/cancel",
         ] {
             assert!(paths.contains_key(p), "{p} missing");
         }

@@ -312,6 +312,11 @@ impl<S: Store> EngineHandle<S> {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
+    /// The keys that seal secret values at rest, if the server has them.
+    pub(crate) fn secret_keys(&self) -> Option<&Arc<crate::server::secrets::SecretKeys>> {
+        self.secret_keys.as_ref()
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<S> {
         &self.store
