@@ -570,22 +570,6 @@ fn after_sigterm_readyz_says_503_before_the_listeners_close() {
 }
 
 /// Whether any file under `dir` holds `needle`.
-fn any_file_holds(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            if let Some(hit) = any_file_holds(&p, needle) {
-                return Some(hit);
-            }
-        } else if let Ok(bytes) = std::fs::read(&p)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            return Some(p);
-        }
-    }
-    None
-}
-
 /// A secret's value is in no file of the server's data directory, in the
 /// clear, while its job waits or after it ran; once the job is final the
 /// stored job keeps the secret's name and not even its sealed value; the
@@ -619,9 +603,9 @@ fn secret_values_are_sealed_at_rest_and_erased_once_final() {
         serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(s.state(&id), "queued");
-    assert_eq!(any_file_holds(dir.path(), value.as_bytes()), None);
+    assert_eq!(process::any_file_holds(dir.path(), value.as_bytes()), None);
     assert!(
-        any_file_holds(dir.path(), b"hodei-sealed:v1:").is_some(),
+        process::any_file_holds(dir.path(), b"hodei-sealed:v1:").is_some(),
         "the sealed value is stored"
     );
 
@@ -633,7 +617,7 @@ fn secret_values_are_sealed_at_rest_and_erased_once_final() {
         text.contains(&format!("token=*** len={}", value.len())),
         "{text}"
     );
-    assert_eq!(any_file_holds(dir.path(), value.as_bytes()), None);
+    assert_eq!(process::any_file_holds(dir.path(), value.as_bytes()), None);
 
     s.proc.signal(libc::SIGTERM);
     assert!(s.proc.wait_exit(Duration::from_secs(20)).success());

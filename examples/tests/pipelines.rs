@@ -296,6 +296,44 @@ fn cancelling_a_pipeline_cancels_its_running_steps_and_skips_the_rest() {
     assert_eq!(v["state"], "cancelled");
 }
 
+/// A step's secret is sealed in the pipeline's record: no file of the
+/// data directory holds it in the clear, before or after it ran; the job
+/// saw it, and its log and outputs show it masked.
+#[test]
+fn a_step_s_secret_is_never_at_rest_in_the_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Web::start(dir.path(), 0);
+    let value = "pipel1ne-s3cret-7d2a90";
+    let p = submit(
+        &w,
+        &w.admin,
+        json!({
+            "steps": [
+                {"name": "wait", "job": script("true")},
+                {"name": "use", "depends_on": ["wait"], "job": {
+                    "script": "echo \"saw $TOKEN\"; echo LEAK=$TOKEN >> \"$HODEI_OUTPUTS\"",
+                    "secrets": [{"name": "TOKEN", "value": value}],
+                }},
+            ],
+        }),
+    );
+    let id = p["id"].as_str().unwrap();
+    assert_eq!(process::any_file_holds(dir.path(), value.as_bytes()), None);
+    w.add_agent("late");
+    let s = wait_pipeline(&w, id, &["succeeded", "failed", "cancelled"]);
+    assert_eq!(s["state"], "succeeded", "{s}");
+    let out = logs(&w, step(&s, "use")["job_id"].as_str().unwrap());
+    // Masked where it was printed: the job had it.
+    assert!(
+        out.starts_with("saw ") && out.len() > 5 && !out.contains(value),
+        "{out}"
+    );
+    let leak = step(&s, "use")["outputs"]["LEAK"].as_str().unwrap();
+    assert!(!leak.is_empty() && leak != value, "{leak}");
+    assert!(!s.to_string().contains(value));
+    assert_eq!(process::any_file_holds(dir.path(), value.as_bytes()), None);
+}
+
 /// Every step appends its name to `file`; the pipeline runs across a
 /// server killed with SIGKILL twice, and each step ran exactly once.
 #[test]

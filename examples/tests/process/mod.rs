@@ -18,6 +18,23 @@ pub fn status_and_body(resp: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The first file under `dir` whose bytes contain `needle`.
+pub fn any_file_holds(dir: &std::path::Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            if let Some(hit) = any_file_holds(&p, needle) {
+                return Some(hit);
+            }
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            return Some(p);
+        }
+    }
+    None
+}
+
 /// A port free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
