@@ -53,7 +53,8 @@ pub use pipeline::{
 };
 pub use resources::Resources;
 pub use spec::{
-    Backoff, Command, Constraint, ConstraintOp, FieldError, JobSpec, MAX_ERRORS_TEXT, MAX_TIMEOUT,
-    MIN_SECRET_LEN, PRIORITY_LEVELS, RetryPolicy, Secret, SecretDelivery, SpecErrors,
-    label_key_problem, label_value_problem,
+    Backoff, Command, ConcurrencyLimit, Constraint, ConstraintOp, FieldError, JobSpec,
+    MAX_CONCURRENCY_KEY, MAX_CONCURRENCY_LIMIT, MAX_ERRORS_TEXT, MAX_TIMEOUT, MIN_SECRET_LEN,
+    PRIORITY_LEVELS, RetryPolicy, Secret, SecretDelivery, SpecErrors, label_key_problem,
+    label_value_problem,
 };

@@ -282,6 +282,29 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     /// Jobs that must succeed before this one is queued.
     pub dependencies: Vec<JobId>,
+    /// At most `limit` jobs naming the same key hold a worker at once,
+    /// whatever their tenants; the others wait without holding up any job
+    /// that names another key or none.
+    pub concurrency: Option<ConcurrencyLimit>,
+}
+
+/// Longest concurrency key.
+pub const MAX_CONCURRENCY_KEY: usize = 128;
+
+/// Highest limit of a concurrency key.
+pub const MAX_CONCURRENCY_LIMIT: u32 = 100_000;
+
+/// A key shared by jobs that may not all run at once (one deploy per
+/// environment, say), and how many of them may.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimit {
+    /// The key: 1 to 128 bytes, no control characters. Keys are one
+    /// namespace across tenants.
+    pub key: String,
+    /// How many jobs naming the key may hold a worker at once (1 to
+    /// 100,000); a job is placed only while fewer than its own limit do.
+    pub limit: u32,
 }
 
 impl Default for JobSpec {
@@ -303,6 +326,7 @@ impl Default for JobSpec {
             idempotency_key: None,
             labels: BTreeMap::new(),
             dependencies: Vec::new(),
+            concurrency: None,
         }
     }
 }
@@ -536,6 +560,22 @@ impl JobSpec {
         }
         self.check_labels(&mut p);
         self.check_dependencies(own_id, &mut p);
+        if let Some(c) = &self.concurrency {
+            if c.key.is_empty() || c.key.len() > MAX_CONCURRENCY_KEY {
+                p.add(
+                    "concurrency.key",
+                    format!("must be 1 to {MAX_CONCURRENCY_KEY} bytes"),
+                );
+            } else if c.key.chars().any(char::is_control) {
+                p.add("concurrency.key", "must not contain control characters");
+            }
+            if c.limit == 0 || c.limit > MAX_CONCURRENCY_LIMIT {
+                p.add(
+                    "concurrency.limit",
+                    format!("must be 1 to {MAX_CONCURRENCY_LIMIT}, got {}", c.limit),
+                );
+            }
+        }
         if p.0.is_empty() {
             Ok(())
         } else {

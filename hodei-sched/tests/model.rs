@@ -2,7 +2,8 @@
 //! end well or badly, cancels, workers joining and lost, quotas of time:
 //! no worker is ever over-committed, each worker's allocation is the sum
 //! of the reservations on it, a job is placed at most once per attempt and
-//! only while it waits, and no job is lost.
+//! only while it waits, no more jobs of a concurrency key hold a worker
+//! (stopping ones included) than its limit, and no job is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,6 +26,8 @@ enum Op {
         cpu: u32,
         priority: u8,
         attempts: u32,
+        /// A concurrency key (`k0` limit 1, `k1` limit 2), or none.
+        key: Option<u8>,
     },
     Join {
         cpu: u32,
@@ -53,8 +56,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..3, prop_oneof![Just(500u32), Just(1000), Just(3000)], 0u8..8, 1u32..3)
-            .prop_map(|(tenant, cpu, priority, attempts)| Op::Submit { tenant, cpu, priority, attempts }),
+        4 => (0u8..3, prop_oneof![Just(500u32), Just(1000), Just(3000)], 0u8..8, 1u32..3, proptest::option::of(0u8..2))
+            .prop_map(|(tenant, cpu, priority, attempts, key)| Op::Submit { tenant, cpu, priority, attempts, key }),
         1 => prop_oneof![Just(2000u32), Just(4000)].prop_map(|cpu| Op::Join { cpu }),
         1 => any::<prop::sample::Index>().prop_map(|worker| Op::Lose { worker }),
         3 => any::<prop::sample::Index>().prop_map(|which| Op::Start { which }),
@@ -84,6 +87,8 @@ struct Run {
     /// Assignments the worker has not reported the end of: (job, attempt, worker).
     out: Vec<(JobId, u32, WorkerId)>,
     state: HashMap<JobId, JobState>,
+    /// Each job's concurrency key and its limit.
+    keys: HashMap<JobId, (String, u32)>,
 }
 
 impl Run {
@@ -146,6 +151,22 @@ impl Run {
                 "job {j} was lost: neither final nor tracked"
             );
         }
+        // Jobs whose process may be running (assigned, not yet reported
+        // ended: stopping ones too), per key.
+        let mut holding: HashMap<&str, HashSet<JobId>> = HashMap::new();
+        for (job, _, _) in &self.out {
+            if let Some((k, _)) = self.keys.get(job) {
+                holding.entry(k.as_str()).or_default().insert(*job);
+            }
+        }
+        for (k, jobs) in holding {
+            let limit = if k == "k0" { 1 } else { 2 };
+            assert!(
+                jobs.len() <= limit,
+                "key {k}: {} jobs hold it, limit {limit}",
+                jobs.len()
+            );
+        }
     }
 }
 
@@ -178,11 +199,16 @@ proptest! {
             placed: HashMap::new(),
             out: Vec::new(),
             state: HashMap::new(),
+            keys: HashMap::new(),
         };
         for op in ops {
             match op {
-                Op::Submit { tenant, cpu, priority, attempts } => {
+                Op::Submit { tenant, cpu, priority, attempts, key } => {
                     let mut spec = JobSpec::argv(["true"]);
+                    spec.concurrency = key.map(|k| hodei_core::ConcurrencyLimit {
+                        key: format!("k{k}"),
+                        limit: u32::from(k) + 1,
+                    });
                     spec.tenant = format!("t{tenant}").parse().unwrap();
                     spec.priority = priority;
                     spec.resources = Resources::new(cpu, 64, 0);
@@ -190,6 +216,9 @@ proptest! {
                     spec.retry.backoff.initial = Duration::from_millis(100);
                     let req = JobRequest::from_spec(JobId::new(), &spec);
                     r.resources.insert(req.id, spec.resources);
+                    if let Some(c) = &spec.concurrency {
+                        r.keys.insert(req.id, (c.key.clone(), c.limit));
+                    }
                     r.open.insert(req.id);
                     r.state.insert(req.id, JobState::Queued);
                     let actions = r.sched.submit(req).unwrap();
@@ -302,6 +331,13 @@ proptest! {
             r.take(actions);
             r.check();
         }
-        prop_assert!(r.open.is_empty(), "jobs never finished: {:?} at {:?}", r.open, r.clock.now());
+        prop_assert!(
+            r.open.is_empty(),
+            "jobs never finished: {:?} ({:?}) at {:?}; {:?}",
+            r.open,
+            r.open.iter().map(|j| (r.sched.lifecycle(*j), r.keys.get(j))).collect::<Vec<_>>(),
+            r.clock.now(),
+            r.sched.stats()
+        );
     }
 }

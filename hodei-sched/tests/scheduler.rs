@@ -721,3 +721,99 @@ fn a_backlog_built_with_no_workers_is_still_shared_by_weight() {
     assert_eq!(placed.len(), 700);
     assert_split_1_2_4(&placed, &owner);
 }
+
+fn keyed(tenant: &str, key: &str, limit: u32) -> JobRequest {
+    let mut j = job(tenant, 100, 100);
+    j.concurrency = Some(hodei_core::ConcurrencyLimit {
+        key: key.into(),
+        limit,
+    });
+    j
+}
+
+/// One deploy per environment, whoever submits: jobs sharing a key run
+/// one at a time across tenants, each tenant's in the order submitted,
+/// while a long line of them holds up no other job.
+#[test]
+fn a_concurrency_key_is_shared_across_tenants_and_blocks_nothing_else() {
+    let mut h = harness(SchedulerConfig::default());
+    let (w, _) = worker(&mut h, 1, 100_000, 100_000, &[]);
+    let mut line = Vec::new();
+    let mut placed = Vec::new();
+    for i in 0..200 {
+        let j = keyed(if i % 2 == 0 { "acme" } else { "globex" }, "deploy-prod", 1);
+        line.push(j.id);
+        placed.extend(assigns(&h.sched.submit(j).unwrap()));
+    }
+    assert_eq!(placed.len(), 1, "one job of the key at a time");
+    assert_eq!(h.sched.stats().over_concurrency, 199);
+    // Another key and a job with none are placed at once.
+    let other = keyed("acme", "deploy-staging", 2);
+    let free = job("globex", 100, 100);
+    let (o, f) = (other.id, free.id);
+    assert_eq!(assigns(&h.sched.submit(other).unwrap()).len(), 1, "{o}");
+    assert_eq!(assigns(&h.sched.submit(free).unwrap()).len(), 1, "{f}");
+    // Each end lets exactly the next one in, in order.
+    let mut order = vec![placed[0].0];
+    let mut current = placed[0];
+    for _ in 0..199 {
+        let next = assigns(&run_to_end(
+            &mut h,
+            w,
+            current.0,
+            current.2,
+            AttemptOutcome::Succeeded,
+        ));
+        assert_eq!(next.len(), 1);
+        current = next[0];
+        order.push(current.0);
+    }
+    let mut all = order.clone();
+    all.sort();
+    let mut want = line.clone();
+    want.sort();
+    assert!(all == want, "every job of the key ran once");
+    for parity in 0..2 {
+        let theirs: Vec<JobId> = line.iter().skip(parity).step_by(2).copied().collect();
+        let ran: Vec<JobId> = order
+            .iter()
+            .filter(|j| theirs.contains(j))
+            .copied()
+            .collect();
+        assert!(ran == theirs, "a tenant's jobs of the key ran out of order");
+    }
+    assert_eq!(h.sched.stats().over_concurrency, 0);
+}
+
+/// A cancelled holder keeps its slot until its worker confirms the stop;
+/// a cancelled waiter gives up its place to the next.
+#[test]
+fn a_stopping_holder_keeps_its_key_until_confirmed() {
+    let mut h = harness(SchedulerConfig::default());
+    let (w, _) = worker(&mut h, 1, 100_000, 100_000, &[]);
+    let a = keyed("acme", "k", 1);
+    let b = keyed("acme", "k", 1);
+    let c = keyed("acme", "k", 1);
+    let (ai, bi, ci) = (a.id, b.id, c.id);
+    let first = assigns(&h.sched.submit(a).unwrap());
+    assert_eq!(first.len(), 1);
+    h.sched.submit(b).unwrap();
+    h.sched.submit(c).unwrap();
+    // The waiter b is cancelled: c is next in line.
+    h.sched.cancel(bi).unwrap();
+    h.sched.job_started(w, ai, first[0].2).unwrap();
+    let stop = h.sched.cancel(ai).unwrap();
+    assert!(stop.iter().any(|x| matches!(x, Action::Stop { .. })));
+    assert!(assigns(&stop).is_empty(), "a stopping holder still holds");
+    let next = assigns(
+        &h.sched
+            .job_finished(
+                w,
+                ai,
+                first[0].2,
+                AttemptOutcome::Failed(ExitStatus::Signal(15)),
+            )
+            .unwrap(),
+    );
+    assert_eq!(next.iter().map(|x| x.0).collect::<Vec<_>>(), vec![ci]);
+}

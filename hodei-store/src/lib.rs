@@ -42,7 +42,7 @@ mod store;
 
 pub use audit::{AuditEntry, AuditRecord, ChainCheck, verify_chain};
 pub use batch::{AttemptPatch, Batch, Commit, Outcomes, Written};
-pub use codec::{FORMAT_VERSION, decode, encode};
+pub use codec::{FORMAT_VERSION, decode, decode_job, encode};
 pub use error::{Source, StoreError};
 /// Re-exported: the one log-stream type lives in `hodei-core`.
 pub use hodei_core::LogStream;

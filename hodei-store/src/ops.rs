@@ -550,7 +550,7 @@ pub(crate) fn find_idempotent(
 
 pub(crate) fn get_job(t: &dyn Tables, id: JobId) -> Result<Option<Job>, StoreError> {
     t.get(Table::Jobs, &id.to_be_bytes())?
-        .map(|v| decode("job", &v))
+        .map(|v| crate::codec::decode_job(&v))
         .transpose()
 }
 
@@ -580,7 +580,7 @@ pub(crate) fn list_jobs(t: &dyn Tables, filter: &JobFilter) -> Result<Page, Stor
         }
         stopped_at = id_from(key);
         let job: Job = match value {
-            Some(v) => decode("job", v)?,
+            Some(v) => crate::codec::decode_job(v)?,
             None => match id_from(key).map(|id| get_job(t, id)).transpose()?.flatten() {
                 Some(j) => j,
                 None => return Ok(true),

@@ -4,8 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use hodei_core::{
-    Backoff, Command, Constraint, ConstraintOp, ExitStatus, FieldError, Job, JobId, JobSpec,
-    JobState, LogStream, Resources, RetryPolicy, Secret, SecretDelivery, TenantId,
+    Backoff, Command, ConcurrencyLimit, Constraint, ConstraintOp, ExitStatus, FieldError, Job,
+    JobId, JobSpec, JobState, LogStream, Resources, RetryPolicy, Secret, SecretDelivery, TenantId,
 };
 
 use crate::proto;
@@ -165,6 +165,10 @@ pub fn spec_from_wire(w: proto::JobSpec, default_tenant: &TenantId) -> Result<Jo
         idempotency_key: w.idempotency_key,
         labels: w.labels.into_iter().collect(),
         dependencies,
+        concurrency: w.concurrency.map(|c| ConcurrencyLimit {
+            key: c.key,
+            limit: c.limit,
+        }),
     };
     if let Err(errors) = spec.validate() {
         for e in errors.0 {
@@ -247,6 +251,10 @@ pub fn spec_to_wire(spec: &JobSpec, with_secret_values: bool) -> proto::JobSpec 
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         dependencies: spec.dependencies.iter().map(JobId::to_string).collect(),
+        concurrency: spec.concurrency.as_ref().map(|c| proto::ConcurrencyLimit {
+            key: c.key.clone(),
+            limit: c.limit,
+        }),
     }
 }
 

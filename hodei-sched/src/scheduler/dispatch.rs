@@ -18,6 +18,8 @@ pub(super) enum PlaceResult {
     FitsNoWorker,
     /// Its tenant's quota is full.
     OverQuota,
+    /// Its concurrency key is at its limit.
+    OverConcurrency,
 }
 
 /// Where a job a pass tried goes next.
@@ -149,6 +151,12 @@ impl<C: Clock> Scheduler<C> {
                 }
                 AfterPass::LeavesQueue
             }
+            PlaceResult::OverConcurrency => {
+                if let Some(c) = self.get(job).and_then(|t| t.req.concurrency.clone()) {
+                    self.keys.park(c.key, job);
+                }
+                AfterPass::LeavesQueue
+            }
         }
     }
 
@@ -171,6 +179,11 @@ impl<C: Clock> Scheduler<C> {
         let res = t.req.resources;
         if !self.quotas.admits(tenant, &res) {
             return PlaceResult::OverQuota;
+        }
+        if let Some(c) = &t.req.concurrency
+            && !self.keys.admits(&c.key, c.limit)
+        {
+            return PlaceResult::OverConcurrency;
         }
         let exclude = match self.head {
             Some((h, w)) if h != job => w,
@@ -211,6 +224,7 @@ impl<C: Clock> Scheduler<C> {
         if let Some(tr) = self.jobs.get_mut(k) {
             tr.reserved = true;
         }
+        self.hold_key(job);
         match self.apply(job, Transition::Assign { worker }, out) {
             Ok(JobState::Assigned { attempt, .. }) => {
                 out.push(Action::Assign {

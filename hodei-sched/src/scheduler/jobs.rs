@@ -142,6 +142,9 @@ impl<C: Clock> Scheduler<C> {
             JobState::Pending => {}
             JobState::Queued => self.enqueue(id),
             JobState::Assigned { attempt, worker } | JobState::Running { attempt, worker } => {
+                // It may still run: it holds its key while its worker is
+                // awaited.
+                self.hold_key(id);
                 self.unclaimed.entry(worker).or_default().push(id);
                 let at = now + self.config.reattach_grace;
                 self.timers.set(at, Timer::Reattach(id, attempt));
@@ -165,6 +168,7 @@ impl<C: Clock> Scheduler<C> {
     ) -> Result<(), SchedError> {
         let worker = self.get(job).and_then(|x| x.life.state.worker());
         self.apply(job, t, out)?;
+        self.release_key(job);
         let Some(tr) = self.get_mut(job) else {
             return Ok(());
         };
@@ -211,6 +215,7 @@ impl<C: Clock> Scheduler<C> {
 
     /// Forgets a job that reached a final state and settles its dependents.
     pub(super) fn retire(&mut self, job: JobId, out: &mut Vec<Action>) {
+        self.release_key(job);
         let Some(t) = self.forget(job) else {
             return;
         };
@@ -268,6 +273,7 @@ impl<C: Clock> Scheduler<C> {
         {
             self.stopping.remove(&job);
             self.sub_usage(&tenant, res);
+            self.release_key(job);
         }
         let Some(t) = self.get(job) else { return };
         if t.life.state.worker() != Some(worker) {

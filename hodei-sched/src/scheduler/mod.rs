@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hodei_core::{
-    Clock, Constraint, ExitStatus, JobId, JobSpec, JobState, Lifecycle, Resources, RetryPolicy,
-    TenantId, Transition, WorkerId,
+    Clock, ConcurrencyLimit, Constraint, ExitStatus, JobId, JobSpec, JobState, Lifecycle,
+    Resources, RetryPolicy, TenantId, Transition, WorkerId,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use slab::Slab;
@@ -20,11 +20,13 @@ use crate::wfq::Wfq;
 mod dependencies;
 mod dispatch;
 mod jobs;
+mod keys;
 mod quotas;
 mod timers;
 
 use dependencies::Finished;
 use jobs::Tracked;
+use keys::Keys;
 use quotas::Quotas;
 use timers::{Timer, Timers};
 
@@ -48,6 +50,8 @@ pub struct JobRequest {
     pub timeout: Option<Duration>,
     /// Jobs that must succeed first.
     pub dependencies: Vec<JobId>,
+    /// Its concurrency key and limit, if it names one.
+    pub concurrency: Option<ConcurrencyLimit>,
 }
 
 impl JobRequest {
@@ -62,6 +66,7 @@ impl JobRequest {
             retry: spec.retry,
             timeout: spec.timeout,
             dependencies: spec.dependencies.clone(),
+            concurrency: spec.concurrency.clone(),
         }
     }
 }
@@ -166,6 +171,8 @@ pub struct SchedulerStats {
     pub unplaceable: usize,
     /// Jobs held back by their tenant's quota.
     pub over_quota: usize,
+    /// Jobs held back because their concurrency key is at its limit.
+    pub over_concurrency: usize,
     /// Jobs waiting for a retry backoff to end.
     pub retrying: usize,
 }
@@ -199,6 +206,10 @@ pub struct SchedulerStats {
 /// **Quotas**: a tenant may be capped in what it holds at once; its jobs
 /// beyond the cap wait without blocking other tenants.
 ///
+/// **Concurrency keys**: at most `limit` jobs naming a key hold a worker
+/// at once, whatever their tenants; the others wait, out of the fair
+/// queue, without blocking jobs of other keys.
+///
 /// Owned by one task (`&mut self`); the [`ClusterState`] it places onto is
 /// shared, so heartbeats and queries run concurrently with scheduling.
 pub struct Scheduler<C: Clock> {
@@ -224,6 +235,7 @@ pub struct Scheduler<C: Clock> {
     unplaceable: Vec<JobId>,
     ready_again: VecDeque<JobId>,
     quotas: Quotas,
+    keys: Keys,
     /// Attempts ended by the scheduler (cancel, timeout) whose workers have
     /// not confirmed yet: their reservations stay until then.
     stopping: HashMap<JobId, (WorkerId, TenantId, Resources)>,
@@ -268,6 +280,7 @@ impl<C: Clock> Scheduler<C> {
             unplaceable: Vec::new(),
             ready_again: VecDeque::new(),
             quotas: Quotas::default(),
+            keys: Keys::default(),
             stopping: HashMap::default(),
             unclaimed: HashMap::default(),
             timers: Timers::default(),
@@ -301,6 +314,7 @@ impl<C: Clock> Scheduler<C> {
             blocked: self.blocked,
             unplaceable: self.unplaceable.len(),
             over_quota: self.quotas.parked(),
+            over_concurrency: self.keys.parked(),
             retrying: self.retrying,
         }
     }
@@ -423,6 +437,7 @@ impl<C: Clock> Scheduler<C> {
                     d.dependents.retain(|x| *x != job);
                 }
             }
+            s.release_key(job);
             // What still names it (a fair-queue entry, a quota or
             // unplaceable list, a timer) finds no job and is skipped.
             s.forget(job);
@@ -480,6 +495,7 @@ impl<C: Clock> Scheduler<C> {
             let (tenant, res) = (t.req.tenant.clone(), t.req.resources);
             self.add_usage(tenant, res);
         }
+        self.hold_key(job);
         Ok(())
     }
 
@@ -639,6 +655,7 @@ impl<C: Clock> Scheduler<C> {
             {
                 s.stopping.remove(&job);
                 s.release(worker, job, &tenant, res);
+                s.release_key(job);
                 return Ok(());
             }
             s.check_holder(worker, job)?;

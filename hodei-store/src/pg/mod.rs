@@ -576,7 +576,7 @@ impl Queue for PgStore {
 
 fn jobs_of(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Job>, StoreError> {
     rows.iter()
-        .map(|r| decode("job", r.get::<_, &[u8]>(0)))
+        .map(|r| crate::codec::decode_job(r.get::<_, &[u8]>(0)))
         .collect()
 }
 

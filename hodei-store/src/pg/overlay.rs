@@ -415,7 +415,7 @@ struct JobRows {
 
 impl JobRows {
     fn push(&mut self, key: Vec<u8>, body: Vec<u8>) -> Result<(), StoreError> {
-        let job: Job = decode("job", &body)?;
+        let job: Job = crate::codec::decode_job(&body)?;
         self.id.push(key);
         self.tenant.push(job.spec.tenant.as_str().to_string());
         self.state.push(i16::from(StateKind::of(&job.state).code()));

@@ -154,6 +154,20 @@ pub(crate) struct JobSpecJson {
     /// Jobs that must succeed first.
     #[serde(default)]
     pub dependencies: Vec<String>,
+    /// At most `limit` jobs naming `key` hold a worker at once, across
+    /// tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyJson>,
+}
+
+/// A concurrency key and its limit.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConcurrencyJson {
+    /// The key (1 to 128 bytes), shared across tenants.
+    pub key: String,
+    /// How many jobs naming it may hold a worker at once (1 to 100,000).
+    pub limit: u32,
 }
 
 /// A submission.
@@ -688,6 +702,10 @@ impl JobSpecJson {
             idempotency_key: self.idempotency_key,
             labels: self.labels.into_iter().collect(),
             dependencies: self.dependencies,
+            concurrency: self.concurrency.map(|c| proto::ConcurrencyLimit {
+                key: c.key,
+                limit: c.limit,
+            }),
         })
     }
 
@@ -748,6 +766,10 @@ impl JobSpecJson {
             idempotency_key: w.idempotency_key,
             labels: w.labels.into_iter().collect(),
             dependencies: w.dependencies,
+            concurrency: w.concurrency.map(|c| ConcurrencyJson {
+                key: c.key,
+                limit: c.limit,
+            }),
         }
     }
 }
