@@ -180,6 +180,13 @@ pub enum Command {
         /// The worker id.
         worker: String,
     },
+    /// Job arrays: show an array's counts, cancel it (submit one with
+    /// `hodei submit --array N`).
+    Array {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::array::ArrayAction,
+    },
     /// Pipelines: submit a TOML or JSON file, show one, list, cancel.
     Pipeline {
         /// What to do.
@@ -289,7 +296,19 @@ pub struct SubmitArgs {
     /// A key that makes repeated submissions return the first job.
     #[arg(long)]
     idempotency_key: Option<String>,
-    /// Wait for the job to end and exit with its exit code.
+    /// At most N jobs naming this key run at once, whatever their
+    /// tenants: KEY=N.
+    #[arg(long, value_parser = parse_label)]
+    concurrency: Option<(String, String)>,
+    /// Submit N tasks of this job as an array, each with HODEI_ARRAY_INDEX
+    /// (0 to N-1) in its environment.
+    #[arg(long)]
+    array: Option<u32>,
+    /// With --array: at most this many tasks run at once.
+    #[arg(long, requires = "array")]
+    array_limit: Option<u32>,
+    /// Wait for the job (or every task of the array) to end and exit with
+    /// its exit code.
     #[arg(long)]
     wait: bool,
     /// Print the job's output as it runs (implies --wait).
@@ -366,6 +385,15 @@ fn spec_from_args(a: &SubmitArgs) -> Result<(JobSpec, bool), Failure> {
     }
     spec.pty = a.pty;
     spec.idempotency_key = a.idempotency_key.clone();
+    if let Some((key, n)) = &a.concurrency {
+        let limit = n
+            .parse()
+            .map_err(|e| Failure::usage(format!("concurrency {key}={n}: {e}")))?;
+        spec.concurrency = Some(hodei_core::ConcurrencyLimit {
+            key: key.clone(),
+            limit,
+        });
+    }
     Ok((spec, tenant_given))
 }
 
@@ -379,6 +407,9 @@ async fn submit(c: &mut Client, a: &SubmitArgs, out: Output) -> Result<ExitCode,
     if !tenant_given {
         // Empty: the server uses the token's own tenant.
         wire.tenant.clear();
+    }
+    if let Some(n) = a.array {
+        return crate::array::submit(c, wire, n, a.array_limit, a.wait || a.follow, out).await;
     }
     let r = c
         .raw()
@@ -810,6 +841,7 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
         }
         Command::JoinToken { action } => join_token(&mut c, action, out).await,
         Command::Pipeline { action } => crate::pipeline::run(&mut c, action, out).await,
+        Command::Array { action } => crate::array::run(&mut c, action, out).await,
         Command::Token { action } => client_token(&mut c, action, out).await,
         Command::Audit {
             since,

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod array;
 pub mod cli;
 pub mod demo;
 pub mod pipeline;

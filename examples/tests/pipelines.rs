@@ -5,7 +5,6 @@
 //! twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -13,8 +12,6 @@ use serde_json::{Value, json};
 mod process;
 mod web;
 use web::Web;
-
-const CLI: &str = env!("CARGO_BIN_EXE_hodei");
 
 fn submit(w: &Web, token: &str, p: Value) -> Value {
     let a = w.call("POST", "/api/v1/pipelines", token, Some(&p.to_string()));
@@ -233,23 +230,11 @@ fn cycles_and_unknown_steps_are_refused_by_name() {
         "#,
     )
     .unwrap();
-    let out = cli(&w, &["pipeline", "submit", file.to_str().unwrap()]);
+    let out = w.cli(&["pipeline", "submit", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cycle: x -> y -> x"), "{err}");
     assert!(err.contains("unknown step \"nope\""), "{err}");
-}
-
-fn cli(w: &Web, args: &[&str]) -> std::process::Output {
-    Command::new(CLI)
-        .args(["--server", &w.grpc, "--ca-file"])
-        .arg(w.ca())
-        .arg("--token-file")
-        .arg(w.dir.join("admin.token"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -290,7 +275,7 @@ fn cancelling_a_pipeline_cancels_its_running_steps_and_skips_the_rest() {
     assert_eq!(step(&s, "cleanup")["state"], "skipped");
     assert_eq!(w.job(&first)["state"]["kind"], "cancelled");
     // The CLI shows the same.
-    let out = cli(&w, &["--output", "json", "pipeline", "status", id]);
+    let out = w.cli(&["--output", "json", "pipeline", "status", id]);
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], "cancelled");

@@ -12,6 +12,7 @@ use crate::process::{self, Proc};
 
 pub const SERVER: &str = env!("CARGO_BIN_EXE_hodei-server");
 pub const AGENT: &str = env!("CARGO_BIN_EXE_hodei-agent");
+pub const CLI: &str = env!("CARGO_BIN_EXE_hodei");
 
 pub struct Web {
     pub proc: Proc,
@@ -142,6 +143,19 @@ impl Web {
                 .spawn()
                 .unwrap(),
         ));
+    }
+
+    /// The `hodei` CLI with the admin token, over gRPC.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(CLI)
+            .args(["--server", &self.grpc, "--ca-file"])
+            .arg(self.ca())
+            .arg("--token-file")
+            .arg(self.dir.join("admin.token"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     pub fn url(&self) -> String {

@@ -9,6 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::proto;
+use crate::server::arrays::{ArrayError, Arrays, MAX_ARRAY};
 use crate::server::audit_log::AuditLog;
 use crate::server::auth::{Principal, Role, Scope};
 use crate::server::engine::{EngineError, EngineHandle};
@@ -32,6 +33,7 @@ pub struct JobApi<S: Store> {
     limits: Arc<Limits>,
     stopping: watch::Receiver<bool>,
     pipelines: Pipelines<S>,
+    arrays: Arrays<S>,
 }
 
 impl<S: Store> JobApi<S> {
@@ -49,6 +51,7 @@ impl<S: Store> JobApi<S> {
     ) -> Self {
         JobApi {
             pipelines: Pipelines::start(engine.clone(), stopping.clone()),
+            arrays: Arrays::start(engine.clone(), stopping.clone()),
             engine,
             security,
             audit,
@@ -95,6 +98,17 @@ fn pipeline_status(e: PipelineError) -> Status {
             Status::failed_precondition(format!("pipeline {id} has already ended ({state})"))
         }
         PipelineError::Stopped => Status::unavailable("the server is shutting down"),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn array_status(e: ArrayError) -> Status {
+    match e {
+        ArrayError::NotFound(id) => Status::not_found(format!("array {id} not found")),
+        ArrayError::Stopped => Status::unavailable("the server is shutting down"),
+        ArrayError::Create(why) => Status::unavailable(format!(
+            "a task could not be created ({why}); the rest are created at the next start"
+        )),
         other => Status::internal(other.to_string()),
     }
 }
@@ -224,6 +238,17 @@ impl<S: Store> JobApi<S> {
         }
     }
 
+    /// An array's id and tenant, if it exists and the caller may see it;
+    /// otherwise NOT_FOUND.
+    async fn visible_array(&self, p: &Principal, id: &str) -> Result<(JobId, TenantId), Status> {
+        let id: JobId = id.parse().map_err(|e| invalid("array_id", e))?;
+        match self.arrays.tenant(id).await {
+            Ok(Some(t)) if p.may_access(&t) => Ok((id, t)),
+            Ok(_) => Err(Status::not_found(format!("array {id} not found"))),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
     /// The pipeline a submission carries, if `p` may submit it.
     fn pipeline_submittable(
         &self,
@@ -275,6 +300,109 @@ impl<S: Store> JobApi<S> {
 
 #[tonic::async_trait]
 impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
+    async fn submit_array(
+        &self,
+        request: Request<proto::SubmitArrayRequest>,
+    ) -> Result<Response<proto::ArrayStatus>, Status> {
+        let p = self.principal(&request, "submit_array").await?;
+        let peer = request.remote_addr();
+        let r = request.into_inner();
+        let checked = self.submittable(&p, r.spec).and_then(|spec| {
+            if r.count == 0 || r.count > MAX_ARRAY {
+                return Err(invalid(
+                    "count",
+                    format!("must be 1 to {MAX_ARRAY}, got {}", r.count),
+                ));
+            }
+            if r.concurrency > hodei_core::MAX_CONCURRENCY_LIMIT {
+                return Err(invalid(
+                    "concurrency",
+                    format!(
+                        "must be 0 (no limit) to {}, got {}",
+                        hodei_core::MAX_CONCURRENCY_LIMIT,
+                        r.concurrency
+                    ),
+                ));
+            }
+            if spec.idempotency_key.is_some() {
+                return Err(invalid(
+                    "spec.idempotency_key",
+                    "set by the array for each of its tasks",
+                ));
+            }
+            if r.concurrency > 0 && spec.concurrency.is_some() {
+                return Err(invalid(
+                    "spec.concurrency",
+                    "an array with a concurrency limit sets its tasks' key",
+                ));
+            }
+            Ok(spec)
+        });
+        let spec = match checked {
+            Ok(s) => s,
+            Err(e) => {
+                self.audit
+                    .call(&p, "submit_array", "", peer, &Err::<(), _>(e.clone()))
+                    .await;
+                return Err(e);
+            }
+        };
+        let detail = format!(
+            "tenant {} name {:?} count {} concurrency {}",
+            spec.tenant, spec.name, r.count, r.concurrency
+        );
+        let limit = (r.concurrency > 0).then_some(r.concurrency);
+        let res = self
+            .arrays
+            .submit(spec, r.count, limit)
+            .await
+            .map_err(array_status);
+        let target = res.as_ref().map(|s| s.array_id.clone()).unwrap_or_default();
+        let mut entry = AuditLog::<S>::entry(&p.audit_name(), "submit_array", target, peer);
+        entry.detail = detail;
+        entry.outcome = match &res {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("refused: {}", e.message()),
+        };
+        self.engine.audit(entry).await;
+        res.map(Response::new)
+    }
+
+    async fn get_array(
+        &self,
+        request: Request<proto::GetArrayRequest>,
+    ) -> Result<Response<proto::ArrayStatus>, Status> {
+        let p = self.principal(&request, "read").await?;
+        let (id, _) = self.visible_array(&p, &request.get_ref().array_id).await?;
+        self.arrays
+            .status(id)
+            .await
+            .map(Response::new)
+            .map_err(array_status)
+    }
+
+    async fn cancel_array(
+        &self,
+        request: Request<proto::CancelArrayRequest>,
+    ) -> Result<Response<proto::ArrayStatus>, Status> {
+        let p = self.principal(&request, "cancel_array").await?;
+        let peer = request.remote_addr();
+        let id = request.into_inner().array_id;
+        let r = async {
+            let (id, tenant) = self.visible_array(&p, &id).await?;
+            if !p.may_cancel(&tenant) {
+                return Err(Status::permission_denied(format!(
+                    "cancelling needs a submitter, operator or admin token; this one is {}",
+                    p.role
+                )));
+            }
+            self.arrays.cancel(id).await.map_err(array_status)
+        }
+        .await;
+        self.audit.call(&p, "cancel_array", &id, peer, &r).await;
+        r.map(Response::new)
+    }
+
     async fn submit_pipeline(
         &self,
         request: Request<proto::SubmitPipelineRequest>,

@@ -7,6 +7,7 @@
 
 pub(crate) mod admin_service;
 pub(crate) mod api;
+pub(crate) mod arrays;
 pub mod audit_log;
 pub(crate) mod auth;
 pub(crate) mod builder;

@@ -13,6 +13,7 @@
 //! something on the strength of the cookie must also carry the
 //! `X-Hodei-Csrf` header, which no cross-site form can set.
 
+mod arrays;
 mod pipelines;
 pub(crate) mod types;
 
@@ -1400,10 +1401,11 @@ impl utoipa::Modify for BearerAuth {
         revoke_worker, whoami, sign_in, sign_out, overview, tokens, create_token, revoke_token,
         join_tokens, create_join_token, revoke_join_token, audit, verify_audit,
         pipelines::submit_pipeline, pipelines::get_pipeline, pipelines::list_pipelines,
-        pipelines::cancel_pipeline),
+        pipelines::cancel_pipeline, arrays::submit_array, arrays::get_array,
+        arrays::cancel_array),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "jobs"), (name = "pipelines"), (name = "workers"), (name = "admin"), (name = "session")),
+    tags((name = "jobs"), (name = "pipelines"), (name = "arrays"), (name = "workers"), (name = "admin"), (name = "session")),
 )]
 pub(crate) struct ApiDoc;
 
@@ -1440,6 +1442,12 @@ pub(crate) fn router<S: Store>(api: Arc<Api<S>>) -> axum::Router {
         .route(
             "/api/v1/pipelines/{id}/cancel",
             post(pipelines::cancel_pipeline::<S>),
+        )
+        .route("/api/v1/arrays", post(arrays::submit_array::<S>))
+        .route("/api/v1/arrays/{id}", get(arrays::get_array::<S>))
+        .route(
+            "/api/v1/arrays/{id}/cancel",
+            post(arrays::cancel_array::<S>),
         )
         .route("/api/v1/events", get(watch::<S>))
         .route("/api/v1/workers", get(workers::<S>))
@@ -1549,6 +1557,8 @@ mod tests {
             "/api/v1/audit/verify",
             "/api/v1/pipelines",
             "/api/v1/pipelines/{id}/cancel",
+            "/api/v1/arrays",
+            "/api/v1/arrays/{id}",
         ] {
             assert!(paths.contains_key(p), "{p} missing");
         }
