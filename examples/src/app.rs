@@ -187,6 +187,13 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::array::ArrayAction,
     },
+    /// Periodic jobs: create from a TOML or JSON file, list, show, pause,
+    /// resume, delete.
+    Schedule {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::schedule::ScheduleAction,
+    },
     /// Pipelines: submit a TOML or JSON file, show one, list, cancel.
     Pipeline {
         /// What to do.
@@ -842,6 +849,7 @@ async fn main_async(args: Args) -> Result<ExitCode, Failure> {
         Command::JoinToken { action } => join_token(&mut c, action, out).await,
         Command::Pipeline { action } => crate::pipeline::run(&mut c, action, out).await,
         Command::Array { action } => crate::array::run(&mut c, action, out).await,
+        Command::Schedule { action } => crate::schedule::run(&mut c, action, out).await,
         Command::Token { action } => client_token(&mut c, action, out).await,
         Command::Audit {
             since,

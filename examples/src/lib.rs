@@ -10,6 +10,7 @@ pub mod array;
 pub mod cli;
 pub mod demo;
 pub mod pipeline;
+pub mod schedule;
 
 /// A multi-threaded tokio runtime with `threads` workers (one per CPU when
 /// `None`); if it cannot start, says so on stderr as `program` and returns

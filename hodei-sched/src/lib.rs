@@ -37,6 +37,7 @@ mod error;
 mod pipeline;
 mod placement;
 mod queue;
+mod schedule;
 mod scheduler;
 mod wfq;
 
@@ -48,6 +49,7 @@ pub use error::{ClusterError, SchedError};
 pub use pipeline::{Decision, PipelineRun, PipelineState, StepOutcome, StepState};
 pub use placement::{PlacementRequest, Policy, Rejection};
 pub use queue::{MAX_LEVELS, PriorityQueue};
+pub use schedule::{Cron, MAX_CATCH_UP, ON_TIME_MS, Overlap, ScheduleSpec, rfc3339};
 pub use scheduler::{
     Action, AttemptOutcome, JobRequest, Scheduler, SchedulerConfig, SchedulerStats,
 };

@@ -115,6 +115,12 @@ impl Web {
     pub fn kill_and_restart(&mut self) {
         self.proc.signal(libc::SIGKILL);
         self.proc.wait_exit(Duration::from_secs(10));
+        self.restart();
+    }
+
+    /// Starts the server again (after it stopped) on the same data
+    /// directory and addresses.
+    pub fn restart(&mut self) {
         let grpc_port = self.grpc.rsplit(':').next().unwrap().to_string();
         let (proc, grpc, http) = launch(
             &self.dir,

@@ -15,10 +15,11 @@ use crate::server::auth::{Principal, Role, Scope};
 use crate::server::engine::{EngineError, EngineHandle};
 use crate::server::limits::Limits;
 use crate::server::pipelines::{PipelineError, Pipelines};
+use crate::server::schedules::{ScheduleError, Schedules};
 use crate::server::security::Security;
 use crate::wire::{
-    job_to_wire, log_stream_to_wire, pipeline_from_wire, spec_from_wire, state_kind_from_wire,
-    state_to_wire, worker_to_wire,
+    job_to_wire, log_stream_to_wire, pipeline_from_wire, schedule_from_wire, spec_from_wire,
+    state_kind_from_wire, state_to_wire, worker_to_wire,
 };
 
 const STREAM_DEPTH: usize = 256;
@@ -34,6 +35,7 @@ pub struct JobApi<S: Store> {
     stopping: watch::Receiver<bool>,
     pipelines: Pipelines<S>,
     arrays: Arrays<S>,
+    schedules: Schedules<S>,
 }
 
 impl<S: Store> JobApi<S> {
@@ -52,6 +54,7 @@ impl<S: Store> JobApi<S> {
         JobApi {
             pipelines: Pipelines::start(engine.clone(), stopping.clone()),
             arrays: Arrays::start(engine.clone(), stopping.clone()),
+            schedules: Schedules::start(engine.clone(), stopping.clone()),
             engine,
             security,
             audit,
@@ -109,6 +112,14 @@ fn array_status(e: ArrayError) -> Status {
         ArrayError::Create(why) => Status::unavailable(format!(
             "a task could not be created ({why}); the rest are created at the next start"
         )),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn schedule_status(e: ScheduleError) -> Status {
+    match e {
+        ScheduleError::NotFound(id) => Status::not_found(format!("schedule {id} not found")),
+        ScheduleError::Stopped => Status::unavailable("the server is shutting down"),
         other => Status::internal(other.to_string()),
     }
 }
@@ -249,6 +260,46 @@ impl<S: Store> JobApi<S> {
         }
     }
 
+    /// A schedule's id and tenant, if it exists and the caller may see it;
+    /// otherwise NOT_FOUND.
+    async fn visible_schedule(&self, p: &Principal, id: &str) -> Result<(JobId, TenantId), Status> {
+        let id: JobId = id.parse().map_err(|e| invalid("schedule_id", e))?;
+        match self.schedules.tenant(id).await {
+            Ok(Some(t)) if p.may_access(&t) => Ok((id, t)),
+            Ok(_) => Err(Status::not_found(format!("schedule {id} not found"))),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    /// Pauses, resumes or deletes a schedule the caller may change.
+    async fn change_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+        action: &str,
+    ) -> Result<Response<proto::ScheduleStatus>, Status> {
+        let p = self.principal(&request, action).await?;
+        let peer = request.remote_addr();
+        let id = request.into_inner().schedule_id;
+        let r = async {
+            let (id, tenant) = self.visible_schedule(&p, &id).await?;
+            if !p.may_submit(&tenant) {
+                return Err(Status::permission_denied(format!(
+                    "changing a schedule needs a submitter or admin token; this one is {}",
+                    p.role
+                )));
+            }
+            match action {
+                "pause_schedule" => self.schedules.pause(id, true).await,
+                "resume_schedule" => self.schedules.pause(id, false).await,
+                _ => self.schedules.delete(id).await,
+            }
+            .map_err(schedule_status)
+        }
+        .await;
+        self.audit.call(&p, action, &id, peer, &r).await;
+        r.map(Response::new)
+    }
+
     /// The pipeline a submission carries, if `p` may submit it.
     fn pipeline_submittable(
         &self,
@@ -300,6 +351,135 @@ impl<S: Store> JobApi<S> {
 
 #[tonic::async_trait]
 impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
+    async fn create_schedule(
+        &self,
+        request: Request<proto::CreateScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleStatus>, Status> {
+        let p = self.principal(&request, "create_schedule").await?;
+        let peer = request.remote_addr();
+        let wire = request.into_inner().schedule;
+        let checked = (|| {
+            if !matches!(p.role, Role::Admin | Role::Submitter) {
+                return Err(Status::permission_denied(format!(
+                    "creating a schedule needs a submitter or admin token; this one is {}",
+                    p.role
+                )));
+            }
+            let wire = wire.ok_or_else(|| invalid("schedule", "must be set"))?;
+            let (spec, cron) = match p.default_tenant() {
+                Some(t) => schedule_from_wire(wire, &t)?,
+                None if wire.tenant.is_empty() => {
+                    return Err(invalid(
+                        "tenant",
+                        "this token spans several tenants: name one",
+                    ));
+                }
+                None => schedule_from_wire(wire, &TenantId::default())?,
+            };
+            if !p.may_submit(&spec.tenant) {
+                return Err(Status::permission_denied(format!(
+                    "tenant: this token may not submit for tenant {}",
+                    spec.tenant
+                )));
+            }
+            Ok((spec, cron))
+        })();
+        let (spec, cron) = match checked {
+            Ok(s) => s,
+            Err(e) => {
+                self.audit
+                    .call(&p, "create_schedule", "", peer, &Err::<(), _>(e.clone()))
+                    .await;
+                return Err(e);
+            }
+        };
+        let detail = format!(
+            "tenant {} name {:?} cron {:?} timezone {}",
+            spec.tenant, spec.name, spec.cron, spec.timezone
+        );
+        let r = self
+            .schedules
+            .create(spec, cron)
+            .await
+            .map_err(schedule_status);
+        let target = r
+            .as_ref()
+            .map(|s| s.schedule_id.clone())
+            .unwrap_or_default();
+        let mut entry = AuditLog::<S>::entry(&p.audit_name(), "create_schedule", target, peer);
+        entry.detail = detail;
+        entry.outcome = match &r {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("refused: {}", e.message()),
+        };
+        self.engine.audit(entry).await;
+        r.map(Response::new)
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleStatus>, Status> {
+        let p = self.principal(&request, "read").await?;
+        let (id, _) = self
+            .visible_schedule(&p, &request.get_ref().schedule_id)
+            .await?;
+        self.schedules
+            .get(id)
+            .await
+            .map(Response::new)
+            .map_err(schedule_status)
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<proto::ListSchedulesRequest>,
+    ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
+        let p = self.principal(&request, "read").await?;
+        let r = request.into_inner();
+        let asked: Option<TenantId> = if r.tenant.is_empty() {
+            None
+        } else {
+            let t: TenantId = r.tenant.parse().map_err(|e| invalid("tenant", e))?;
+            if !p.may_access(&t) {
+                return Err(Status::permission_denied(format!(
+                    "tenant: this token may not list tenant {t}"
+                )));
+            }
+            Some(t)
+        };
+        let schedules = self
+            .schedules
+            .list(|t| {
+                t.parse::<TenantId>()
+                    .is_ok_and(|t| p.may_access(&t) && asked.as_ref().is_none_or(|a| *a == t))
+            })
+            .await
+            .map_err(schedule_status)?;
+        Ok(Response::new(proto::ListSchedulesResponse { schedules }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleStatus>, Status> {
+        self.change_schedule(request, "pause_schedule").await
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleStatus>, Status> {
+        self.change_schedule(request, "resume_schedule").await
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleStatus>, Status> {
+        self.change_schedule(request, "delete_schedule").await
+    }
+
     async fn submit_array(
         &self,
         request: Request<proto::SubmitArrayRequest>,

@@ -20,6 +20,7 @@ pub(crate) mod metrics;
 pub(crate) mod pipelines;
 pub mod pki;
 pub(crate) mod replica;
+pub(crate) mod schedules;
 pub mod secrets;
 pub mod security;
 pub(crate) mod serve;

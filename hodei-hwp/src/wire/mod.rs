@@ -15,7 +15,10 @@ pub use convert::{
 };
 pub use pipeline::{condition_to_wire, pipeline_from_wire, pipeline_to_wire};
 #[cfg(feature = "server")]
-pub use server::{MAX_LABELS, registration_from_wire, state_kind_from_wire, worker_to_wire};
+pub use server::{
+    MAX_LABELS, registration_from_wire, schedule_from_wire, schedule_to_wire, state_kind_from_wire,
+    worker_to_wire,
+};
 
 /// Code generated from the `.proto` files.
 #[allow(

@@ -122,3 +122,110 @@ pub fn worker_to_wire(w: hodei_sched::WorkerSnapshot, name: String) -> proto::Wo
         jobs: w.jobs.iter().map(JobId::to_string).collect(),
     }
 }
+
+/// A schedule from the wire, checked whole: its cron and time zone, its
+/// catch-up, and its job (as `job.<field>`). An empty tenant means
+/// `default_tenant`.
+///
+/// # Errors
+///
+/// [`WireError`] with every problem found, each naming its field.
+pub fn schedule_from_wire(
+    w: crate::proto::ScheduleSpec,
+    default_tenant: &hodei_core::TenantId,
+) -> Result<(hodei_sched::ScheduleSpec, hodei_sched::Cron), crate::wire::WireError> {
+    use hodei_core::FieldError;
+    let mut problems: Vec<FieldError> = Vec::new();
+    let tenant = if w.tenant.is_empty() {
+        default_tenant.clone()
+    } else {
+        w.tenant.parse().unwrap_or_else(|e| {
+            problems.push(FieldError {
+                field: "tenant".into(),
+                message: format!("{e}"),
+            });
+            default_tenant.clone()
+        })
+    };
+    let overlap = match crate::proto::Overlap::try_from(w.overlap) {
+        Ok(crate::proto::Overlap::Allow) => hodei_sched::Overlap::Allow,
+        Ok(crate::proto::Overlap::Skip) => hodei_sched::Overlap::Skip,
+        Ok(crate::proto::Overlap::CancelPrevious) => hodei_sched::Overlap::CancelPrevious,
+        Err(_) => {
+            problems.push(FieldError {
+                field: "overlap".into(),
+                message: format!("unknown value {}", w.overlap),
+            });
+            hodei_sched::Overlap::Allow
+        }
+    };
+    let job = match w.job {
+        None => {
+            problems.push(FieldError {
+                field: "job".into(),
+                message: "must be set".into(),
+            });
+            hodei_core::JobSpec::script("true")
+        }
+        Some(j) => match crate::wire::spec_from_wire(j, &tenant) {
+            Ok(s) => s,
+            Err(crate::wire::WireError(errs)) => {
+                for e in errs {
+                    let rest = e.field.strip_prefix("spec.").unwrap_or(&e.field);
+                    problems.push(FieldError {
+                        field: format!("job.{rest}"),
+                        message: e.message,
+                    });
+                }
+                let mut s = hodei_core::JobSpec::script("true");
+                s.tenant = tenant.clone();
+                s
+            }
+        },
+    };
+    let spec = hodei_sched::ScheduleSpec {
+        name: w.name,
+        tenant,
+        cron: w.cron,
+        timezone: if w.timezone.is_empty() {
+            "UTC".into()
+        } else {
+            w.timezone
+        },
+        overlap,
+        catch_up: w.catch_up.unwrap_or(1),
+        paused: w.paused,
+        job,
+    };
+    match spec.validate() {
+        Ok(c) if problems.is_empty() => Ok((spec, c)),
+        Ok(_) => Err(crate::wire::WireError(problems)),
+        Err(e) => {
+            for fe in e.0 {
+                if !problems.contains(&fe) {
+                    problems.push(fe);
+                }
+            }
+            Err(crate::wire::WireError(problems))
+        }
+    }
+}
+
+/// A schedule for the wire (secret values included: it is what a client
+/// submits).
+pub fn schedule_to_wire(s: &hodei_sched::ScheduleSpec) -> crate::proto::ScheduleSpec {
+    crate::proto::ScheduleSpec {
+        name: s.name.clone(),
+        tenant: s.tenant.as_str().to_string(),
+        cron: s.cron.clone(),
+        timezone: s.timezone.clone(),
+        overlap: match s.overlap {
+            hodei_sched::Overlap::Allow => crate::proto::Overlap::Allow,
+            hodei_sched::Overlap::Skip => crate::proto::Overlap::Skip,
+            hodei_sched::Overlap::CancelPrevious => crate::proto::Overlap::CancelPrevious,
+        } as i32,
+        catch_up: Some(s.catch_up),
+        paused: s.paused,
+        job: Some(crate::wire::spec_to_wire(&s.job, true)),
+    }
+}

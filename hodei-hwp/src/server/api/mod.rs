@@ -15,6 +15,7 @@
 
 mod arrays;
 mod pipelines;
+mod schedules;
 pub(crate) mod types;
 
 use std::collections::BTreeMap;
@@ -1402,10 +1403,12 @@ impl utoipa::Modify for BearerAuth {
         join_tokens, create_join_token, revoke_join_token, audit, verify_audit,
         pipelines::submit_pipeline, pipelines::get_pipeline, pipelines::list_pipelines,
         pipelines::cancel_pipeline, arrays::submit_array, arrays::get_array,
-        arrays::cancel_array),
+        arrays::cancel_array, schedules::create_schedule, schedules::list_schedules,
+        schedules::get_schedule, schedules::pause_schedule, schedules::resume_schedule,
+        schedules::delete_schedule),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "jobs"), (name = "pipelines"), (name = "arrays"), (name = "workers"), (name = "admin"), (name = "session")),
+    tags((name = "jobs"), (name = "pipelines"), (name = "arrays"), (name = "schedules"), (name = "workers"), (name = "admin"), (name = "session")),
 )]
 pub(crate) struct ApiDoc;
 
@@ -1448,6 +1451,22 @@ pub(crate) fn router<S: Store>(api: Arc<Api<S>>) -> axum::Router {
         .route(
             "/api/v1/arrays/{id}/cancel",
             post(arrays::cancel_array::<S>),
+        )
+        .route(
+            "/api/v1/schedules",
+            post(schedules::create_schedule::<S>).get(schedules::list_schedules::<S>),
+        )
+        .route(
+            "/api/v1/schedules/{id}",
+            get(schedules::get_schedule::<S>).delete(schedules::delete_schedule::<S>),
+        )
+        .route(
+            "/api/v1/schedules/{id}/pause",
+            post(schedules::pause_schedule::<S>),
+        )
+        .route(
+            "/api/v1/schedules/{id}/resume",
+            post(schedules::resume_schedule::<S>),
         )
         .route("/api/v1/events", get(watch::<S>))
         .route("/api/v1/workers", get(workers::<S>))
@@ -1559,6 +1578,8 @@ mod tests {
             "/api/v1/pipelines/{id}/cancel",
             "/api/v1/arrays",
             "/api/v1/arrays/{id}",
+            "/api/v1/schedules",
+            "/api/v1/schedules/{id}/resume",
         ] {
             assert!(paths.contains_key(p), "{p} missing");
         }
