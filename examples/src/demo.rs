@@ -88,6 +88,49 @@ fn jobs(dir: &std::path::Path) -> (Vec<JobSpec>, String) {
     )
 }
 
+/// A small pipeline: a diamond whose first step publishes an output the
+/// last one uses.
+async fn pipeline(client: &mut Client, out: Output) -> Result<(), Failure> {
+    let spec: hodei_core::PipelineSpec = toml::from_str(
+        r#"
+        name = "release"
+        tenant = "acme"
+        [[steps]]
+        name = "fetch"
+        job = { command = { script = "echo fetching; echo VERSION=1.4.2 >> \"$HODEI_OUTPUTS\"" } }
+        [[steps]]
+        name = "test"
+        depends_on = ["fetch"]
+        job = { command = { script = "echo testing $FETCH_VERSION" } }
+        [[steps]]
+        name = "lint"
+        depends_on = ["fetch"]
+        job = { command = { script = "echo linting" } }
+        [[steps]]
+        name = "package"
+        depends_on = ["fetch", "test", "lint"]
+        job = { command = { script = "echo packaged release-$FETCH_VERSION.tar.gz" } }
+        "#,
+    )
+    .map_err(|e| fail("pipeline")(e.to_string()))?;
+    let status = client
+        .raw()
+        .submit_pipeline(hodei_hwp::proto::SubmitPipelineRequest {
+            pipeline: Some(hodei_hwp::pipeline_to_wire(&spec)),
+        })
+        .await?
+        .into_inner();
+    println!("--- a pipeline: fetch -> (test, lint) -> package ---");
+    let end = crate::pipeline::wait_end(client, &status.pipeline_id, out).await?;
+    crate::pipeline::print_status(out, &end);
+    if let Some(step) = end.steps.iter().find(|s| s.name == "package")
+        && let Ok(id) = step.job_id.parse::<JobId>()
+    {
+        crate::cli::print_logs(client, id).await?;
+    }
+    Ok(())
+}
+
 /// Runs the demo, printing to stdout; everything it started is stopped
 /// before it returns.
 pub async fn run(out: Output) -> Result<(), Failure> {
@@ -230,6 +273,7 @@ pub async fn run(out: Output) -> Result<(), Failure> {
             )
         );
     }
+    pipeline(&mut client, out).await?;
     // A clean stop: the agent drains and delivers everything, then the
     // server stops and its store closes.
     let _ = stop_agent.send(Shutdown::Drain);

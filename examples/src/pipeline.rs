@@ -113,7 +113,9 @@ fn counts_text(s: &proto::PipelineStatus) -> String {
         .join(", ")
 }
 
-fn print_status(out: Output, s: &proto::PipelineStatus) {
+/// Prints a pipeline's status: a table of its steps for people, JSON for
+/// scripts.
+pub fn print_status(out: Output, s: &proto::PipelineStatus) {
     if out.json {
         println!("{}", status_json(s));
         return;
@@ -273,7 +275,15 @@ pub async fn run(c: &mut Client, action: PipelineAction, out: Output) -> Result<
 /// Polls a pipeline until it ends, telling each step's change (twice a
 /// second: a pipeline's steps are jobs, whose own changes stream with
 /// `hodei watch`).
-async fn wait_end(c: &mut Client, id: &str, out: Output) -> Result<proto::PipelineStatus, Failure> {
+///
+/// # Errors
+///
+/// What the server refused.
+pub async fn wait_end(
+    c: &mut Client,
+    id: &str,
+    out: Output,
+) -> Result<proto::PipelineStatus, Failure> {
     let mut seen: std::collections::HashMap<String, String> = Default::default();
     loop {
         let s = c
@@ -303,5 +313,29 @@ async fn wait_end(c: &mut Client, id: &str, out: Output) -> Result<proto::Pipeli
             return Ok(s);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The TOML block of the README that starts with `# <name>`.
+    fn readme_block(name: &str) -> String {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find(&format!("```toml\n# {name}\n"))
+            .unwrap_or_else(|| panic!("no {name} in the README"));
+        let body = &readme[start + "```toml\n".len()..];
+        body[..body.find("```").unwrap()].to_string()
+    }
+
+    #[test]
+    fn the_readme_s_pipeline_and_schedule_are_valid() {
+        let p: PipelineSpec = toml::from_str(&readme_block("release.toml")).unwrap();
+        p.validate().unwrap();
+        assert_eq!(p.steps.len(), 4);
+        let s: hodei_sched::ScheduleSpec = toml::from_str(&readme_block("nightly.toml")).unwrap();
+        s.validate().unwrap();
     }
 }

@@ -441,6 +441,12 @@ fn the_demo_runs_and_masks_its_secret() {
     );
     assert!(stdout.contains("cancelled"));
     assert!(stdout.contains("delivered: true"));
+    // The pipeline: its last step saw the first one's output.
+    assert!(stdout.contains("packaged release-1.4.2.tar.gz"), "{stdout}");
+    assert!(
+        stdout.contains("release  tenant acme  succeeded"),
+        "{stdout}"
+    );
 }
 
 /// `submit --wait` waits through a retry to the final state; while the
