@@ -250,6 +250,42 @@ fn the_dashboard_drives_the_scheduler_in_a_real_browser() {
         css(&c, "#cancel").await.click().await.unwrap();
         until(&c, "cancelled", "document.getElementById('job-state').dataset.state === 'cancelled'").await;
 
+        // Workflows: a pipeline and a schedule are listed; the pipeline's
+        // page shows its steps, their states and outputs; the schedule is
+        // paused from the page.
+        let p = w.call(
+            "POST",
+            "/api/v1/pipelines",
+            &w.admin,
+            Some(&json!({"name": "ui-pipeline", "steps": [
+                {"name": "make", "job": {"script": "echo V=7 >> \"$HODEI_OUTPUTS\""}},
+                {"name": "ship", "depends_on": ["make"], "job": {"script": "echo ship $MAKE_V"}},
+            ]}).to_string()),
+        );
+        assert_eq!(p.status, 201, "{}", p.body);
+        let pid = p.json()["id"].as_str().unwrap().to_string();
+        let s = w.call(
+            "POST",
+            "/api/v1/schedules",
+            &w.admin,
+            Some(&json!({"name": "ui-nightly", "cron": "0 3 * * *", "job": {"script": "true"}}).to_string()),
+        );
+        assert_eq!(s.status, 201, "{}", s.body);
+        c.goto(&format!("{base}/ui/#/workflows")).await.unwrap();
+        until(&c, "the pipeline listed", &format!("document.querySelector('#pipelines tr[data-pipeline=\"{pid}\"]')")).await;
+        until(&c, "the schedule listed", "document.querySelectorAll('#schedules tr[data-schedule]').length === 1").await;
+        css(&c, "#schedules button[data-act=pause]").await.click().await.unwrap();
+        until(&c, "paused", "document.querySelector('#schedules button[data-act=resume]')").await;
+        c.goto(&format!("{base}/ui/#/workflows/pipelines/{pid}")).await.unwrap();
+        until(&c, "the pipeline succeeded", "document.getElementById('pipeline-state') && document.getElementById('pipeline-state').dataset.state === 'succeeded'").await;
+        until(&c, "its steps", "document.querySelectorAll('#steps tr[data-step] [data-state=succeeded]').length === 2").await;
+        let outputs = c
+            .execute("return document.querySelector('#steps tr[data-step=make]').textContent;", vec![])
+            .await
+            .unwrap();
+        assert!(outputs.as_str().unwrap().contains("V=7"), "{outputs}");
+        shot(&c, "pipeline").await;
+
         // Workers: an admin drains one.
         c.goto(&format!("{base}/ui/#/workers")).await.unwrap();
         until(&c, "two workers", "document.querySelectorAll('#workers tr[data-worker]').length === 2").await;

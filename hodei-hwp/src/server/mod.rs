@@ -32,7 +32,7 @@ pub(crate) mod ui;
 pub(crate) mod worker_service;
 
 pub use admin_service::AdminApi;
-pub use api::{openapi_json, parse_submission};
+pub use api::{openapi_json, parse_pipeline, parse_schedule, parse_submission};
 pub use auth::{AuthError, Principal, Role, Scope, Tokens};
 pub use builder::{AGENT_CERT_TTL, RunningServer, ServerBuilder, ServerError};
 pub use engine::{

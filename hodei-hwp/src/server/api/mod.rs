@@ -225,6 +225,48 @@ pub fn parse_submission(content_type: &str, bytes: &[u8]) -> Result<hodei_core::
         .map_err(|e| Problem::from(Status::from(e)).1.detail)
 }
 
+/// A pipeline's body as `POST /api/v1/pipelines` reads it, up to the
+/// pipeline and graph the job service would accept for a caller whose
+/// tenant is the default one: what a fuzzer drives with untrusted bytes.
+///
+/// # Errors
+///
+/// The problem's detail, naming the field at fault, as the API answers it.
+pub fn parse_pipeline(
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<(hodei_core::PipelineSpec, hodei_core::PipelineGraph), String> {
+    let mut headers = HeaderMap::new();
+    let v = HeaderValue::from_str(content_type).map_err(|e| format!("content-type: {e}"))?;
+    headers.insert(header::CONTENT_TYPE, v);
+    let p: pipelines::PipelineJson =
+        body(&headers, &Bytes::copy_from_slice(bytes)).map_err(|p| p.1.detail)?;
+    let wire = p.into_wire().map_err(|(f, why)| format!("{f}: {why}"))?;
+    crate::wire::pipeline_from_wire(wire, &hodei_core::TenantId::default())
+        .map_err(|e| Problem::from(Status::from(e)).1.detail)
+}
+
+/// A schedule's body as `POST /api/v1/schedules` reads it, up to the
+/// schedule and its cron the job service would accept for a caller whose
+/// tenant is the default one.
+///
+/// # Errors
+///
+/// The problem's detail, naming the field at fault.
+pub fn parse_schedule(
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<(hodei_sched::ScheduleSpec, hodei_sched::Cron), String> {
+    let mut headers = HeaderMap::new();
+    let v = HeaderValue::from_str(content_type).map_err(|e| format!("content-type: {e}"))?;
+    headers.insert(header::CONTENT_TYPE, v);
+    let s: schedules::ScheduleJson =
+        body(&headers, &Bytes::copy_from_slice(bytes)).map_err(|p| p.1.detail)?;
+    let wire = s.into_wire().map_err(|(f, why)| format!("{f}: {why}"))?;
+    crate::wire::schedule_from_wire(wire, &hodei_core::TenantId::default())
+        .map_err(|e| Problem::from(Status::from(e)).1.detail)
+}
+
 // ---- calling the services ---------------------------------------------
 
 /// The bearer token a request carries, and whether it came from the

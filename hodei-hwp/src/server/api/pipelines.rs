@@ -83,7 +83,7 @@ pub(crate) struct PipelineJson {
 }
 
 impl PipelineJson {
-    fn into_wire(self) -> Result<proto::PipelineSpec, (String, String)> {
+    pub(crate) fn into_wire(self) -> Result<proto::PipelineSpec, (String, String)> {
         let job = |j: JobSpecJson, at: String| {
             j.into_wire().map_err(|(f, why)| {
                 let rest = f.strip_prefix("spec.").unwrap_or(&f);

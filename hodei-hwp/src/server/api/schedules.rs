@@ -69,6 +69,30 @@ pub(crate) struct ScheduleJson {
     pub job: JobSpecJson,
 }
 
+impl ScheduleJson {
+    /// The gRPC message, for the one validation both APIs share.
+    pub(crate) fn into_wire(self) -> Result<proto::ScheduleSpec, (String, String)> {
+        let job = self.job.into_wire().map_err(|(f, why)| {
+            let rest = f.strip_prefix("spec.").unwrap_or(&f).to_string();
+            (format!("job.{rest}"), why)
+        })?;
+        Ok(proto::ScheduleSpec {
+            name: self.name,
+            tenant: self.tenant,
+            cron: self.cron,
+            timezone: self.timezone,
+            overlap: match self.overlap {
+                OverlapJson::Allow => proto::Overlap::Allow,
+                OverlapJson::Skip => proto::Overlap::Skip,
+                OverlapJson::CancelPrevious => proto::Overlap::CancelPrevious,
+            } as i32,
+            catch_up: self.catch_up,
+            paused: self.paused,
+            job: Some(job),
+        })
+    }
+}
+
 /// A run of a schedule.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub(crate) struct ScheduleRunJson {
@@ -163,24 +187,9 @@ pub(super) async fn create_schedule<S: Store>(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     let s: ScheduleJson = body(&caller.headers, &bytes)?;
-    let job = s.job.into_wire().map_err(|(f, why)| {
-        let rest = f.strip_prefix("spec.").unwrap_or(&f).to_string();
-        Problem::invalid(&format!("job.{rest}"), why)
-    })?;
-    let wire = proto::ScheduleSpec {
-        name: s.name,
-        tenant: s.tenant,
-        cron: s.cron,
-        timezone: s.timezone,
-        overlap: match s.overlap {
-            OverlapJson::Allow => proto::Overlap::Allow,
-            OverlapJson::Skip => proto::Overlap::Skip,
-            OverlapJson::CancelPrevious => proto::Overlap::CancelPrevious,
-        } as i32,
-        catch_up: s.catch_up,
-        paused: s.paused,
-        job: Some(job),
-    };
+    let wire = s
+        .into_wire()
+        .map_err(|(f, why)| Problem::invalid(&f, why))?;
     let c = caller.on(&api);
     let st = c
         .api

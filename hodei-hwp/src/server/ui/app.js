@@ -141,9 +141,104 @@ function route() {
     overview: () => overviewPage(page),
     jobs: () => parts[1] ? jobPage(page, decodeURIComponent(parts[1])) : jobsPage(page, params),
     workers: () => workersPage(page, params),
+    workflows: () => parts[1] === 'pipelines' && parts[2]
+      ? pipelinePage(page, decodeURIComponent(parts[2]))
+      : workflowsPage(page),
     submit: () => submitPage(page),
   }[name] || (() => overviewPage(page));
   run().catch((e) => showError(e.message));
+}
+
+// ---- workflows --------------------------------------------------------------
+
+async function workflowsPage(page) {
+  page.append(el('h1', { text: 'Pipelines' }));
+  const pipes = el('table', { id: 'pipelines' });
+  page.append(pipes);
+  const res = await api('GET', '/api/v1/pipelines');
+  pipes.append(el('tr', {}, ['id', 'name', 'tenant', 'state', 'steps', 'submitted'].map((h) => el('th', { text: h }))));
+  for (const p of res.pipelines) {
+    pipes.append(el('tr', { 'data-pipeline': p.id },
+      el('td', {}, el('a', { href: '#/workflows/pipelines/' + encodeURIComponent(p.id), text: p.id })),
+      el('td', { text: p.name }), el('td', { text: p.tenant }), el('td', {}, stateBadge(p.state)),
+      el('td', { class: 'num', text: String(p.step_count) }), el('td', { text: fmtTime(p.created_at_ms) })));
+  }
+  if (!res.pipelines.length) pipes.append(el('tr', {}, el('td', { colspan: 6, class: 'muted', text: 'No pipelines.' })));
+
+  page.append(el('h1', { text: 'Schedules' }));
+  const scheds = el('table', { id: 'schedules' });
+  page.append(scheds);
+  const sres = await api('GET', '/api/v1/schedules');
+  scheds.append(el('tr', {}, ['id', 'name', 'tenant', 'cron', 'next run', 'last runs', ''].map((h) => el('th', { text: h }))));
+  for (const s of sres.schedules) {
+    const act = el('td', {});
+    if (state.me.may_submit) {
+      const verb = s.paused ? 'resume' : 'pause';
+      act.append(el('button', {
+        class: 'act', 'data-act': verb, text: verb,
+        onclick: async () => {
+          await api('POST', '/api/v1/schedules/' + encodeURIComponent(s.id) + '/' + verb);
+          route();
+        },
+      }));
+    }
+    const runs = el('td', {});
+    for (const r of s.recent_runs.slice(-3)) {
+      runs.append(el('a', { href: '#/jobs/' + encodeURIComponent(r.job_id), text: fmtTime(r.tick_ms) }), ' ');
+    }
+    scheds.append(el('tr', { 'data-schedule': s.id },
+      el('td', { text: s.id }), el('td', { text: s.name }), el('td', { text: s.tenant }),
+      el('td', { title: s.description, text: s.cron + ' (' + s.timezone + ')' }),
+      el('td', { text: s.paused ? 'paused' : (s.next_runs_ms.length ? fmtTime(s.next_runs_ms[0]) : '-') }),
+      runs, act));
+  }
+  if (!sres.schedules.length) scheds.append(el('tr', {}, el('td', { colspan: 7, class: 'muted', text: 'No schedules.' })));
+}
+
+async function pipelinePage(page, id) {
+  const draw = async () => {
+    const p = await api('GET', '/api/v1/pipelines/' + encodeURIComponent(id));
+    const body = el('div', {});
+    const head = el('h1', {}, 'Pipeline ' + (p.name || p.id) + ' ', stateBadge(p.state, 'pipeline-state'));
+    body.append(head, el('p', { class: 'muted', text: p.id + ' · tenant ' + p.tenant + ' · ' + p.step_count + ' steps · ' + fmtTime(p.created_at_ms) }));
+    if (state.me.may_cancel && (p.state === 'running' || p.state === 'compensating')) {
+      body.append(el('button', {
+        class: 'act', id: 'cancel-pipeline', text: 'Cancel pipeline',
+        onclick: async () => { await api('POST', '/api/v1/pipelines/' + encodeURIComponent(id) + '/cancel'); draw(); },
+      }));
+    }
+    const steps = el('table', { id: 'steps' });
+    steps.append(el('tr', {}, ['step', 'state', 'job', 'depends on', 'when', 'outputs'].map((h) => el('th', { text: h }))));
+    for (const s of p.steps) {
+      const outs = Object.entries(s.outputs).map(([k, v]) => k + '=' + v).join(' ');
+      steps.append(el('tr', { 'data-step': s.name },
+        el('td', { text: s.name }), el('td', {}, stateBadge(s.state)),
+        el('td', {}, s.job_id ? el('a', { href: '#/jobs/' + encodeURIComponent(s.job_id), text: s.job_id }) : '-'),
+        el('td', { text: s.depends_on.join(', ') || '-' }), el('td', { text: s.condition }),
+        el('td', { text: s.error ? 'error: ' + s.error : outs })));
+    }
+    body.append(steps);
+    if (p.compensations.length) {
+      body.append(el('h2', { text: 'Compensations (latest step first)' }));
+      const comps = el('table', { id: 'compensations' });
+      comps.append(el('tr', {}, ['step', 'compensation', 'state', 'job'].map((h) => el('th', { text: h }))));
+      for (const c of p.compensations) {
+        comps.append(el('tr', {}, el('td', { text: c.step }), el('td', { text: c.compensation }),
+          el('td', {}, stateBadge(c.state)),
+          el('td', {}, c.job_id ? el('a', { href: '#/jobs/' + encodeURIComponent(c.job_id), text: c.job_id }) : '-')));
+      }
+      body.append(comps);
+    }
+    page.replaceChildren(body);
+    return p;
+  };
+  const p = await draw();
+  if (p.state === 'running' || p.state === 'compensating') {
+    const t = setInterval(() => draw().then((q) => {
+      if (q.state !== 'running' && q.state !== 'compensating') clearInterval(t);
+    }).catch((e) => showError(e.message)), 2000);
+    state.timers.push(t);
+  }
 }
 
 // ---- overview -------------------------------------------------------------
