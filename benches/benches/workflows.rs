@@ -188,6 +188,26 @@ fn pipeline_10k(c: &mut Criterion) {
     g.bench_function("job_specs", |b| {
         b.iter(|| specs.iter().all(|s| s.validate().is_ok()))
     });
+    // A tenth of the size, per step: linear admission costs the same per
+    // step at both sizes.
+    let small = wide_pipeline(STEPS / 10);
+    g.bench_function("pipeline_1k_steps_x10", |b| {
+        b.iter_batched(
+            || vec![small.clone(); 10],
+            |ps| {
+                ps.into_iter()
+                    .map(|p| {
+                        let graph = p.validate().unwrap();
+                        let conditions: Vec<Condition> =
+                            p.steps.iter().map(|s| s.condition).collect();
+                        let mut run = PipelineRun::new(&graph, &conditions, true);
+                        run.start().len()
+                    })
+                    .sum::<usize>()
+            },
+            BatchSize::LargeInput,
+        )
+    });
     g.bench_function("pipeline", |b| {
         b.iter_batched(
             || p.clone(),
