@@ -328,20 +328,7 @@ pub struct SubmitArgs {
 
 fn spec_from_args(a: &SubmitArgs) -> Result<(JobSpec, bool), Failure> {
     if let Some(path) = &a.file {
-        let text = if path.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin())
-                .map_err(|e| Failure::usage(format!("stdin: {e}")))?
-        } else {
-            std::fs::read_to_string(path)
-                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
-        };
-        let is_toml = path.extension().is_some_and(|e| e == "toml");
-        let spec: JobSpec = if is_toml {
-            toml::from_str(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
-        } else {
-            serde_json::from_str(&text)
-                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
-        };
+        let spec: JobSpec = crate::cli::read_file(path)?;
         return Ok((spec, true));
     }
     let mut spec = match (&a.script, a.command.is_empty()) {
@@ -406,10 +393,7 @@ fn spec_from_args(a: &SubmitArgs) -> Result<(JobSpec, bool), Failure> {
 
 async fn submit(c: &mut Client, a: &SubmitArgs, out: Output) -> Result<ExitCode, Failure> {
     let (spec, tenant_given) = spec_from_args(a)?;
-    if let Err(errors) = spec.validate() {
-        let all: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
-        return Err(Failure::usage(all.join("; ")));
-    }
+    spec.validate().map_err(|e| crate::cli::invalid(&e))?;
     let mut wire = spec_to_wire(&spec, true);
     if !tenant_given {
         // Empty: the server uses the token's own tenant.

@@ -237,6 +237,33 @@ pub async fn follow_logs(c: &mut Client, job: JobId, prefix: Option<&str>) -> Re
     Ok(())
 }
 
+/// A spec file read and parsed: TOML by its `.toml` extension, JSON
+/// otherwise; `-` reads JSON from stdin.
+///
+/// # Errors
+///
+/// Bad usage naming the file: it cannot be read or does not parse.
+pub fn read_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, Failure> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| Failure::usage(format!("stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+    };
+    if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+    } else {
+        serde_json::from_str(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Every problem of a spec as one usage error.
+pub fn invalid(errors: &hodei_core::SpecErrors) -> Failure {
+    let all: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
+    Failure::usage(all.join("; "))
+}
+
 /// Where results go, as tables or JSON lines.
 #[derive(Clone, Copy, Debug)]
 pub struct Output {

@@ -50,23 +50,8 @@ pub enum ScheduleAction {
 }
 
 fn read(path: &Path) -> Result<ScheduleSpec, Failure> {
-    let text = if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| Failure::usage(format!("stdin: {e}")))?
-    } else {
-        std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
-    };
-    let spec: ScheduleSpec = if path.extension().is_some_and(|e| e == "toml") {
-        toml::from_str(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
-    } else {
-        serde_json::from_str(&text)
-            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
-    };
-    if let Err(errors) = spec.validate() {
-        let all: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
-        return Err(Failure::usage(all.join("; ")));
-    }
+    let spec: ScheduleSpec = crate::cli::read_file(path)?;
+    spec.validate().map_err(|e| crate::cli::invalid(&e))?;
     Ok(spec)
 }
 

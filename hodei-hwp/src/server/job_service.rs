@@ -94,6 +94,56 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
     }]))
 }
 
+/// A workflow `p` sends (`field`: a pipeline, a schedule), if `p` may:
+/// its role checked, the message converted in `p`'s tenant when it names
+/// none (by `convert`, which checks it whole), refused in a tenant `p`
+/// may not submit to.
+fn workflow_submittable<W, T>(
+    p: &Principal,
+    field: &str,
+    wire: Option<W>,
+    names_tenant: impl Fn(&W) -> bool,
+    convert: impl FnOnce(W, &TenantId) -> Result<T, crate::wire::WireError>,
+    tenant: impl Fn(&T) -> &TenantId,
+) -> Result<T, Status> {
+    if !matches!(p.role, Role::Admin | Role::Submitter) {
+        return Err(Status::permission_denied(format!(
+            "submitting needs a submitter or admin token; this one is {}",
+            p.role
+        )));
+    }
+    let wire = wire.ok_or_else(|| invalid(field, "must be set"))?;
+    let t = match p.default_tenant() {
+        Some(t) => convert(wire, &t)?,
+        None if !names_tenant(&wire) => {
+            return Err(invalid(
+                "tenant",
+                "this token spans several tenants: name one",
+            ));
+        }
+        None => convert(wire, &TenantId::default())?,
+    };
+    if !p.may_submit(tenant(&t)) {
+        return Err(Status::permission_denied(format!(
+            "tenant: this token may not submit for tenant {}",
+            tenant(&t)
+        )));
+    }
+    Ok(t)
+}
+
+/// Refuses a cancel `p` may not make in `tenant`.
+fn may_cancel(p: &Principal, tenant: &TenantId) -> Result<(), Status> {
+    if p.may_cancel(tenant) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "cancelling needs a submitter, operator or admin token; this one is {}",
+            p.role
+        )))
+    }
+}
+
 fn pipeline_status(e: PipelineError) -> Status {
     match e {
         PipelineError::NotFound(id) => Status::not_found(format!("pipeline {id} not found")),
@@ -173,12 +223,7 @@ impl<S: Store> JobApi<S> {
 
     async fn cancel_as(&self, p: &Principal, id: &str) -> Result<Response<proto::Job>, Status> {
         let job = self.visible(p, "job_id", id).await?;
-        if !p.may_cancel(&job.spec.tenant) {
-            return Err(Status::permission_denied(format!(
-                "cancelling needs a submitter, operator or admin token; this one is {}",
-                p.role
-            )));
-        }
+        may_cancel(p, &job.spec.tenant)?;
         if job.is_terminal() {
             return Err(Status::failed_precondition(format!(
                 "job {} has already finished ({})",
@@ -236,6 +281,26 @@ impl<S: Store> JobApi<S> {
                 Err(e.into())
             }
         }
+    }
+
+    /// Records a creation (a pipeline, an array, a schedule) in the audit
+    /// trail: what was made, or why it was refused.
+    async fn audit_created<T>(
+        &self,
+        p: &Principal,
+        action: &str,
+        target: String,
+        peer: Option<std::net::SocketAddr>,
+        detail: String,
+        r: &Result<T, Status>,
+    ) {
+        let mut entry = AuditLog::<S>::entry(&p.audit_name(), action, target, peer);
+        entry.detail = detail;
+        entry.outcome = match r {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("refused: {}", e.message()),
+        };
+        self.engine.audit(entry).await;
     }
 
     /// A pipeline's id and tenant, if it exists and the caller may see it;
@@ -300,38 +365,6 @@ impl<S: Store> JobApi<S> {
         r.map(Response::new)
     }
 
-    /// The pipeline a submission carries, if `p` may submit it.
-    fn pipeline_submittable(
-        &self,
-        p: &Principal,
-        wire: Option<proto::PipelineSpec>,
-    ) -> Result<(hodei_core::PipelineSpec, hodei_core::PipelineGraph), Status> {
-        if !matches!(p.role, Role::Admin | Role::Submitter) {
-            return Err(Status::permission_denied(format!(
-                "submitting needs a submitter or admin token; this one is {}",
-                p.role
-            )));
-        }
-        let wire = wire.ok_or_else(|| invalid("pipeline", "must be set"))?;
-        let (spec, graph) = match p.default_tenant() {
-            Some(t) => pipeline_from_wire(wire, &t)?,
-            None if wire.tenant.is_empty() => {
-                return Err(invalid(
-                    "tenant",
-                    "this token spans several tenants: name one",
-                ));
-            }
-            None => pipeline_from_wire(wire, &TenantId::default())?,
-        };
-        if !p.may_submit(&spec.tenant) {
-            return Err(Status::permission_denied(format!(
-                "tenant: this token may not submit for tenant {}",
-                spec.tenant
-            )));
-        }
-        Ok((spec, graph))
-    }
-
     /// The job, if it exists and the caller may see it; otherwise NOT_FOUND
     /// (another tenant's job is not acknowledged to exist).
     async fn visible(
@@ -358,32 +391,14 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         let p = self.principal(&request, "create_schedule").await?;
         let peer = request.remote_addr();
         let wire = request.into_inner().schedule;
-        let checked = (|| {
-            if !matches!(p.role, Role::Admin | Role::Submitter) {
-                return Err(Status::permission_denied(format!(
-                    "creating a schedule needs a submitter or admin token; this one is {}",
-                    p.role
-                )));
-            }
-            let wire = wire.ok_or_else(|| invalid("schedule", "must be set"))?;
-            let (spec, cron) = match p.default_tenant() {
-                Some(t) => schedule_from_wire(wire, &t)?,
-                None if wire.tenant.is_empty() => {
-                    return Err(invalid(
-                        "tenant",
-                        "this token spans several tenants: name one",
-                    ));
-                }
-                None => schedule_from_wire(wire, &TenantId::default())?,
-            };
-            if !p.may_submit(&spec.tenant) {
-                return Err(Status::permission_denied(format!(
-                    "tenant: this token may not submit for tenant {}",
-                    spec.tenant
-                )));
-            }
-            Ok((spec, cron))
-        })();
+        let checked = workflow_submittable(
+            &p,
+            "schedule",
+            wire,
+            |w| !w.tenant.is_empty(),
+            schedule_from_wire,
+            |(s, _)| &s.tenant,
+        );
         let (spec, cron) = match checked {
             Ok(s) => s,
             Err(e) => {
@@ -406,13 +421,8 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
             .as_ref()
             .map(|s| s.schedule_id.clone())
             .unwrap_or_default();
-        let mut entry = AuditLog::<S>::entry(&p.audit_name(), "create_schedule", target, peer);
-        entry.detail = detail;
-        entry.outcome = match &r {
-            Ok(_) => "ok".into(),
-            Err(e) => format!("refused: {}", e.message()),
-        };
-        self.engine.audit(entry).await;
+        self.audit_created(&p, "create_schedule", target, peer, detail, &r)
+            .await;
         r.map(Response::new)
     }
 
@@ -538,13 +548,8 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
             .await
             .map_err(array_status);
         let target = res.as_ref().map(|s| s.array_id.clone()).unwrap_or_default();
-        let mut entry = AuditLog::<S>::entry(&p.audit_name(), "submit_array", target, peer);
-        entry.detail = detail;
-        entry.outcome = match &res {
-            Ok(_) => "ok".into(),
-            Err(e) => format!("refused: {}", e.message()),
-        };
-        self.engine.audit(entry).await;
+        self.audit_created(&p, "submit_array", target, peer, detail, &res)
+            .await;
         res.map(Response::new)
     }
 
@@ -570,12 +575,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         let id = request.into_inner().array_id;
         let r = async {
             let (id, tenant) = self.visible_array(&p, &id).await?;
-            if !p.may_cancel(&tenant) {
-                return Err(Status::permission_denied(format!(
-                    "cancelling needs a submitter, operator or admin token; this one is {}",
-                    p.role
-                )));
-            }
+            may_cancel(&p, &tenant)?;
             self.arrays.cancel(id).await.map_err(array_status)
         }
         .await;
@@ -589,7 +589,15 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
     ) -> Result<Response<proto::PipelineStatus>, Status> {
         let p = self.principal(&request, "submit_pipeline").await?;
         let peer = request.remote_addr();
-        let (spec, graph) = match self.pipeline_submittable(&p, request.into_inner().pipeline) {
+        let checked = workflow_submittable(
+            &p,
+            "pipeline",
+            request.into_inner().pipeline,
+            |w| !w.tenant.is_empty(),
+            pipeline_from_wire,
+            |(s, _)| &s.tenant,
+        );
+        let (spec, graph) = match checked {
             Ok(s) => s,
             Err(e) => {
                 self.audit
@@ -613,13 +621,8 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
             .as_ref()
             .map(|s| s.pipeline_id.clone())
             .unwrap_or_default();
-        let mut entry = AuditLog::<S>::entry(&p.audit_name(), "submit_pipeline", target, peer);
-        entry.detail = detail;
-        entry.outcome = match &r {
-            Ok(_) => "ok".into(),
-            Err(e) => format!("refused: {}", e.message()),
-        };
-        self.engine.audit(entry).await;
+        self.audit_created(&p, "submit_pipeline", target, peer, detail, &r)
+            .await;
         r.map(Response::new)
     }
 
@@ -671,12 +674,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
         let id = request.into_inner().pipeline_id;
         let r = async {
             let (id, tenant) = self.visible_pipeline(&p, &id).await?;
-            if !p.may_cancel(&tenant) {
-                return Err(Status::permission_denied(format!(
-                    "cancelling needs a submitter, operator or admin token; this one is {}",
-                    p.role
-                )));
-            }
+            may_cancel(&p, &tenant)?;
             self.pipelines.cancel(id).await.map_err(pipeline_status)
         }
         .await;

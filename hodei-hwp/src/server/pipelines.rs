@@ -583,6 +583,33 @@ async fn marks<S: Store>(store: &S, id: JobId) -> Result<Marks, StoreError> {
     }
 }
 
+/// Tells the pipelines task that a job of `id` ended, with its outputs
+/// when it is a step that succeeded.
+async fn send_end<S: Store>(
+    store: &S,
+    tx: &mpsc::Sender<Cmd>,
+    id: JobId,
+    role: Role,
+    job: JobId,
+    outcome: StepOutcome,
+    attempt: u32,
+) {
+    let outputs = if outcome == StepOutcome::Succeeded && matches!(role, Role::Step(_)) {
+        Some(load_outputs(store, job, attempt).await)
+    } else {
+        None
+    };
+    let _ = tx
+        .send(Cmd::Ended {
+            id,
+            role,
+            job,
+            outcome,
+            outputs,
+        })
+        .await;
+}
+
 /// A job that ended, waiting to be fed in the order jobs ended.
 type Final = Reverse<(Timestamp, Role, JobId, StepOutcome, u32)>;
 
@@ -936,20 +963,7 @@ impl<S: Store> Task<S> {
         };
         let store = Arc::clone(self.engine.store());
         tokio::spawn(async move {
-            let outputs = if outcome == StepOutcome::Succeeded && matches!(role, Role::Step(_)) {
-                Some(load_outputs(&*store, job, attempt).await)
-            } else {
-                None
-            };
-            let _ = tx
-                .send(Cmd::Ended {
-                    id,
-                    role,
-                    job,
-                    outcome,
-                    outputs,
-                })
-                .await;
+            send_end(&*store, &tx, id, role, job, outcome, attempt).await;
         });
     }
 
@@ -966,24 +980,10 @@ impl<S: Store> Task<S> {
             let Ok(Some(j)) = store.get_job(job).await else {
                 return;
             };
-            if !j.is_terminal() {
-                return;
+            if j.is_terminal() {
+                let outcome = outcome_of(&j.state);
+                send_end(&*store, &tx, id, role, job, outcome, j.attempt).await;
             }
-            let outcome = outcome_of(&j.state);
-            let outputs = if outcome == StepOutcome::Succeeded && matches!(role, Role::Step(_)) {
-                Some(load_outputs(&*store, job, j.attempt).await)
-            } else {
-                None
-            };
-            let _ = tx
-                .send(Cmd::Ended {
-                    id,
-                    role,
-                    job,
-                    outcome,
-                    outputs,
-                })
-                .await;
         });
     }
 
