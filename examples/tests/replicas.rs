@@ -638,7 +638,12 @@ fn a_database_of_a_newer_schema_is_refused_with_a_clear_error() {
         .output()
         .unwrap();
     assert!(migrate.status.success(), "{migrate:?}");
-    assert!(String::from_utf8_lossy(&migrate.stdout).contains("schema at version 1 (was 0)"));
+    let now = hodei_store::pg::SCHEMA_VERSION;
+    assert!(
+        String::from_utf8_lossy(&migrate.stdout)
+            .contains(&format!("schema at version {now} (was 0)")),
+        "{migrate:?}"
+    );
     rt().block_on(async {
         sql(&db.url())
             .await
@@ -657,7 +662,7 @@ fn a_database_of_a_newer_schema_is_refused_with_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("schema version 7") && err.contains("reads up to 1"),
+        err.contains("schema version 7") && err.contains(&format!("reads up to {now}")),
         "{err}"
     );
     // Missing settings are named.
