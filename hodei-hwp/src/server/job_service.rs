@@ -132,6 +132,21 @@ fn workflow_submittable<W, T>(
     Ok(t)
 }
 
+/// The tenant a list asks for (none when empty), refused when `p` may
+/// not see it.
+fn asked_tenant(p: &Principal, tenant: &str) -> Result<Option<TenantId>, Status> {
+    if tenant.is_empty() {
+        return Ok(None);
+    }
+    let t: TenantId = tenant.parse().map_err(|e| invalid("tenant", e))?;
+    if !p.may_access(&t) {
+        return Err(Status::permission_denied(format!(
+            "tenant: this token may not list tenant {t}"
+        )));
+    }
+    Ok(Some(t))
+}
+
 /// Refuses a cancel `p` may not make in `tenant`.
 fn may_cancel(p: &Principal, tenant: &TenantId) -> Result<(), Status> {
     if p.may_cancel(tenant) {
@@ -447,17 +462,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
     ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
         let p = self.principal(&request, "read").await?;
         let r = request.into_inner();
-        let asked: Option<TenantId> = if r.tenant.is_empty() {
-            None
-        } else {
-            let t: TenantId = r.tenant.parse().map_err(|e| invalid("tenant", e))?;
-            if !p.may_access(&t) {
-                return Err(Status::permission_denied(format!(
-                    "tenant: this token may not list tenant {t}"
-                )));
-            }
-            Some(t)
-        };
+        let asked = asked_tenant(&p, &r.tenant)?;
         let schedules = self
             .schedules
             .list(|t| {
@@ -646,17 +651,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
     ) -> Result<Response<proto::ListPipelinesResponse>, Status> {
         let p = self.principal(&request, "read").await?;
         let r = request.into_inner();
-        let asked: Option<TenantId> = if r.tenant.is_empty() {
-            None
-        } else {
-            let t: TenantId = r.tenant.parse().map_err(|e| invalid("tenant", e))?;
-            if !p.may_access(&t) {
-                return Err(Status::permission_denied(format!(
-                    "tenant: this token may not list tenant {t}"
-                )));
-            }
-            Some(t)
-        };
+        let asked = asked_tenant(&p, &r.tenant)?;
         let pipelines = self
             .pipelines
             .list(|t| p.may_access(t) && asked.as_ref().is_none_or(|a| a == t))
@@ -728,17 +723,7 @@ impl<S: Store> proto::job_service_server::JobService for JobApi<S> {
     ) -> Result<Response<proto::ListResponse>, Status> {
         let p = self.principal(&request, "read").await?;
         let r = request.into_inner();
-        let asked: Option<TenantId> = if r.tenant.is_empty() {
-            None
-        } else {
-            Some(r.tenant.parse().map_err(|e| invalid("tenant", e))?)
-        };
-        let tenant = match (&p.scope, asked) {
-            (_, Some(t)) if !p.may_access(&t) => {
-                return Err(Status::permission_denied(format!(
-                    "tenant: this token may not list tenant {t}"
-                )));
-            }
+        let tenant = match (&p.scope, asked_tenant(&p, &r.tenant)?) {
             (_, Some(t)) => Some(t),
             (Scope::All, None) => None,
             (Scope::Tenants(ts), None) if ts.len() == 1 => Some(ts[0].clone()),

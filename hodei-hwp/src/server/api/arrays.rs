@@ -6,8 +6,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use hodei_store::Store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -109,11 +109,11 @@ pub(super) async fn submit_array<S: Store>(
         .await?
         .into_inner();
     let location = format!("/api/v1/arrays/{}", s.array_id);
-    let mut resp = (StatusCode::CREATED, Json(ArrayStatusJson::from(s))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(super::located(
+        StatusCode::CREATED,
+        &location,
+        ArrayStatusJson::from(s),
+    ))
 }
 
 /// Get an array's summary.

@@ -419,18 +419,23 @@ async fn submit<S: Store>(
         StatusCode::OK
     };
     let location = format!("/api/v1/jobs/{}", job.id);
-    let mut resp = (
+    Ok(located(
         status,
-        Json(SubmittedJson {
+        &location,
+        SubmittedJson {
             job,
             created: r.created,
-        }),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
+        },
+    ))
+}
+
+/// An answer naming what it made in its `Location` header.
+fn located(status: StatusCode, location: &str, body: impl serde::Serialize) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(resp)
+    resp
 }
 
 /// Filters and paging of the job list.

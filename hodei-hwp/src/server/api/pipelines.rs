@@ -8,8 +8,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use hodei_store::Store;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -261,11 +261,11 @@ pub(super) async fn submit_pipeline<S: Store>(
         .await?
         .into_inner();
     let location = format!("/api/v1/pipelines/{}", s.pipeline_id);
-    let mut resp = (StatusCode::CREATED, Json(PipelineStatusJson::from(s))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(super::located(
+        StatusCode::CREATED,
+        &location,
+        PipelineStatusJson::from(s),
+    ))
 }
 
 /// How much of a pipeline to show.

@@ -7,8 +7,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use hodei_store::Store;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -200,11 +200,11 @@ pub(super) async fn create_schedule<S: Store>(
         .await?
         .into_inner();
     let location = format!("/api/v1/schedules/{}", st.schedule_id);
-    let mut resp = (StatusCode::CREATED, Json(ScheduleStatusJson::from(st))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(super::located(
+        StatusCode::CREATED,
+        &location,
+        ScheduleStatusJson::from(st),
+    ))
 }
 
 /// Which schedules to list.
