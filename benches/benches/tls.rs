@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hodei_core::WorkerId;
-use hodei_hwp::server::pki::Pki;
+use hodei_hwp::server::security::pki::Pki;
 use hodei_hwp::tls::new_key_and_request;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use hodei_agent::{AgentConfig, Shutdown, run_agent};
 use hodei_core::{Backoff, JobId, JobSpec, RetryPolicy, Secret};
 use hodei_hwp::client::Client;
-use hodei_hwp::server::pki::Pki;
-use hodei_hwp::server::secrets::SecretKeys;
-use hodei_hwp::server::tls::{ServerTls, TlsSource};
+use hodei_hwp::server::security::pki::Pki;
+use hodei_hwp::server::security::secrets::SecretKeys;
+use hodei_hwp::server::security::tls::{ServerTls, TlsSource};
 use hodei_hwp::tls::{ClientTls, JoinToken};
 use hodei_hwp::{EngineConfig, Principal, ServerBuilder, Tokens};
 use hodei_store::{RedbStore, StoreConfig};
@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::cli::{Failure, Output, exit_text, kind, state_name, table};
-use hodei_hwp::tokens::generate_token as generate;
+use hodei_hwp::server::security::tokens::generate_token as generate;
 
 fn fail(what: &str) -> impl FnOnce(String) -> Failure + '_ {
     move |e| Failure::server(format!("demo: {what}: {e}"))

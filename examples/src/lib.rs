@@ -75,7 +75,7 @@ pub fn init_logging(level: &str) -> Result<(), String> {
 /// Reads a secret (a token) from a file, trimmed; the file must not be
 /// readable by group or others.
 pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
-    hodei_hwp::tokens::read_secret_file(path).map_err(|e| e.to_string())
+    hodei_hwp::server::security::tokens::read_secret_file(path).map_err(|e| e.to_string())
 }
 
 /// `GET path` over HTTP/1.0 to `addr` (`host:port`), through TLS trusting

@@ -13,8 +13,8 @@ use hodei_agent::Shutdown;
 use hodei_core::JobId;
 use hodei_hwp::client::Client;
 use hodei_hwp::proto::{self, JobStateKind};
-use hodei_hwp::server::jwt::JwtConfig;
-use hodei_hwp::server::limits::LimitConfig;
+use hodei_hwp::server::grpc::limits::LimitConfig;
+use hodei_hwp::server::security::jwt::JwtConfig;
 use tonic::Code;
 
 async fn token(admin: &mut Client, role: &str, tenants: &[&str], ttl: u64) -> (String, String) {

@@ -14,7 +14,7 @@ use hodei_agent::{Identity, Shutdown};
 use hodei_core::{JobId, WorkerId};
 use hodei_hwp::client::{Client, connect_agent};
 use hodei_hwp::proto::{self, JobStateKind};
-use hodei_hwp::server::pki::Pki;
+use hodei_hwp::server::security::pki::Pki;
 use hodei_hwp::tls::{ClientTls, Fingerprint, JoinToken};
 use tonic::Code;
 
@@ -497,7 +497,7 @@ fn an_existing_pki_is_used_and_its_files_are_reloaded_when_replaced() {
     std::fs::write(dir.path().join("corp-ca.pem"), corp.cert.pem()).unwrap();
     rt().block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let source = hodei_hwp::server::tls::TlsSource::Files {
+        let source = hodei_hwp::server::security::tls::TlsSource::Files {
             cert: cert.clone(),
             key: key.clone(),
         };
@@ -506,7 +506,7 @@ fn an_existing_pki_is_used_and_its_files_are_reloaded_when_replaced() {
             Duration::from_secs(3600),
             listener,
             None,
-            hodei_hwp::server::limits::LimitConfig::default(),
+            hodei_hwp::server::grpc::limits::LimitConfig::default(),
             source,
             Some(client_ca.clone()),
         )

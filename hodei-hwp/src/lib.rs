@@ -28,7 +28,7 @@ pub use server::{
     EngineHandle, Histogram, JobApi, MAX_LOG_BATCH, Metrics, Principal, Registration,
     RunningServer, ServeError, ServerBuilder, ServerConfig, ServerError, ServerSettings,
     SettingsError, Snapshot, StatsOf, StoreKind, ToAgent, Tokens, Welcome, WorkerApi,
-    check_agent_message, serve, status_guard, tokens,
+    check_agent_message, serve,
 };
 #[cfg(feature = "server")]
 pub use wire::to_agent_wire;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hodei_core::{JobId, JobSpec, Secret, WorkerId};
 use hodei_hwp::client::{Client, connect_agent};
 use hodei_hwp::proto::{self, agent_message::Msg as In, server_message::Msg as Out};
-use hodei_hwp::server::limits::LimitConfig;
+use hodei_hwp::server::grpc::limits::LimitConfig;
 use hodei_hwp::server::security::Security;
 use hodei_hwp::tls::ClientTls;
 use hodei_hwp::{AGENT_CERT_TTL, Engine, EngineConfig, Principal, Tokens, serve};

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hodei_examples::{bad_config, init_logging, runtime, shutdown_signal};
 use hodei_hwp::ServerSettings;
-use hodei_hwp::tokens::{add_tenant_token, load_data_dir_tokens, private_dir};
+use hodei_hwp::server::security::tokens::{add_tenant_token, load_data_dir_tokens, private_dir};
 
 /// The Hodei server: schedules jobs onto agents, stores everything in an
 /// embedded database, serves the gRPC API and, over HTTP, /metrics,
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     }
     if let Some(Command::RotateSecretsKey) = &args.command {
         let path = config.data_dir.join("secrets.key");
-        return match hodei_hwp::server::secrets::SecretKeys::rotate(&path) {
+        return match hodei_hwp::server::security::secrets::SecretKeys::rotate(&path) {
             Ok(id) => {
                 println!(
                     "new secrets key {id} first in {}; restart the server to seal with it",

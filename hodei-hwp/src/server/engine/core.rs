@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::agent::{AgentLink, ToAgent, Welcome};
 use super::round::{InFlight, NewJob, Round};
 use super::{Command, EngineConfig, EngineError, Registration, Reply, SubmitReply};
-use crate::server::metrics::{Metrics, Snapshot};
+use crate::server::engine::metrics::{Metrics, Snapshot};
 
 /// Commands taken into one round at most.
 const ROUND: usize = 1024;

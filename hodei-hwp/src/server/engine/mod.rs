@@ -22,6 +22,7 @@
 
 mod agent;
 mod core;
+pub(crate) mod metrics;
 mod round;
 
 use std::collections::HashMap;
@@ -40,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::agent::{AgentLink, ToAgent, Welcome};
 use self::core::Core;
-use crate::server::metrics::{Metrics, Snapshot};
+use crate::server::engine::metrics::{Metrics, Snapshot};
 
 /// Settings of an [`Engine`].
 #[derive(Clone, Debug)]
@@ -69,7 +70,7 @@ pub struct EngineConfig {
     pub shutdown_delay: Duration,
     /// Seals jobs' secret values before they are stored and opens them
     /// for the AssignJob only. Without keys, values are stored as given.
-    pub secret_keys: Option<Arc<crate::server::secrets::SecretKeys>>,
+    pub secret_keys: Option<Arc<crate::server::security::secrets::SecretKeys>>,
 }
 
 impl Default for EngineConfig {
@@ -106,7 +107,7 @@ pub enum EngineError {
     Stopped,
     /// A secret could not be sealed.
     #[error(transparent)]
-    Secrets(#[from] crate::server::secrets::SecretsError),
+    Secrets(#[from] crate::server::security::secrets::SecretsError),
 }
 
 /// Where a submission's answer goes: the job as stored, and whether this
@@ -197,7 +198,7 @@ pub struct EngineHandle<S> {
     metrics: Arc<Metrics>,
     /// Names workers registered with.
     names: Arc<std::sync::RwLock<HashMap<WorkerId, String>>>,
-    secret_keys: Option<Arc<crate::server::secrets::SecretKeys>>,
+    secret_keys: Option<Arc<crate::server::security::secrets::SecretKeys>>,
 }
 
 impl<S> Clone for EngineHandle<S> {
@@ -313,7 +314,7 @@ impl<S: Store> EngineHandle<S> {
     }
 
     /// The keys that seal secret values at rest, if the server has them.
-    pub(crate) fn secret_keys(&self) -> Option<&Arc<crate::server::secrets::SecretKeys>> {
+    pub(crate) fn secret_keys(&self) -> Option<&Arc<crate::server::security::secrets::SecretKeys>> {
         self.secret_keys.as_ref()
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hodei_store::StoreConfig;
 use serde::Deserialize;
 
-use super::engine::EngineConfig;
+use crate::server::engine::EngineConfig;
 pub use crate::settings::{SettingsError, parse_duration};
 use crate::settings::{parse_key_value, read_toml};
 
@@ -175,7 +175,7 @@ pub enum ServerTlsConfig {
     /// server's own CA or `client_ca`.
     Tls {
         /// Where the server's certificate comes from.
-        source: super::tls::TlsSource,
+        source: crate::server::security::tls::TlsSource,
         /// Other CAs whose client certificates are accepted.
         client_ca: Option<PathBuf>,
     },
@@ -235,7 +235,7 @@ pub struct ServerConfig {
     /// JSON Web Tokens, when accepted.
     pub jwt: Option<JwtSettings>,
     /// What each client may do.
-    pub limits: super::limits::LimitConfig,
+    pub limits: crate::server::grpc::limits::LimitConfig,
 }
 
 /// Where JSON Web Tokens' key is and what they must say.
@@ -403,11 +403,11 @@ impl ServerSettings {
                 ));
             }
             (false, Some(cert), Some(key)) => ServerTlsConfig::Tls {
-                source: super::tls::TlsSource::Files { cert, key },
+                source: crate::server::security::tls::TlsSource::Files { cert, key },
                 client_ca: self.tls_client_ca,
             },
             (false, None, None) => {
-                let mut names = super::tls::default_names(listen);
+                let mut names = crate::server::security::tls::default_names(listen);
                 for n in self.tls_san {
                     let ok = n.parse::<std::net::IpAddr>().is_ok()
                         || rustls::pki_types::DnsName::try_from(n.as_str()).is_ok();
@@ -422,7 +422,7 @@ impl ServerSettings {
                     }
                 }
                 ServerTlsConfig::Tls {
-                    source: super::tls::TlsSource::Generated { names },
+                    source: crate::server::security::tls::TlsSource::Generated { names },
                     client_ca: self.tls_client_ca,
                 }
             }
@@ -435,7 +435,7 @@ impl ServerSettings {
         };
         let agent_cert_ttl = self
             .agent_cert_ttl
-            .unwrap_or(super::builder::AGENT_CERT_TTL);
+            .unwrap_or(crate::server::security::pki::AGENT_CERT_TTL);
         if agent_cert_ttl < Duration::from_secs(10) {
             return Err(SettingsError::invalid(
                 "agent_cert_ttl",
@@ -477,7 +477,8 @@ impl ServerSettings {
                 format!("{rate} must be a number of requests a second, 0 or more"),
             ));
         }
-        let limits = super::limits::LimitConfig::new(rate, self.max_streams.unwrap_or(100));
+        let limits =
+            crate::server::grpc::limits::LimitConfig::new(rate, self.max_streams.unwrap_or(100));
         let http_listen = self.http_listen.unwrap_or(local(7071));
         let scheme = if tls == ServerTlsConfig::Plaintext {
             "http"

@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::server::audit_log::AuditLog;
-use crate::server::auth::AuthError;
 use crate::server::engine::{AgentLink, EngineHandle, ToAgent};
-use crate::server::pki::peer_cert;
+use crate::server::security::audit_log::AuditLog;
+use crate::server::security::auth::AuthError;
+use crate::server::security::pki::peer_cert;
 use crate::server::security::{Cut, Security, SecurityError};
 use crate::wire::{exit_from_wire, log_stream_from_wire, registration_from_wire, to_agent_wire};
 
@@ -264,7 +264,7 @@ impl<S: Store> WorkerApi<S> {
                         std::mem::take(&mut f.outputs).into_iter().collect();
                     check_outputs(&outputs)?;
                     self.assigned_here(worker, job, f.attempt).await?;
-                    crate::server::pipelines::store_outputs(
+                    crate::server::workflows::pipelines::store_outputs(
                         &**self.engine.store(),
                         job,
                         f.attempt,
@@ -436,7 +436,7 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
         let cert = self.issued(worker, &request.get_ref().csr_pem);
         let mut e =
             AuditLog::<S>::entry(&format!("join-token:{token}"), "worker join", worker, peer);
-        e.outcome = crate::server::audit_log::outcome(&cert);
+        e.outcome = crate::server::security::audit_log::outcome(&cert);
         e.detail = format!("name {:?}", request.get_ref().name);
         self.audit.record(e).await;
         let cert = cert?;
@@ -463,7 +463,7 @@ impl<S: Store> proto::worker_service_server::WorkerService for WorkerApi<S> {
             worker,
             request.remote_addr(),
         );
-        e.outcome = crate::server::audit_log::outcome(&cert);
+        e.outcome = crate::server::security::audit_log::outcome(&cert);
         if let Ok(c) = &cert {
             e.detail = format!("serial {}", c.serial);
         }

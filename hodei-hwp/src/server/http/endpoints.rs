@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use hodei_store::{Store, WriteStats};
 
-use super::engine::EngineHandle;
+use crate::server::engine::EngineHandle;
 
 /// The plain-TCP HTTP listener: `TCP_NODELAY` on every connection (an
 /// answer must not wait on delayed acknowledgements), the peer's address
@@ -53,7 +53,7 @@ pub(crate) struct Http<S> {
     /// The leadership epoch, for a server on a shared database.
     pub(crate) epoch: Option<i64>,
     /// The served certificate, whose expiry is exported.
-    pub(crate) tls: Option<Arc<super::tls::ServerTls>>,
+    pub(crate) tls: Option<Arc<crate::server::security::tls::ServerTls>>,
 }
 
 /// The certificate's expiry as a metric, for alerting before it lapses.

@@ -15,11 +15,11 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 
-use super::auth::{AuthError, Principal, Role, Scope, Tokens, bearer, strip_pin};
-use super::jwt::JwtConfig;
-use super::pki::Issued;
-use super::tls::ServerTls;
-use super::tokens::generate_token;
+use crate::server::security::auth::{AuthError, Principal, Role, Scope, Tokens, bearer, strip_pin};
+use crate::server::security::jwt::JwtConfig;
+use crate::server::security::pki::Issued;
+use crate::server::security::tls::ServerTls;
+use crate::server::security::tokens::generate_token;
 use crate::tls::{JoinToken, TlsError, hex, unhex, write_atomic};
 
 const JOIN_KIND: &str = "join-token";

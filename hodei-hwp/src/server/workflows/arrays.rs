@@ -88,7 +88,7 @@ pub(crate) enum ArrayError {
     #[error("{0}")]
     Create(String),
     #[error("secrets: {0}")]
-    Secrets(#[from] crate::server::secrets::SecretsError),
+    Secrets(#[from] crate::server::security::secrets::SecretsError),
     #[error("the server is shutting down")]
     Stopped,
 }

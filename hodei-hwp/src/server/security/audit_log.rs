@@ -11,8 +11,8 @@ use hodei_store::{AuditEntry, Store};
 use parking_lot::Mutex;
 use tonic::Status;
 
-use super::auth::{AuthError, Principal};
-use super::engine::EngineHandle;
+use crate::server::engine::EngineHandle;
+use crate::server::security::auth::{AuthError, Principal};
 
 /// Refused authentications recorded per second at most; past it they are
 /// counted (`hodei_audit_refusals_suppressed_total`), not recorded, so a

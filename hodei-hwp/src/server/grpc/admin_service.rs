@@ -10,10 +10,10 @@ use hodei_core::{TenantId, WorkerId};
 use hodei_store::{AuditRecord, ChainCheck, Store};
 use tonic::{Request, Response, Status};
 
-use super::audit_log::AuditLog;
-use super::auth::{Principal, Role, Scope};
-use super::security::{ClientTokenInfo, JoinTokenInfo, Security, SecurityError};
 use crate::proto;
+use crate::server::security::audit_log::AuditLog;
+use crate::server::security::auth::{Principal, Role, Scope};
+use crate::server::security::{ClientTokenInfo, JoinTokenInfo, Security, SecurityError};
 
 /// The admin service.
 #[derive(Debug)]

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::proto;
 use crate::server::engine::EngineHandle;
-use crate::server::secrets::{SecretKeys, SecretsError};
+use crate::server::security::secrets::{SecretKeys, SecretsError};
 
 /// Records of pipelines (their specs), by id.
 const PIPELINE: &str = "pipeline";

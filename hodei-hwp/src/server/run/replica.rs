@@ -31,11 +31,12 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use super::builder::{Parts, ServerBuilder, ServerError, run_built};
-use super::http::role_metrics;
-use super::settings::PostgresConfig;
-use super::tls::{ServerTls, TlsListener, accept_tls};
 use crate::client::LEADER_HINT;
+use crate::server::http::role_metrics;
+use crate::server::run::builder::{Parts, ServerBuilder, run_built};
+use crate::server::run::error::ServerError;
+use crate::server::run::settings::PostgresConfig;
+use crate::server::security::tls::{ServerTls, TlsListener, accept_tls};
 
 /// Pool connections for reads and the lease, besides the writer's own.
 const POOL: usize = 8;

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::proto;
 use crate::server::engine::EngineHandle;
-use crate::server::secrets::SecretKeys;
+use crate::server::security::secrets::SecretKeys;
 
 /// Records of schedules (their specs), by id.
 const SCHEDULE: &str = "schedule";
@@ -57,7 +57,7 @@ pub(crate) enum ScheduleError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("secrets: {0}")]
-    Secrets(#[from] crate::server::secrets::SecretsError),
+    Secrets(#[from] crate::server::security::secrets::SecretsError),
     #[error("the server is shutting down")]
     Stopped,
 }

@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::pki::Pki;
+use crate::server::security::pki::Pki;
 use crate::tls::{Fingerprint, TlsError, certs_from_pem, provider, read};
 
 /// How long a TLS handshake may take before the connection is dropped.

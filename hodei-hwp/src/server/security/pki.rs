@@ -23,6 +23,9 @@ use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificat
 use crate::tls::{Fingerprint, TlsError, certs_from_pem, hex, read, write_atomic};
 
 /// How long the CA made on first start is valid.
+/// How long an agent's certificate is valid by default.
+pub const AGENT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// How long a server certificate made by the server is valid.
 const SERVER_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -76,7 +79,7 @@ impl Pki {
     /// A file cannot be read or written, others may read the key, or a file
     /// does not hold a certificate or key.
     pub fn load_or_create(dir: &Path) -> Result<(Pki, Vec<PathBuf>), TlsError> {
-        super::tokens::private_dir(dir)
+        crate::server::security::tokens::private_dir(dir)
             .map_err(|e| TlsError::invalid(dir.display().to_string(), e))?;
         let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
         let mut made = Vec::new();

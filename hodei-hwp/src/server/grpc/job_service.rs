@@ -9,14 +9,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::proto;
-use crate::server::arrays::{ArrayError, Arrays, MAX_ARRAY};
-use crate::server::audit_log::AuditLog;
-use crate::server::auth::{Principal, Role, Scope};
 use crate::server::engine::{EngineError, EngineHandle};
-use crate::server::limits::Limits;
-use crate::server::pipelines::{PipelineError, Pipelines};
-use crate::server::schedules::{ScheduleError, Schedules};
+use crate::server::grpc::limits::Limits;
 use crate::server::security::Security;
+use crate::server::security::audit_log::AuditLog;
+use crate::server::security::auth::{Principal, Role, Scope};
+use crate::server::workflows::arrays::{ArrayError, Arrays, MAX_ARRAY};
+use crate::server::workflows::pipelines::{PipelineError, Pipelines};
+use crate::server::workflows::schedules::{ScheduleError, Schedules};
 use crate::wire::{
     job_to_wire, log_stream_to_wire, pipeline_from_wire, schedule_from_wire, spec_from_wire,
     state_kind_from_wire, state_to_wire, worker_to_wire,

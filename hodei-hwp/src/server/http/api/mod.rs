@@ -44,9 +44,9 @@ use utoipa::{IntoParams, OpenApi};
 use crate::proto;
 use crate::proto::admin_service_server::AdminService as _;
 use crate::proto::job_service_server::JobService as _;
-use crate::server::admin_service::AdminApi;
-use crate::server::auth::{Principal, Role, Scope};
-use crate::server::job_service::JobApi;
+use crate::server::grpc::admin_service::AdminApi;
+use crate::server::grpc::job_service::JobApi;
+use crate::server::security::auth::{Principal, Role, Scope};
 use types::*;
 
 /// The session cookie's name.
@@ -87,10 +87,12 @@ impl<'a>
 
 impl<'a>
     axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'a, crate::server::tls::TlsListener>,
+        axum::serve::IncomingStream<'a, crate::server::security::tls::TlsListener>,
     > for Peer
 {
-    fn connect_info(s: axum::serve::IncomingStream<'a, crate::server::tls::TlsListener>) -> Self {
+    fn connect_info(
+        s: axum::serve::IncomingStream<'a, crate::server::security::tls::TlsListener>,
+    ) -> Self {
         Peer(Some(*s.remote_addr()))
     }
 }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use hodei_core::TenantId;
 use rand::Rng;
 
-use super::auth::{Principal, Role, Scope, Tokens, strip_pin};
 use crate::secret_file::io;
 pub use crate::secret_file::{TokenFileError, check_private, read_secret_file};
+use crate::server::security::auth::{Principal, Role, Scope, Tokens, strip_pin};
 use crate::tls::{Fingerprint, JoinToken, write_atomic};
 
 /// A new random token: 32 bytes from the operating system's generator,

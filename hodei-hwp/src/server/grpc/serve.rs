@@ -12,15 +12,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
-use crate::server::admin_service::AdminApi;
-use crate::server::audit_log::AuditLog;
 use crate::server::engine::EngineHandle;
-use crate::server::job_service::JobApi;
-use crate::server::limits::{LimitConfig, Limits};
+use crate::server::grpc::admin_service::AdminApi;
+use crate::server::grpc::job_service::JobApi;
+use crate::server::grpc::limits::{LimitConfig, Limits};
+use crate::server::grpc::status_guard::StatusGuardLayer;
+use crate::server::grpc::worker_service::{MAX_LOG_BATCH, WorkerApi};
 use crate::server::security::Security;
-use crate::server::status_guard::StatusGuardLayer;
-use crate::server::tls::accept_tls;
-use crate::server::worker_service::{MAX_LOG_BATCH, WorkerApi};
+use crate::server::security::audit_log::AuditLog;
+use crate::server::security::tls::accept_tls;
 use crate::{EngineConfig, proto};
 
 /// HTTP/2 receive window per stream, bytes.
@@ -54,7 +54,7 @@ pub enum ServeError {
 ///
 /// Every accepted connection has `TCP_NODELAY` set (small messages such as
 /// AssignJob must not wait on delayed acknowledgements), and every error
-/// message is bounded ([`status_guard`](crate::server::status_guard)).
+/// message is bounded ([`status_guard`](crate::server::grpc::status_guard)).
 ///
 /// # Errors
 ///

@@ -8,279 +8,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hodei_store::{MemStore, RedbStore, Store};
+use hodei_store::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::api::{self, Api, Peer};
-use super::auth::Tokens;
-use super::engine::{Engine, EngineConfig, EngineError, EngineHandle};
-use super::http::{Http, PlainListener, StatsOf, router};
-use super::jwt::JwtConfig;
-use super::limits::LimitConfig;
-use super::pki::Pki;
-use super::secrets::SecretKeys;
-use super::security::{Security, SecurityError};
-use super::serve::ServeError;
-use super::serve::{Services, serve_services};
-use super::settings::{ServerConfig, ServerTlsConfig, StoreKind};
-use super::tls::TlsSource;
-use super::tls::{ServerTls, TlsListener, accept_tls};
-use super::ui;
-
-/// Why a server could not start or stopped badly.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// The engine could not recover from the store.
-    #[error("engine: {0}")]
-    Engine(#[from] EngineError),
-    /// Serving gRPC failed.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-    /// A listener could not be bound.
-    #[error("{what}: cannot bind {addr}: {source}")]
-    Bind {
-        /// Which listener (its setting).
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A listener failed.
-    #[error("{what}: {source}")]
-    Listener {
-        /// Which listener.
-        what: &'static str,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A server task ended abnormally.
-    #[error("server task: {0}")]
-    Task(String),
-    /// The agent credentials could not be loaded.
-    #[error("credentials: {0}")]
-    Security(#[from] SecurityError),
-    /// The TLS files could not be used.
-    #[error("tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
-    /// The secrets key file could not be used.
-    #[error("secrets key: {0}")]
-    Secrets(#[from] crate::server::secrets::SecretsError),
-    /// The shared database cannot be used (a newer schema, say).
-    #[error("database: {0}")]
-    Database(#[source] hodei_store::StoreError),
-    /// The store could not be opened.
-    #[error("store {path}: {source}")]
-    Store {
-        /// Its file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: hodei_store::StoreError,
-    },
-}
-
-impl ServerConfig {
-    /// The server's TLS as these settings describe it: `None` for
-    /// plaintext; otherwise the server's own CA in `<data_dir>/tls` (made
-    /// on first start, with a server certificate unless files are given).
-    /// Returns it and the files just made.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Tls`] naming the file that cannot be made or used.
-    pub fn server_tls(&self) -> Result<(Option<Arc<ServerTls>>, Vec<PathBuf>), ServerError> {
-        let ServerTlsConfig::Tls { source, client_ca } = &self.tls else {
-            return Ok((None, Vec::new()));
-        };
-        let (pki, mut made) = Pki::load_or_create(&self.data_dir.join("tls"))?;
-        let pki = Arc::new(pki);
-        let fresh = !pki.server_cert_path().exists();
-        let tls = ServerTls::new(source.clone(), client_ca.clone(), Arc::clone(&pki))?;
-        if fresh && matches!(source, TlsSource::Generated { .. }) {
-            made.push(pki.server_cert_path());
-        }
-        Ok((Some(tls), made))
-    }
-
-    /// Loads the key that seals jobs' secret values
-    /// (`<data_dir>/secrets.key`, made on first start) into the engine's
-    /// settings. Returns whether the file was just made. [`run`](Self::run)
-    /// does it when it was not done.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Secrets`]: the file cannot be made, read or trusted.
-    pub fn load_secret_keys(&mut self) -> Result<bool, ServerError> {
-        let (keys, made) = SecretKeys::load_or_create(&self.data_dir.join("secrets.key"))?;
-        self.engine.secret_keys = Some(Arc::new(keys));
-        Ok(made)
-    }
-
-    /// For `--store postgres`: brings the database's schema to this
-    /// build's version and, with `from_redb`, copies that redb store's
-    /// jobs, logs, tokens and audit chain into it (checking the chain
-    /// after). Returns what it did, to print.
-    ///
-    /// # Errors
-    ///
-    /// [`ServerError::Database`]: not a PostgreSQL configuration, the
-    /// database unreachable or of a newer schema, the copy failed (a
-    /// non-empty database is refused: a copy goes into a fresh one).
-    pub async fn migrate(
-        &self,
-        from_redb: Option<&std::path::Path>,
-    ) -> Result<String, ServerError> {
-        use hodei_store::StoreError;
-        let db_err = ServerError::Database;
-        let pg = self.postgres.as_ref().ok_or_else(|| {
-            db_err(StoreError::storage_message(
-                "migrate needs --store postgres and --database-url",
-            ))
-        })?;
-        let db = hodei_store::pg::PgDatabase::connect(&pg.url, 4)
-            .await
-            .map_err(db_err)?;
-        let was = db.migrate().await.map_err(db_err)?;
-        let mut said = format!(
-            "schema at version {} (was {was})",
-            hodei_store::pg::SCHEMA_VERSION
-        );
-        if let Some(path) = from_redb {
-            let from = RedbStore::open(path, self.store).map_err(|source| ServerError::Store {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let to = db.store(self.store, None).await.map_err(db_err)?;
-            let any = to
-                .list_jobs(hodei_store::JobFilter {
-                    limit: 1,
-                    ..Default::default()
-                })
-                .await
-                .map_err(db_err)?;
-            if !any.jobs.is_empty() || !to.audit_records(0, 1).await.map_err(db_err)?.is_empty() {
-                return Err(db_err(StoreError::storage_message(
-                    "the database already holds jobs or audit records: copy into an empty one",
-                )));
-            }
-            let c = hodei_store::pg::copy_redb(&from, &to)
-                .await
-                .map_err(db_err)?;
-            said.push_str(&format!(
-                "; copied {} jobs, {} attempts, {} log chunks, {} credentials and {} audit records from {} (the audit chain verifies)",
-                c.jobs,
-                c.attempts,
-                c.log_chunks,
-                c.credentials,
-                c.audit_records,
-                path.display()
-            ));
-        }
-        Ok(said)
-    }
-
-    /// Runs the server these settings describe until `shutdown` resolves:
-    /// binds both listeners, opens the store in the data directory (or
-    /// memory), starts (over `tls`, from [`server_tls`](Self::server_tls),
-    /// when given), calls `started` with the gRPC and HTTP addresses, and
-    /// returns once it has stopped and its store is flushed.
-    ///
-    /// # Errors
-    ///
-    /// A listener cannot be bound (naming its setting), the store cannot
-    /// be opened, or serving fails.
-    pub async fn run(
-        self,
-        tokens: Tokens,
-        tls: Option<Arc<ServerTls>>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-        started: impl FnOnce(SocketAddr, SocketAddr),
-    ) -> Result<(), ServerError> {
-        let mut this = self;
-        if this.engine.secret_keys.is_none() {
-            this.load_secret_keys()?;
-        }
-        let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { what, addr, source })
-        };
-        let grpc = bind("listen", this.listen).await?;
-        let http = bind("http_listen", this.http_listen).await?;
-        let jwt = match &this.jwt {
-            Some(j) => Some(JwtConfig::from_file(
-                &j.key,
-                &j.issuer,
-                &j.audience,
-                &j.tenant_claim,
-                &j.role_claim,
-            )?),
-            None => None,
-        };
-        let parts = Parts {
-            limits: this.limits,
-            jwt,
-            tokens,
-            engine: this.engine,
-            agent_cert_ttl: this.agent_cert_ttl,
-            join_file: this.data_dir.join("join.token"),
-            tls,
-        };
-        match this.store_kind {
-            StoreKind::Memory => {
-                let store = Arc::new(MemStore::new(this.store));
-                run_built(
-                    parts.apply(ServerBuilder::new(store, grpc), http),
-                    shutdown,
-                    started,
-                )
-                .await
-            }
-            StoreKind::Postgres => {
-                let pg = this.postgres.clone().ok_or_else(|| {
-                    ServerError::Task("--store postgres without --database-url".into())
-                })?;
-                super::replica::run(
-                    super::replica::Replica {
-                        pg,
-                        store: this.store,
-                        listen: this.listen,
-                        http_listen: this.http_listen,
-                        parts,
-                    },
-                    (grpc, http),
-                    shutdown,
-                    started,
-                )
-                .await
-            }
-            _ => {
-                let path = this.data_dir.join("hodei.redb");
-                let store = RedbStore::open(&path, this.store)
-                    .map_err(|source| ServerError::Store { path, source })?;
-                let b = ServerBuilder::new(Arc::new(store), grpc)
-                    .write_stats(|s: &RedbStore| Some(s.write_stats()));
-                run_built(parts.apply(b, http), shutdown, started).await
-            }
-        }
-    }
-}
+use crate::server::engine::{Engine, EngineConfig, EngineHandle};
+use crate::server::grpc::limits::LimitConfig;
+use crate::server::grpc::serve::{Services, serve_services};
+use crate::server::http::api::{self, Api, Peer};
+use crate::server::http::ui;
+use crate::server::http::{Http, PlainListener, StatsOf, router};
+use crate::server::run::error::ServerError;
+use crate::server::security::Security;
+use crate::server::security::auth::Tokens;
+use crate::server::security::jwt::JwtConfig;
+use crate::server::security::tls::{ServerTls, TlsListener, accept_tls};
 
 /// What [`ServerConfig::run`] gives the builder, whichever the store.
 #[derive(Clone)]
 pub(crate) struct Parts {
-    limits: LimitConfig,
-    jwt: Option<JwtConfig>,
-    tokens: Tokens,
-    engine: EngineConfig,
-    agent_cert_ttl: Duration,
-    join_file: PathBuf,
-    tls: Option<Arc<ServerTls>>,
+    pub(crate) limits: LimitConfig,
+    pub(crate) jwt: Option<JwtConfig>,
+    pub(crate) tokens: Tokens,
+    pub(crate) engine: EngineConfig,
+    pub(crate) agent_cert_ttl: Duration,
+    pub(crate) join_file: PathBuf,
+    pub(crate) tls: Option<Arc<ServerTls>>,
 }
 
 impl Parts {
@@ -363,9 +116,6 @@ pub struct ServerBuilder<S> {
 /// How often the TLS files are checked for changes.
 const TLS_POLL: Duration = Duration::from_secs(2);
 
-/// How long an agent's certificate is valid by default.
-pub const AGENT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
-
 /// A started server.
 #[derive(Debug)]
 pub struct RunningServer<S> {
@@ -387,7 +137,7 @@ impl<S: Store> ServerBuilder<S> {
             engine: EngineConfig::default(),
             stats: |_| None,
             tls: None,
-            agent_cert_ttl: AGENT_CERT_TTL,
+            agent_cert_ttl: crate::server::security::pki::AGENT_CERT_TTL,
             join_file: None,
             jwt: None,
             limits: LimitConfig::default(),

@@ -9,7 +9,7 @@ use hodei_core::TenantId;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use super::auth::{AuthError, Principal, Role, Scope};
+use crate::server::security::auth::{AuthError, Principal, Role, Scope};
 use crate::tls::TlsError;
 
 /// One key the provider signs with.
