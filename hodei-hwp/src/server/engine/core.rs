@@ -11,7 +11,7 @@ use hodei_store::{AttemptPatch, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use super::agent::{AgentLink, ToAgent, Welcome};
-use super::round::{InFlight, NewJob, Round};
+use super::pending::{InFlight, NewJob, Round};
 use super::{Command, EngineConfig, EngineError, Registration, Reply, SubmitReply};
 use crate::server::engine::metrics::{Metrics, Snapshot};
 

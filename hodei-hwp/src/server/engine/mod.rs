@@ -23,6 +23,7 @@
 mod agent;
 mod core;
 pub(crate) mod metrics;
+mod pending;
 mod round;
 
 use std::collections::HashMap;

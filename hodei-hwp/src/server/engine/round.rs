@@ -2,81 +2,18 @@
 //! publish and deliver.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
-use futures::stream::FuturesOrdered;
 use hodei_core::{
-    Clock, Event, Job, JobId, JobState, SystemClock, TenantId, Timestamp, Transition, WorkerId,
+    Clock, Event, Job, JobId, JobState, SystemClock, Timestamp, Transition, WorkerId,
 };
 use hodei_sched::Action;
-use hodei_store::{
-    AttemptPatch, AttemptRecord, Batch, Inserted, Outcomes, Store, StoreError, Written,
-};
+use hodei_store::{AttemptRecord, Batch, Inserted, Store, StoreError, Written};
 
+use super::EngineError;
 use super::agent::ToAgent;
 use super::core::Core;
-use super::{EngineError, Reply, SubmitReply};
-
-/// A submission the scheduler took in this round, stored with it.
-pub(super) struct NewJob {
-    pub(super) job: Job,
-    /// The state it entered in (before the round's changes).
-    pub(super) entered: JobState,
-    pub(super) reply: SubmitReply,
-}
-
-/// What a round gathers before it is stored.
-#[derive(Default)]
-pub(super) struct Round {
-    pub(super) actions: Vec<Action>,
-    pub(super) new_jobs: Vec<NewJob>,
-    pub(super) patches: Vec<(JobId, u32, AttemptPatch)>,
-    pub(super) replies: Vec<(Reply, Result<(), EngineError>)>,
-    /// Records for the audit chain, stored with the round's writes.
-    pub(super) audit: Vec<hodei_store::AuditEntry>,
-}
-
-impl Round {
-    pub(super) fn is_empty(&self) -> bool {
-        self.actions.is_empty()
-            && self.new_jobs.is_empty()
-            && self.patches.is_empty()
-            && self.replies.is_empty()
-            && self.audit.is_empty()
-    }
-}
-
-/// A new job in a queued batch.
-struct Inserting {
-    /// Its write in the batch.
-    write: usize,
-    id: JobId,
-    /// Its (tenant, idempotency key), held in flight until it lands.
-    key: Option<(TenantId, String)>,
-    entered: JobState,
-    reply: SubmitReply,
-}
-
-/// A round queued for the store: what is left to do once it lands.
-pub(super) struct Awaiting {
-    actions: Vec<Action>,
-    inserts: Vec<Inserting>,
-    /// Each stored state change: its write in the batch and its job.
-    transitions: Vec<(usize, JobId)>,
-    replies: Vec<(Reply, Result<(), EngineError>)>,
-    now: Timestamp,
-}
-
-/// A round whose commit ended, well or not.
-pub(super) struct Landed {
-    round: Awaiting,
-    outcome: Result<Outcomes, StoreError>,
-}
-
-/// Rounds in flight, landing in the order they were queued.
-pub(super) type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = Landed> + Send>>>;
+use super::pending::{Awaiting, Inserting, Landed};
 
 impl<S: Store> Core<S> {
     /// Queues everything the current round changed as one batch, behind
