@@ -1,5 +1,5 @@
 //! What a round gathers before it is stored, and what is left to do
-//! once its commit lands: the data [`Core`](super::core::Core) keeps and
+//! once its commit lands: the data the engine task keeps and
 //! `round.rs` acts on.
 
 use std::future::Future;
