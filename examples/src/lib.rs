@@ -11,6 +11,7 @@ pub mod cli;
 pub mod demo;
 pub mod pipeline;
 pub mod schedule;
+pub mod server;
 
 /// A multi-threaded tokio runtime with `threads` workers (one per CPU when
 /// `None`); if it cannot start, says so on stderr as `program` and returns

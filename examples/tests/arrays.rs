@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-mod process;
-mod web;
-use web::Web;
+use crate::harness;
+use harness::Web;
 
 fn array(w: &Web, id: &str) -> Value {
     let a = w.call("GET", &format!("/api/v1/arrays/{id}"), &w.admin, None);

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-mod process;
-mod web;
+use crate::harness;
+use crate::process;
+use harness::Web;
 use process::Proc;
-use web::Web;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";

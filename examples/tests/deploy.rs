@@ -11,9 +11,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-mod process;
-mod web;
-use web::Web;
+use crate::harness;
+use harness::Web;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 

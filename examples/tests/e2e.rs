@@ -3,60 +3,28 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-mod process;
-use process::Proc;
-
-const SERVER: &str = env!("CARGO_BIN_EXE_hodei-server");
-const AGENT: &str = env!("CARGO_BIN_EXE_hodei-agent");
-const CLI: &str = env!("CARGO_BIN_EXE_hodei");
+use crate::harness::{self, AGENT, CLI, SERVER};
+use crate::process::{self, Proc};
 
 struct Server {
     proc: Proc,
     grpc: String,
+    /// `https://host:port` of the HTTP listener.
     http: String,
     dir: PathBuf,
 }
 
 fn start_server(dir: &Path, listen: &str) -> Server {
-    let mut child = Command::new(SERVER)
-        .args(["--data-dir", dir.to_str().unwrap()])
-        .args(["--listen", listen, "--http-listen", "127.0.0.1:0"])
-        .args(["--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s"])
-        .args(["--cancel-grace", "500ms", "--log-level", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let (mut grpc, mut http) = (None, None);
-    while grpc.is_none() || http.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server did not print its addresses");
-        if let Some(a) = line.strip_prefix("hodei-server: gRPC on ") {
-            grpc = Some(a.to_string());
-        }
-        if let Some(a) = line.strip_prefix("hodei-server: metrics on ") {
-            http = Some(a.trim_end_matches("/metrics").to_string());
-        }
-    }
+    let (proc, grpc, http) =
+        harness::launch_on(dir, listen, "127.0.0.1:0", &["--heartbeat-timeout", "2s"]);
     Server {
-        proc: Proc(child),
-        grpc: grpc.unwrap(),
-        http: http.unwrap(),
+        proc,
+        grpc,
+        http: format!("https://{http}"),
         dir: dir.to_path_buf(),
     }
 }
@@ -67,34 +35,17 @@ impl Server {
     }
 
     fn agent(&self, name: &str) -> Proc {
-        Proc(
-            Command::new(AGENT)
-                .args(["--server", &self.grpc, "--name", name])
-                .arg("--state-dir")
-                .arg(self.dir.join(format!("state-{name}")))
-                .arg("--join-token-file")
-                .arg(self.dir.join("join.token"))
-                .args(["--reconnect-max", "300ms", "--cancel-grace", "500ms"])
-                .args(["--drain-grace", "10s", "--log-level", "warn"])
-                .arg("--spill-dir")
-                .arg(self.dir.join(format!("spill-{name}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+        harness::agent(
+            &self.grpc,
+            name,
+            &self.dir.join(format!("state-{name}")),
+            &self.dir.join("join.token"),
+            &["--cancel-grace", "500ms", "--drain-grace", "10s"],
         )
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(CLI)
-            .args(["--server", &self.grpc, "--ca-file"])
-            .arg(self.dir.join("tls/ca.crt"))
-            .arg("--token-file")
-            .arg(self.dir.join("admin.token"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        harness::cli(&self.grpc, &self.dir, args)
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {

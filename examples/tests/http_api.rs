@@ -6,11 +6,10 @@
 
 use serde_json::json;
 
-mod process;
-mod web;
-use web::Web;
+use crate::harness;
+use harness::Web;
 
-fn problem(a: &web::Answer, status: u16, field: Option<&str>) {
+fn problem(a: &harness::Answer, status: u16, field: Option<&str>) {
     assert_eq!(a.status, status, "{}", a.body);
     assert_eq!(
         a.header("content-type"),

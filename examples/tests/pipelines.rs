@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-mod process;
-mod web;
-use web::Web;
+use crate::harness;
+use crate::process;
+use harness::Web;
 
 fn submit(w: &Web, token: &str, p: Value) -> Value {
     let a = w.call("POST", "/api/v1/pipelines", token, Some(&p.to_string()));

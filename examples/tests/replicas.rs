@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -19,12 +18,9 @@ use hodei_hwp::tls::ClientTls;
 use hodei_store::pg::LocalCluster;
 use parking_lot::Mutex;
 
-mod process;
+use crate::harness::{self, SERVER};
+use crate::process;
 use process::Proc;
-
-const SERVER: &str = env!("CARGO_BIN_EXE_hodei-server");
-const AGENT: &str = env!("CARGO_BIN_EXE_hodei-agent");
-const CLI: &str = env!("CARGO_BIN_EXE_hodei");
 
 /// One group of servers at a time: the failover bound (5 s) is measured,
 /// and the machine has two cores.
@@ -89,41 +85,32 @@ impl Group {
 
     fn launch(&mut self, i: usize) {
         let node = &self.nodes[i];
-        let mut child = Command::new(SERVER)
-            .args(["--store", "postgres", "--database-url", &self.db.url()])
-            .arg("--data-dir")
-            .arg(&node.dir)
-            .args(["--listen", &format!("127.0.0.1:{}", node.grpc)])
-            .args(["--http-listen", &format!("127.0.0.1:{}", node.http)])
-            .args([
+        let (proc, _, _) = harness::launch(
+            [
+                "--store",
+                "postgres",
+                "--database-url",
+                &self.db.url(),
+                "--data-dir",
+                node.dir.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", node.grpc),
+                "--http-listen",
+                &format!("127.0.0.1:{}", node.http),
                 "--heartbeat-interval",
                 "200ms",
                 "--heartbeat-timeout",
                 "10s",
-            ])
-            .args(["--shutdown-delay", "100ms", "--log-level", "warn"])
-            .args(["--rate-limit", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("server did not start");
-            if line.starts_with("hodei-server: gRPC on ") {
-                break;
-            }
-        }
-        self.nodes[i].proc = Some(Proc(child));
+                "--shutdown-delay",
+                "100ms",
+                "--log-level",
+                "warn",
+                "--rate-limit",
+                "0",
+            ]
+            .map(String::from),
+        );
+        self.nodes[i].proc = Some(proc);
     }
 
     fn endpoints(&self) -> String {
@@ -136,33 +123,17 @@ impl Group {
 
     fn agent(&self, name: &str) -> Proc {
         let state = self.home.parent().unwrap().join(format!("agent-{name}"));
-        Proc(
-            Command::new(AGENT)
-                .args(["--server", &self.endpoints(), "--name", name])
-                .arg("--state-dir")
-                .arg(&state)
-                .arg("--join-token-file")
-                .arg(self.home.join("join.token"))
-                .args(["--reconnect-max", "300ms", "--log-level", "warn"])
-                .arg("--spill-dir")
-                .arg(state.join("spill"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+        harness::agent(
+            &self.endpoints(),
+            name,
+            &state,
+            &self.home.join("join.token"),
+            &[],
         )
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(CLI)
-            .args(["--server", &self.endpoints(), "--ca-file"])
-            .arg(self.home.join("tls/ca.crt"))
-            .arg("--token-file")
-            .arg(self.home.join("admin.token"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        harness::cli(&self.endpoints(), &self.home, args)
     }
 
     fn http(&self, i: usize, path: &str) -> (u16, String) {
@@ -682,26 +653,23 @@ fn a_redb_deployment_moves_to_postgres_with_its_jobs_logs_tokens_and_audit_chain
     let home = tmp.path().join("server");
     let (grpc, http) = (process::free_port(), process::free_port());
     let serve = |store: &[&str]| {
-        let mut child = Command::new(SERVER)
-            .args(store)
-            .arg("--data-dir")
-            .arg(&home)
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--shutdown-delay", "100ms", "--log-level", "warn"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            if line.unwrap().starts_with("hodei-server: gRPC on ") {
-                break;
-            }
-        }
-        // Read on: a server whose stdout closes fails its next print.
-        std::thread::spawn(move || lines.for_each(drop));
-        Proc(child)
+        let mut args: Vec<String> = store.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            [
+                "--data-dir",
+                home.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+                "--shutdown-delay",
+                "100ms",
+                "--log-level",
+                "warn",
+            ]
+            .map(String::from),
+        );
+        harness::launch(args).0
     };
     let g = Group {
         db,

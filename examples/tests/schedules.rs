@@ -9,9 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-mod process;
-mod web;
-use web::Web;
+use crate::harness;
+use harness::Web;
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -10,9 +10,8 @@
 
 use std::process::Command;
 
-mod process;
-mod web;
-use web::Web;
+use crate::harness;
+use harness::Web;
 
 #[test]
 fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {

@@ -2,7 +2,7 @@
 //! TLS on 127.0.0.1 with a real redb file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

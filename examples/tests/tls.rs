@@ -4,7 +4,7 @@
 //! replacement, and clients that trust the wrong CA or none.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};

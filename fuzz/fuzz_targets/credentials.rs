@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use hodei_core::WorkerId;
-use hodei_hwp::server::pki::{Pki, peer_cert};
+use hodei_hwp::server::security::pki::{Pki, peer_cert};
 use hodei_hwp::tls::{Fingerprint, JoinToken, certs_from_pem};
 use libfuzzer_sys::fuzz_target;
 

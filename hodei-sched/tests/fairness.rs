@@ -2,7 +2,7 @@
 //! queue depths that count exactly the jobs waiting for a worker.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

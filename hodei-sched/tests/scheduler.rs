@@ -2,7 +2,7 @@
 //! lost workers, large jobs, quotas, timeouts and fairness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -52,16 +52,17 @@ fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.redb");
     let exe = std::env::current_exe().unwrap();
+    // The child is this binary running only the writer below, named by
+    // its path inside the test binary (`crash::crash_child_writer`).
+    let writer = format!(
+        "{}::crash_child_writer",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     let mut acked_total: Vec<JobId> = Vec::new();
     let mut rng = rand::rng();
     for round in 0..5 {
         let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child_writer",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", &writer, "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hodei_examples::{bad_config, init_logging, runtime, shutdown_signal};
+use hodei_examples::{bad_config, init_logging, server};
 use hodei_hwp::ServerSettings;
-use hodei_hwp::server::security::tokens::{add_tenant_token, load_data_dir_tokens, private_dir};
+use hodei_hwp::server::security::tokens::private_dir;
 
 /// The Hodei server: schedules jobs onto agents, stores everything in an
 /// embedded database, serves the gRPC API and, over HTTP, /metrics,
@@ -81,135 +81,10 @@ fn main() -> ExitCode {
     if let Err(e) = private_dir(&config.data_dir) {
         return bad_config("hodei-server", format!("data_dir: {e}"));
     }
-    if let Some(Command::TenantToken { tenant }) = &args.command {
-        return match add_tenant_token(&config.data_dir.join("tenant-tokens"), tenant) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => bad_config("hodei-server", e),
-        };
-    }
-    if let Some(Command::RotateSecretsKey) = &args.command {
-        let path = config.data_dir.join("secrets.key");
-        return match hodei_hwp::server::security::secrets::SecretKeys::rotate(&path) {
-            Ok(id) => {
-                println!(
-                    "new secrets key {id} first in {}; restart the server to seal with it",
-                    path.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => bad_config("hodei-server", e),
-        };
-    }
-    if let Some(Command::Migrate { from_redb }) = &args.command {
-        let rt = match runtime("hodei-server", None) {
-            Ok(rt) => rt,
-            Err(code) => return code,
-        };
-        return match rt.block_on(config.migrate(from_redb.as_deref())) {
-            Ok(said) => {
-                println!("hodei-server: {said}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("hodei-server: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let mut config = config;
-    match config.load_secret_keys() {
-        Ok(true) => println!(
-            "hodei-server: created {} (seals jobs' secret values at rest)",
-            config.data_dir.join("secrets.key").display()
-        ),
-        Ok(false) => {}
-        Err(e) => {
-            eprintln!("hodei-server: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    let (tls, made) = match config.server_tls() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("hodei-server: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    for path in made {
-        println!("hodei-server: created {}", path.display());
-    }
-    match &tls {
-        Some(t) => println!(
-            "hodei-server: TLS on both listeners; clients trust {}, agents pin CA sha256:{}",
-            t.pki().ca_path().display(),
-            t.fingerprint()
-        ),
-        None => eprintln!(
-            "hodei-server: WARNING: --insecure-plaintext: tokens, job secrets and logs cross the \
-             network unencrypted, and agents are identified by a shared token only"
-        ),
-    }
-    let tokens = match load_data_dir_tokens(&config.data_dir, tls.as_ref().map(|t| t.fingerprint()))
-    {
-        Ok((tokens, made)) => {
-            for path in made {
-                let what = if path.ends_with("join.token") {
-                    "join"
-                } else {
-                    "admin"
-                };
-                println!(
-                    "hodei-server: created the {what} token in {}",
-                    path.display()
-                );
-            }
-            tokens
-        }
-        Err(e) => {
-            eprintln!("hodei-server: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Ok(rt) = runtime("hodei-server", None) else {
-        return ExitCode::FAILURE;
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let result = rt.block_on(async move {
-        let shutdown = shutdown_signal().map_err(|e| e.to_string())?;
-        // SIGHUP: read the certificate, key and client CA files again now
-        // (they are also checked every few seconds).
-        if let Some(tls) = tls.clone() {
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(|e| format!("SIGHUP: {e}"))?;
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    match tls.reload(true) {
-                        Ok(_) => tracing::info!("SIGHUP: TLS files reloaded"),
-                        Err(e) => tracing::error!(
-                            error = %e,
-                            "SIGHUP: TLS files cannot be used; keeping the ones in use"
-                        ),
-                    }
-                }
-            });
-        }
-        config
-            .run(tokens, tls, shutdown, move |grpc, http| {
-                // Scripts and tests read these two lines.
-                println!("hodei-server: gRPC on {scheme}://{grpc}");
-                println!("hodei-server: metrics on {scheme}://{http}/metrics");
-            })
-            .await
-            .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hodei-server: {e}");
-            ExitCode::FAILURE
-        }
+    match args.command {
+        Some(Command::TenantToken { tenant }) => server::tenant_token(&config, &tenant),
+        Some(Command::RotateSecretsKey) => server::rotate_secrets_key(&config),
+        Some(Command::Migrate { from_redb }) => server::migrate(&config, from_redb.as_deref()),
+        None => server::serve(config),
     }
 }

@@ -36,6 +36,7 @@ pub use grpc::serve::{ServeError, serve};
 pub use grpc::worker_service::{MAX_LOG_BATCH, WorkerApi, check_agent_message};
 pub use http::StatsOf;
 pub use http::api::{openapi_json, parse_pipeline, parse_schedule, parse_submission};
+pub use run::Prepared;
 pub use run::builder::{RunningServer, ServerBuilder};
 pub use run::error::ServerError;
 pub use run::settings::{

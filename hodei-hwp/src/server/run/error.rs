@@ -48,6 +48,10 @@ pub enum ServerError {
     /// The secrets key file could not be used.
     #[error("secrets key: {0}")]
     Secrets(#[from] crate::server::security::secrets::SecretsError),
+    /// A token file in the data directory cannot be made or read, or
+    /// others may read it.
+    #[error("tokens: {0}")]
+    Tokens(#[from] crate::secret_file::TokenFileError),
     /// The shared database cannot be used (a newer schema, say).
     #[error("database: {0}")]
     Database(#[source] hodei_store::StoreError),

@@ -20,7 +20,62 @@ use crate::server::security::pki::Pki;
 use crate::server::security::secrets::SecretKeys;
 use crate::server::security::tls::{ServerTls, TlsSource};
 
+/// What a server finds or makes in its data directory before it serves
+/// ([`ServerConfig::prepare`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Prepared {
+    /// TLS for both listeners; `None` with `--insecure-plaintext`.
+    pub tls: Option<Arc<ServerTls>>,
+    /// The join, admin and tenant tokens of the data directory.
+    pub tokens: Tokens,
+    /// What was made and what clients and agents trust, one line each,
+    /// for the operator.
+    pub notes: Vec<String>,
+}
+
 impl ServerConfig {
+    /// Everything a server needs from its data directory before it
+    /// serves: the secrets key ([`load_secret_keys`](Self::load_secret_keys)),
+    /// TLS ([`server_tls`](Self::server_tls)) and the token files, each
+    /// made on first start.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Secrets`], [`ServerError::Tls`] or
+    /// [`ServerError::Tokens`], naming the file that cannot be made or used.
+    pub fn prepare(&mut self) -> Result<Prepared, ServerError> {
+        let mut notes = Vec::new();
+        if self.load_secret_keys()? {
+            notes.push(format!(
+                "created {} (seals jobs' secret values at rest)",
+                self.data_dir.join("secrets.key").display()
+            ));
+        }
+        let (tls, made) = self.server_tls()?;
+        notes.extend(made.iter().map(|p| format!("created {}", p.display())));
+        if let Some(t) = &tls {
+            notes.push(format!(
+                "TLS on both listeners; clients trust {}, agents pin CA sha256:{}",
+                t.pki().ca_path().display(),
+                t.fingerprint()
+            ));
+        }
+        let (tokens, made) = crate::server::security::tokens::load_data_dir_tokens(
+            &self.data_dir,
+            tls.as_ref().map(|t| t.fingerprint()),
+        )?;
+        for path in made {
+            let what = if path.ends_with("join.token") {
+                "join"
+            } else {
+                "admin"
+            };
+            notes.push(format!("created the {what} token in {}", path.display()));
+        }
+        Ok(Prepared { tls, tokens, notes })
+    }
+
     /// The server's TLS as these settings describe it: `None` for
     /// plaintext; otherwise the server's own CA in `<data_dir>/tls` (made
     /// on first start, with a server certificate unless files are given).

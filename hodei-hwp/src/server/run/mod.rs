@@ -7,5 +7,6 @@
 pub(crate) mod builder;
 pub(crate) mod error;
 mod launch;
+pub use launch::Prepared;
 pub(crate) mod replica;
 pub(crate) mod settings;

@@ -1,7 +1,9 @@
-//! What the HTTP API, browser and schemathesis tests share: the real
-//! `hodei-server` (TLS, as deployed) with real agents, and JSON over HTTP.
+//! What every test of the binaries shares: the real `hodei-server` (TLS,
+//! as deployed) started and read the same way, real agents, the CLI, and
+//! JSON over HTTP.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,15 +47,17 @@ impl Answer {
     }
 }
 
-/// Starts `hodei-server` on `dir`; returns it with its gRPC address
-/// (`https://host:port`) and its HTTP `host:port`.
-fn launch(dir: &Path, listen: &str, http_listen: &str) -> (Proc, String, String) {
+/// Starts `hodei-server` with `args` and waits for the two lines it
+/// prints once both listeners are bound; returns it with its gRPC
+/// address (`https://host:port`) and its HTTP `host:port`. Every test that
+/// runs the server binary starts it here.
+pub fn launch<I, A>(args: I) -> (Proc, String, String)
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
     let mut child = Command::new(SERVER)
-        .args(["--data-dir", dir.to_str().unwrap()])
-        .args(["--listen", listen, "--http-listen", http_listen])
-        .args(["--heartbeat-interval", "200ms", "--heartbeat-timeout", "3s"])
-        .args(["--cancel-grace", "500ms", "--log-level", "warn"])
-        .args(["--weight", "default=3", "--weight", "acme=1"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -80,6 +84,7 @@ fn launch(dir: &Path, listen: &str, http_listen: &str) -> (Proc, String, String)
             http = Some(
                 a.trim_end_matches("/metrics")
                     .trim_start_matches("https://")
+                    .trim_start_matches("http://")
                     .to_string(),
             );
         }
@@ -87,10 +92,77 @@ fn launch(dir: &Path, listen: &str, http_listen: &str) -> (Proc, String, String)
     (Proc(child), grpc.unwrap(), http.unwrap())
 }
 
+/// A server on `dir` with the short timers the tests use, and `extra`
+/// settings.
+pub fn launch_on(
+    dir: &Path,
+    listen: &str,
+    http_listen: &str,
+    extra: &[&str],
+) -> (Proc, String, String) {
+    let mut args: Vec<&OsStr> = vec!["--data-dir".as_ref(), dir.as_os_str()];
+    for a in ["--listen", listen, "--http-listen", http_listen]
+        .into_iter()
+        .chain(["--heartbeat-interval", "200ms", "--cancel-grace", "500ms"])
+        .chain(["--log-level", "warn"])
+        .chain(extra.iter().copied())
+    {
+        args.push(a.as_ref());
+    }
+    launch(args)
+}
+
+/// Starts `hodei-agent` named `name` against `servers` (one address or
+/// several, comma-separated), with its state in `state` and the join
+/// token from `join_token`, and `extra` settings.
+pub fn agent(servers: &str, name: &str, state: &Path, join_token: &Path, extra: &[&str]) -> Proc {
+    Proc(
+        Command::new(AGENT)
+            .args(["--server", servers, "--name", name])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--join-token-file")
+            .arg(join_token)
+            .args(["--reconnect-max", "300ms", "--log-level", "warn"])
+            .arg("--spill-dir")
+            .arg(state.join("spill"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The `hodei` CLI against `servers`, trusting `home`'s CA, with `home`'s
+/// admin token.
+pub fn cli(servers: &str, home: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(CLI)
+        .args(["--server", servers, "--ca-file"])
+        .arg(home.join("tls/ca.crt"))
+        .arg("--token-file")
+        .arg(home.join("admin.token"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The settings of the servers the HTTP API, browser and workflow tests
+/// start.
+const WEB_SERVER: &[&str] = &[
+    "--heartbeat-timeout",
+    "3s",
+    "--weight",
+    "default=3",
+    "--weight",
+    "acme=1",
+];
+
 impl Web {
     /// A server with its own CA in `dir`, and `agents` agents.
     pub fn start(dir: &Path, agents: usize) -> Web {
-        let (proc, grpc, http) = launch(dir, "127.0.0.1:0", "127.0.0.1:0");
+        let (proc, grpc, http) = launch_on(dir, "127.0.0.1:0", "127.0.0.1:0", WEB_SERVER);
         let admin = std::fs::read_to_string(dir.join("admin.token"))
             .unwrap()
             .trim()
@@ -122,10 +194,11 @@ impl Web {
     /// directory and addresses.
     pub fn restart(&mut self) {
         let grpc_port = self.grpc.rsplit(':').next().unwrap().to_string();
-        let (proc, grpc, http) = launch(
+        let (proc, grpc, http) = launch_on(
             &self.dir,
             &format!("127.0.0.1:{grpc_port}"),
             &self.http.clone(),
+            WEB_SERVER,
         );
         self.proc = proc;
         self.grpc = grpc;
@@ -133,35 +206,20 @@ impl Web {
     }
 
     pub fn add_agent(&mut self, name: &str) {
-        self.agents.push(Proc(
-            Command::new(AGENT)
-                .args(["--server", &self.grpc, "--name", name])
-                .arg("--state-dir")
-                .arg(self.dir.join(format!("state-{name}")))
-                .arg("--join-token-file")
-                .arg(self.dir.join("join.token"))
-                .args(["--reconnect-max", "300ms", "--cancel-grace", "500ms"])
-                .args(["--log-level", "warn"])
-                .arg("--spill-dir")
-                .arg(self.dir.join(format!("spill-{name}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+        let state = self.dir.join(format!("state-{name}"));
+        let join = self.dir.join("join.token");
+        self.agents.push(agent(
+            &self.grpc,
+            name,
+            &state,
+            &join,
+            &["--cancel-grace", "500ms"],
         ));
     }
 
     /// The `hodei` CLI with the admin token, over gRPC.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(CLI)
-            .args(["--server", &self.grpc, "--ca-file"])
-            .arg(self.ca())
-            .arg("--token-file")
-            .arg(self.dir.join("admin.token"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        cli(&self.grpc, &self.dir, args)
     }
 
     pub fn url(&self) -> String {
