@@ -1,6 +1,6 @@
 //! The server as a library (feature `server`), one folder per concern:
 //!
-//! - [`engine`]: the task that owns the scheduler, persists each round
+//! - `engine`: the task that owns the scheduler, persists each round
 //!   as one batch and publishes what landed; its metrics.
 //! - [`grpc`]: the job, worker and admin services, the status guard,
 //!   per-caller limits, and serving them.
