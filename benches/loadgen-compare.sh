@@ -5,8 +5,8 @@
 #
 #   benches/loadgen-compare.sh BEFORE_DIR AFTER_DIR [RUNS]
 #
-# Each DIR holds a release build's hodei-loadgen and hodei-server, e.g. a
-# worktree's target/release. RUNS defaults to 5.
+# Each DIR holds a build's hodei-loadgen and hodei-server, e.g. a
+# worktree's target/dist (or target/release, to compare the profiles). RUNS defaults to 5.
 set -euo pipefail
 before=$1 after=$2 runs=${3:-5}
 out=$(mktemp)
